@@ -1,0 +1,94 @@
+"""The renderer must match the GenCAD-Code image style (gencad-code.md): these numbers are the spec."""
+import io
+from pathlib import Path
+
+import cadquery as cq
+import numpy as np
+from PIL import Image
+
+from img2cq.render import BACKGROUND, EDGE_COLOR, FACE_COLOR, render_array, render_png
+
+FIXTURES = Path(__file__).parent / "fixtures" / "render"
+
+
+def _fixture_shape():
+    namespace = {}
+    exec((FIXTURES / "plate_boss.py").read_text(), namespace)
+    return namespace["solid"].val()
+
+
+def _ink(image: np.ndarray) -> np.ndarray:
+    return (image != 255).any(axis=-1)
+
+
+def test_matches_reference_image():
+    """Checked-in render of a known program; a few pixels may differ across Mesa/VTK builds."""
+    reference = np.asarray(Image.open(FIXTURES / "plate_boss.png").convert("RGB"))
+    image = render_array(_fixture_shape())
+    assert image.shape == reference.shape == (448, 448, 3)
+    differing = (image != reference).any(axis=-1).mean()
+    assert differing < 0.005, f"{differing:.2%} of pixels differ from the reference"
+
+
+def test_colours_are_exactly_background_face_and_edge():
+    image = render_array(_fixture_shape())
+    colours = {tuple(int(v) for v in c) for c in np.unique(image.reshape(-1, 3), axis=0)}
+    assert colours == {BACKGROUND, FACE_COLOR, EDGE_COLOR}  # no shading, no anti-aliasing
+
+
+def test_longer_side_spans_400_px_centred():
+    for shape in (_fixture_shape(), cq.Workplane().box(0.2, 0.2, 1.4).val()):
+        ys, xs = np.nonzero(_ink(render_array(shape)))
+        width, height = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
+        assert max(width, height) in (399, 400, 401)
+        assert abs((xs.min() + xs.max()) / 2 - 223.5) <= 1 and abs((ys.min() + ys.max()) / 2 - 223.5) <= 1
+
+
+def test_size_and_png_output():
+    png = render_png(_fixture_shape(), size=224)
+    image = Image.open(io.BytesIO(png))
+    assert image.size == (224, 224) and image.mode == "RGB"
+    ys, xs = np.nonzero(_ink(np.asarray(image)))
+    assert max(xs.max() - xs.min(), ys.max() - ys.min()) + 1 in (199, 200, 201)
+
+
+def _heavy_end_quadrant(direction) -> tuple[float, float]:
+    """Render a thin bar with a big cube at its `direction` end; return the ink centroid (x, y)
+    relative to the image centre (y grows downwards)."""
+    d = np.array(direction, dtype=float)
+    bar = cq.Workplane().box(*(np.abs(d) * 2.0 + 0.1)).translate(tuple(d * 1.0))
+    cube = cq.Workplane().box(0.8, 0.8, 0.8).translate(tuple(d * 2.0))
+    ys, xs = np.nonzero(_ink(render_array(bar.union(cube).val())))
+    return xs.mean() - 223.5, ys.mean() - 223.5
+
+
+def test_view_from_plus_x_minus_y_plus_z_with_z_up():
+    x, y = _heavy_end_quadrant((1, 0, 0))
+    assert x > 20 and y > 10          # +X points to the lower right
+    x, y = _heavy_end_quadrant((0, 1, 0))
+    assert x > 20 and y < -10         # +Y points to the upper right
+    x, y = _heavy_end_quadrant((0, 0, 1))
+    assert abs(x) < 5 and y < -20     # +Z points up
+
+
+def test_hidden_edges_are_removed():
+    """From (1,-1,1) a cube's nearest and farthest corners both project to the image centre: the
+    visible edges leave it up, upper-left and upper-right; the hidden ones down-left, down-right, up."""
+    image = render_array(cq.Workplane().box(1, 1, 1).val())
+    black = (image == 0).all(axis=-1)
+
+    def black_near_ray(angle_deg):
+        a = np.radians(angle_deg)
+        hits = [black[round(223.5 - t * np.sin(a)) - 1:round(223.5 - t * np.sin(a)) + 2,
+                      round(223.5 + t * np.cos(a)) - 1:round(223.5 + t * np.cos(a)) + 2].any() for t in range(20, 150, 5)]
+        return np.mean(hits)
+
+    assert black_near_ray(150) == 1.0 and black_near_ray(30) == 1.0   # visible edges to the upper left / right
+    assert black_near_ray(-150) == 0.0 and black_near_ray(-30) == 0.0  # hidden edges to the lower left / right
+
+
+def test_view_jitter_is_reproducible_and_changes_view():
+    shape = _fixture_shape()
+    a = render_array(shape, view_jitter_deg=10, seed=3)
+    assert np.array_equal(a, render_array(shape, view_jitter_deg=10, seed=3))
+    assert not np.array_equal(a, render_array(shape))

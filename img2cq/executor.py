@@ -480,15 +480,15 @@ def _worker_main(read_fd: int, write_fd: int, preload: list[str]) -> None:
         importlib.import_module(module)
     _warm_up()
     conn_in, conn_out = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
-    conn_out.send("ready")
-    while True:
-        try:
+    try:
+        conn_out.send("ready")
+        while True:
             job, timeout, memory_mb = conn_in.recv()
-        except EOFError:
-            return
-        started = time.perf_counter()
-        data, why = _run_job_in_child(job, timeout, memory_mb)
-        conn_out.send((data, why, time.perf_counter() - started))
+            started = time.perf_counter()
+            data, why = _run_job_in_child(job, timeout, memory_mb)
+            conn_out.send((data, why, time.perf_counter() - started))
+    except (EOFError, BrokenPipeError):  # the caller closed the executor
+        return
 
 
 class _Worker:

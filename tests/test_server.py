@@ -1,0 +1,285 @@
+"""server.py through FastAPI's TestClient: every endpoint, every refusal, concurrent writers,
+and hostile programs (the real-server and schemathesis tests are in test_server_live.py)."""
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+import server
+from img2cq import db
+
+REPO = Path(__file__).resolve().parents[1]
+BOX = "import cadquery as cq\nresult = cq.Workplane().box(1, 1, 1)\n"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A freshly initialised tiny model on disk: what /generate loads from IMG2CQ_MODEL."""
+    from img2cq.modeling import build_model, save_pretrained
+
+    out = tmp_path_factory.mktemp("model")
+    save_pretrained(out, *build_model("tiny"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory, model_dir):
+    env = {"IMG2CQ_DB": str(tmp_path_factory.mktemp("db") / "api.db"), "IMG2CQ_MODEL": str(model_dir),
+           "IMG2CQ_EXEC_TIMEOUT": "5", "IMG2CQ_EXEC_MEMORY_MB": "3072"}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("DATABASE_URL", raising=False)
+        for key, value in env.items():
+            mp.setenv(key, value)
+        with TestClient(server.app) as c:
+            yield c
+
+
+def new_project(client, name="p") -> int:
+    r = client.post("/projects", json={"name": name})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def new_task(client, pid, name="t", duration=1.0) -> int:
+    r = client.post(f"/projects/{pid}/tasks", json={"name": name, "duration": duration})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def link(client, pid, a, b, **extra):
+    return client.post(f"/projects/{pid}/dependencies", json={"predecessor_id": a, "successor_id": b, **extra})
+
+
+def test_health(client):
+    assert client.get("/health").json() == {"status": "ok", "model_configured": True}
+
+
+def test_project_crud(client):
+    pid = new_project(client, "bridge")
+    assert client.get(f"/projects/{pid}").json() == {"id": pid, "name": "bridge"}
+    assert {"id": pid, "name": "bridge"} in client.get("/projects", params={"limit": 1000}).json()
+    a, b = new_task(client, pid), new_task(client, pid)
+    assert link(client, pid, a, b).status_code == 201
+    assert client.delete(f"/projects/{pid}").status_code == 204  # tasks and links go with it
+    assert client.get(f"/projects/{pid}").status_code == 404
+    assert client.get(f"/projects/{pid}/tasks/{a}").status_code == 404
+    with db.Session(client.app.state.engine) as s:
+        assert s.get(db.Task, a) is None and s.query(db.Dependency).filter_by(project_id=pid).count() == 0
+    assert client.delete(f"/projects/{pid}").status_code == 404
+
+
+def test_task_crud(client):
+    pid = new_project(client)
+    tid = new_task(client, pid, "dig", 3)
+    assert client.get(f"/projects/{pid}/tasks/{tid}").json() == {"id": tid, "project_id": pid, "name": "dig", "duration": 3.0}
+    assert client.patch(f"/projects/{pid}/tasks/{tid}", json={"duration": 4.5}).json()["duration"] == 4.5
+    assert client.patch(f"/projects/{pid}/tasks/{tid}", json={"name": "dig deep"}).json() == \
+        {"id": tid, "project_id": pid, "name": "dig deep", "duration": 4.5}
+    assert client.put(f"/projects/{pid}/tasks/{tid}", json={"name": "pour", "duration": 2}).json()["name"] == "pour"
+    assert [t["id"] for t in client.get(f"/projects/{pid}/tasks").json()] == [tid]
+    assert client.delete(f"/projects/{pid}/tasks/{tid}").status_code == 204
+    assert client.get(f"/projects/{pid}/tasks").json() == []
+
+
+def test_dependencies_and_critical_path(client):
+    pid = new_project(client)
+    a, b, c, d = (new_task(client, pid, n, dur) for n, dur in [("a", 2), ("b", 3), ("c", 1), ("d", 3)])
+    for p, s in [(a, b), (a, c), (b, d), (c, d)]:
+        assert link(client, pid, p, s).status_code == 201
+    r = link(client, pid, c, b, type="SS", lag=-1)  # b may start 1 before c starts: holds c late start at 3
+    assert r.status_code == 201 and r.json()["type"] == "SS" and r.json()["lag"] == -1
+    assert len(client.get(f"/projects/{pid}/dependencies").json()) == 5
+
+    cp = client.get(f"/projects/{pid}/critical-path").json()
+    assert cp["duration"] == 8 and cp["critical_path"] == [a, b, d] and cp["critical_paths"] == [[a, b, d]]
+    by_id = {t["id"]: t for t in cp["tasks"]}
+    assert by_id[c] | {"name": "c"} == {"id": c, "name": "c", "duration": 1.0, "earliest_start": 2.0,
+                                        "earliest_finish": 3.0, "latest_start": 3.0, "latest_finish": 4.0,
+                                        "total_float": 1.0, "free_float": 1.0, "critical": False}
+
+    # deleting the dependency and a task changes the schedule; the task's links go with it
+    dep = client.get(f"/projects/{pid}/dependencies").json()[-1]["id"]
+    assert client.delete(f"/projects/{pid}/dependencies/{dep}").status_code == 204
+    assert client.delete(f"/projects/{pid}/dependencies/{dep}").status_code == 404
+    assert client.delete(f"/projects/{pid}/tasks/{b}").status_code == 204
+    assert len(client.get(f"/projects/{pid}/dependencies").json()) == 2
+    assert client.get(f"/projects/{pid}/critical-path").json()["critical_path"] == [a, c, d]
+
+
+def test_tied_critical_chains_and_empty_project(client):
+    pid = new_project(client)
+    a, b, c, d = (new_task(client, pid, n, 2) for n in "abcd")
+    for p, s in [(a, b), (a, c), (b, d), (c, d)]:
+        link(client, pid, p, s)
+    cp = client.get(f"/projects/{pid}/critical-path").json()
+    assert cp["critical_paths"] == [[a, b, d], [a, c, d]] and not cp["critical_paths_truncated"]
+    capped = client.get(f"/projects/{pid}/critical-path", params={"max_paths": 1}).json()
+    assert capped["critical_paths"] == [[a, b, d]] and capped["critical_paths_truncated"]
+    empty = client.get(f"/projects/{new_project(client)}/critical-path").json()
+    assert empty["duration"] == 0 and empty["critical_path"] == [] and empty["tasks"] == []
+
+
+def test_dependency_refusals(client):
+    pid, other = new_project(client), new_project(client)
+    a, b, c = (new_task(client, pid) for _ in range(3))
+    x = new_task(client, other)
+    assert link(client, pid, a, b).status_code == 201
+    assert link(client, pid, b, c).status_code == 201
+
+    cycle = link(client, pid, c, a)
+    assert cycle.status_code == 409
+    assert all(str(t) in cycle.json()["detail"] for t in (a, b, c)) and "cycle" in cycle.json()["detail"]
+    assert link(client, pid, a, b, type="SS").status_code == 409  # duplicate pair
+    assert link(client, pid, a, a).status_code == 422  # self-loop
+    cross = link(client, pid, a, x)
+    assert cross.status_code == 422 and cross.json()["detail"][0]["loc"] == ["body", "successor_id"]
+    assert link(client, pid, a, 10**9).status_code == 422
+    assert link(client, pid, a, c, type="XX").status_code == 422
+    assert link(client, 10**9, a, b).status_code == 404
+    assert len(client.get(f"/projects/{pid}/dependencies").json()) == 2
+
+
+@pytest.mark.parametrize("method, path, body", [
+    ("post", "/projects", {}),
+    ("post", "/projects", {"name": ""}),
+    ("post", "/projects", {"name": "x" * 201}),
+    ("post", "/projects", '{"name": "\\ud800"}'),  # a lone surrogate: valid JSON, unstorable text
+    ("post", "/projects/{pid}/tasks", {"name": "t", "duration": -1}),
+    ("post", "/projects/{pid}/tasks", {"name": "t", "duration": "soon"}),
+    ("post", "/projects/{pid}/tasks", {"name": "t", "duration": 1e300}),
+    ("post", "/projects/{pid}/tasks", '{"name": "t", "duration": NaN}'),  # Python's json accepts these
+    ("post", "/projects/{pid}/tasks", '{"name": "t", "duration": -Infinity}'),
+    ("post", "/projects/{pid}/tasks", '[NaN]'),
+    ("patch", "/projects/{pid}/tasks/{tid}", {"duration": -2}),
+    ("put", "/projects/{pid}/tasks/{tid}", {"name": "t"}),
+    ("post", "/projects/{pid}/dependencies", {"predecessor_id": 1}),
+    ("post", "/projects/{pid}/dependencies", {"predecessor_id": 1, "successor_id": 2, "lag": "nan"}),
+    ("get", "/projects/0", None),
+    ("get", f"/projects/{2**64}", None),
+    ("get", "/projects/abc", None),
+    ("get", "/projects?limit=0", None),
+    ("get", "/projects/{pid}/critical-path?max_paths=0", None),
+])
+def test_invalid_input_is_422_with_field_errors(client, method, path, body):
+    pid = new_project(client)
+    tid = new_task(client, pid)
+    sent = {} if body is None else {"content": body} if isinstance(body, str) else {"json": body}
+    r = client.request(method, path.format(pid=pid, tid=tid), headers={"content-type": "application/json"}, **sent)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"] and all("loc" in e and "msg" in e for e in r.json()["detail"])
+
+
+@pytest.mark.parametrize("path", ["/projects/{pid}/tasks/{tid}", "/projects/{pid}/critical-path",
+                                  "/projects/{pid}/tasks", "/projects/{pid}/dependencies"])
+def test_unknown_ids_are_404(client, path):
+    pid, tid = 10**12, 10**12
+    assert client.get(path.format(pid=pid, tid=tid)).status_code == 404
+    real = new_project(client)
+    if "{tid}" in path:  # a task of another project is not found either
+        other = new_task(client, new_project(client))
+        assert client.get(path.format(pid=real, tid=other)).status_code == 404
+
+
+def test_import_is_all_or_nothing(client):
+    before = len(client.get("/projects", params={"limit": 1000}).json())
+    body = {"name": "house",
+            "tasks": [{"key": "found", "name": "foundation", "duration": 5},
+                      {"key": "walls", "name": "walls", "duration": 10},
+                      {"key": "roof", "name": "roof", "duration": 4},
+                      {"key": "paint", "name": "paint", "duration": 3}],
+            "dependencies": [{"predecessor": "found", "successor": "walls"},
+                             {"predecessor": "walls", "successor": "roof"},
+                             {"predecessor": "walls", "successor": "paint", "type": "SS", "lag": 6}]}
+    r = client.post("/projects/import", json=body)
+    assert r.status_code == 201, r.text
+    ids = r.json()["task_ids"]
+    cp = client.get(f"/projects/{r.json()['id']}/critical-path").json()
+    assert cp["duration"] == 19 and cp["critical_path"] == [ids["found"], ids["walls"], ids["roof"]]
+
+    cyclic = {**body, "dependencies": body["dependencies"] + [{"predecessor": "roof", "successor": "found"}]}
+    r = client.post("/projects/import", json=cyclic)
+    assert r.status_code == 409 and "cycle" in r.json()["detail"]
+    assert all(key in r.json()["detail"] for key in ("found", "walls", "roof"))
+    for bad in ({**body, "dependencies": [{"predecessor": "found", "successor": "cellar"}]},
+                {**body, "dependencies": [{"predecessor": "roof", "successor": "roof"}]},
+                {**body, "dependencies": body["dependencies"][:1] * 2},
+                {**body, "tasks": body["tasks"] + body["tasks"][:1]}):
+        r = client.post("/projects/import", json=bad)
+        assert r.status_code == 422, r.text
+    assert len(client.get("/projects", params={"limit": 1000}).json()) == before + 1
+
+
+def test_concurrent_writer_processes_lose_nothing(tmp_path):
+    """Three processes insert 100 tasks each into one SQLite file at the same time."""
+    path = tmp_path / "shared.db"
+    engine = db.make_engine(f"sqlite:///{path}")
+    db.create_schema(engine)
+    with db.Session(engine) as s:
+        project = db.Project(name="shared")
+        s.add(project)
+        s.commit()
+        pid = project.id
+    writer = (
+        "import sys\nfrom img2cq import db\n"
+        "engine = db.make_engine(sys.argv[1])\n"
+        "for i in range(100):\n"
+        "    with db.Session(engine) as s:\n"
+        "        s.add(db.Task(project_id=int(sys.argv[2]), name=f'{sys.argv[3]}-{i}', duration=i))\n"
+        "        s.commit()\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", writer, f"sqlite:///{path}", str(pid), f"w{k}"], cwd=REPO)
+             for k in range(3)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    with db.Session(engine) as s:
+        names = sorted(t.name for t in s.get(db.Project, pid).tasks)
+    engine.dispose()
+    assert names == sorted(f"w{k}-{i}" for k in range(3) for i in range(100))
+
+
+def test_generate_with_a_model(client):
+    png = io.BytesIO()
+    Image.new("RGB", (64, 64), "white").save(png, format="PNG")
+    r = client.post("/generate", params={"max_new_tokens": 24}, files={"image": ("part.png", png.getvalue(), "image/png")})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert isinstance(out["program"], str) and isinstance(out["valid"], bool)
+    assert out["valid"] == (out["error"] is None)
+
+
+def test_generate_refusals(client):
+    r = client.post("/generate", files={"image": ("part.png", b"\x89PNG\r\n\x1a\n not really", "image/png")})
+    assert r.status_code == 400 and "not a readable image" in r.json()["detail"]
+    assert client.post("/generate").status_code == 422
+    model_dir, client.app.state.model_dir = client.app.state.model_dir, None  # as if IMG2CQ_MODEL were unset
+    try:
+        r = client.post("/generate", files={"image": ("part.png", b"whatever", "image/png")})
+    finally:
+        client.app.state.model_dir = model_dir
+    assert r.status_code == 503 and "IMG2CQ_MODEL" in r.json()["detail"]
+
+
+HOSTILE = {
+    "infinite loop": "while True:\n    pass\n",
+    "hard exit": "import os\nos._exit(3)\n",
+    "huge allocation": "x = bytearray(64 * 2**30)\n",
+    "syntax": "def (:\n",
+}
+
+
+def test_score_and_hostile_programs_leave_the_server_up(client):
+    pytest.importorskip("metrics.best_iou")
+    r = client.post("/score", json={"reference": BOX, "candidate": BOX})
+    assert r.status_code == 200, r.text
+    assert r.json()["reference_valid"] and r.json()["candidate_valid"] and r.json()["iou"] == pytest.approx(1.0, abs=1e-3)
+    for name, code in HOSTILE.items():
+        r = client.post("/score", json={"reference": BOX, "candidate": code})
+        assert r.status_code == 200, (name, r.text)
+        assert not r.json()["candidate_valid"] and r.json()["candidate_error"] and r.json()["iou"] == 0, name
+        assert client.get("/health").status_code == 200
+    assert client.post("/score", json={"reference": BOX}).status_code == 422
+

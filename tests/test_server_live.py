@@ -1,0 +1,151 @@
+"""A real `uvicorn server:app` on 127.0.0.1: used over HTTP, hammered by concurrent writers,
+restarted on the same SQLite file (data must survive), and fuzzed with schemathesis (no 5xx)."""
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def live_server(db_path: Path):
+    """Start uvicorn as a subprocess, wait until /health answers, always stop it."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "IMG2CQ_MODEL")}
+    env.update(IMG2CQ_DB=str(db_path), IMG2CQ_EXEC_TIMEOUT="5", IMG2CQ_EXEC_MEMORY_MB="3072")
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "server:app", "--host", "127.0.0.1", "--port", str(port),
+                             "--log-level", "warning"], cwd=REPO, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, "uvicorn exited during start-up"
+            try:
+                if httpx.get(base + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "uvicorn did not answer /health within 60 s"
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def db_path(tmp_path_factory):
+    return tmp_path_factory.mktemp("live") / "live.db"
+
+
+@pytest.fixture(scope="module")
+def base(db_path):
+    with live_server(db_path) as url:
+        yield url
+
+
+def test_concurrent_writers_over_http(base):
+    """4 clients add 40 tasks each at once; then 8 clients race to link a->b or b->a: exactly one
+    link may win, the rest see a cycle or a duplicate (409), never a 5xx or a stored cycle."""
+    pid = httpx.post(base + "/projects", json={"name": "busy"}).json()["id"]
+    statuses: list[int] = []
+
+    def add_tasks(k: int) -> None:
+        with httpx.Client(base_url=base, timeout=60) as c:
+            statuses.extend(c.post(f"/projects/{pid}/tasks", json={"name": f"w{k}-{i}", "duration": i}).status_code
+                            for i in range(40))
+
+    threads = [threading.Thread(target=add_tasks, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    tasks = httpx.get(f"{base}/projects/{pid}/tasks").json()
+    assert statuses == [201] * 160
+    assert sorted(t["name"] for t in tasks) == sorted(f"w{k}-{i}" for k in range(4) for i in range(40))
+
+    a, b = tasks[0]["id"], tasks[1]["id"]
+    barrier = threading.Barrier(8)
+    races: list[int] = []
+
+    def race(k: int) -> None:
+        pair = (a, b) if k % 2 else (b, a)
+        with httpx.Client(base_url=base, timeout=60) as c:
+            barrier.wait()
+            races.append(c.post(f"/projects/{pid}/dependencies",
+                                json={"predecessor_id": pair[0], "successor_id": pair[1]}).status_code)
+
+    threads = [threading.Thread(target=race, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(races) == [201] + [409] * 7
+    assert len(httpx.get(f"{base}/projects/{pid}/dependencies").json()) == 1
+    assert httpx.get(f"{base}/projects/{pid}/critical-path").status_code == 200
+
+
+def test_data_survives_a_restart(base, db_path):
+    body = {"name": "kept", "tasks": [{"key": k, "name": k, "duration": d} for k, d in [("a", 3), ("b", 2), ("c", 5)]],
+            "dependencies": [{"predecessor": "a", "successor": "b"}, {"predecessor": "a", "successor": "c", "type": "SS", "lag": 1}]}
+    created = httpx.post(base + "/projects/import", json=body)
+    assert created.status_code == 201, created.text
+    pid = created.json()["id"]
+    before = httpx.get(f"{base}/projects/{pid}/critical-path").json()
+    with live_server(db_path) as second:  # a second process on the same file, then only it
+        assert httpx.get(f"{second}/projects/{pid}/critical-path").json() == before
+    with live_server(db_path) as restarted:
+        assert httpx.get(f"{restarted}/projects/{pid}").json() == {"id": pid, "name": "kept"}
+        assert httpx.get(f"{restarted}/projects/{pid}/critical-path").json() == before
+        assert before["duration"] == 6 and before["critical_path"] == [created.json()["task_ids"]["a"],
+                                                                      created.json()["task_ids"]["c"]]
+
+
+def test_schemathesis_finds_no_server_errors(base):
+    """Fuzz every operation in /openapi.json over HTTP (25 examples each) and require no 5xx.
+    /generate is left out: with no model configured its 503 is the documented answer. /score runs
+    only once metrics.best_iou exists (its programs go through the sandbox)."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    schema = schemathesis.openapi.from_url(base + "/openapi.json")
+    skip = {"/generate"} | (set() if importlib.util.find_spec("metrics.best_iou") else {"/score"})
+    failures, calls = [], []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        if operation.path in skip:
+            continue
+
+        @settings(max_examples=25, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))
+        @given(case=operation.as_strategy())
+        def fuzz(case):
+            response = case.call(base_url=base)
+            calls.append(response.status_code)
+            if response.status_code >= 500:
+                failures.append((case.method, case.formatted_path, case.query, case.body, response.status_code,
+                                 response.text[:300]))
+
+        fuzz()
+    assert len(calls) > 100
+    assert failures == []

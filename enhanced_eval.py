@@ -1,0 +1,26 @@
+"""Evaluate a trained model on test images: VSR, IoU, per-sample predictions, a results.csv row.
+
+    python enhanced_eval.py ./models/enhanced --samples 50
+"""
+
+import argparse
+import sys
+
+from img2cq.evaluation import evaluate_model, run_cli
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description="Generate programs for test images and score them (VSR, IoU).")
+    p.add_argument("model_dir", help="directory written by a training script")
+    p.add_argument("--samples", type=int, default=50, help="test images to evaluate (the first N)")
+    p.add_argument("--eval-json", default="data/test.jsonl", help="test split (JSONL)")
+    p.add_argument("--num-beams", type=int, default=1, help="1: greedy; >1: beam search")
+    p.add_argument("--best-of", type=int, default=None,
+                   help="also sample N-1 programs per image and keep the first that builds a valid solid")
+    p.add_argument("--batch-size", type=int, default=8, help="images per generate() call")
+    p.add_argument("--workers", type=int, default=2, help="sandbox processes running programs")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the model's maximum length")
+    p.add_argument("--results-csv", default="results.csv")
+    a = p.parse_args()
+    sys.exit(run_cli(evaluate_model, model_dir=a.model_dir, eval_json=a.eval_json, samples=a.samples,
+                     num_beams=a.num_beams, best_of=a.best_of, batch_size=a.batch_size, workers=a.workers,
+                     max_new_tokens=a.max_new_tokens, results_csv=a.results_csv, command=" ".join(["python", *sys.argv])))

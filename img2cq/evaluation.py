@@ -1,6 +1,6 @@
 """Scoring programs against references and recording the result (enhanced_eval.py, baseline_eval.py).
 
-Every program runs once, in the sandbox (``img2cq.executor``), with ``mesh=True``; VSR is the share of
+Every program runs once, in the sandbox (``img2cq.executor``), with ``mesh=True, brep=True``; VSR is the share of
 predictions that build a valid solid and IoU comes from ``metrics.best_iou.iou_from_results`` on the
 two executed results (an invalid prediction scores 0; samples whose reference fails are left out).
 
@@ -62,7 +62,8 @@ def load_samples(eval_json: str, samples: int | None):
 def execute_once(codes: list[str], executor, desc: str) -> list:
     """Executor results for ``codes``, running each distinct program only once."""
     unique = list(dict.fromkeys(codes))
-    results = dict(zip(unique, executor.map(unique, mesh=True, progress=desc)))
+    # brep=True lets the metric fall back to exact booleans for the ~1% of meshes manifold3d refuses
+    results = dict(zip(unique, executor.map(unique, mesh=True, brep=True, progress=desc)))
     return [results[c] for c in codes]
 
 
@@ -79,14 +80,14 @@ def score_programs(references: list[str], predictions: list[str], executor=None,
             return score_programs(references, predictions, ex)
     ref_results = execute_once(references, executor, "running references")
     pred_results = execute_once(predictions, executor, "running predictions")
-    constant = executor.run(CONSTANT_PROGRAM, mesh=True)
+    constant = executor.run(CONSTANT_PROGRAM, mesh=True, brep=True)
     per_sample, ious, constant_ious = [], [], []
     for ref, pred in zip(ref_results, pred_results):
         iou = None
         if ref.ok:
-            iou = iou_from_results(ref, pred) if pred.ok else 0.0
+            iou = iou_from_results(ref, pred, executor=executor) if pred.ok else 0.0
             ious.append(iou)
-            constant_ious.append(iou_from_results(ref, constant) if constant.ok else 0.0)
+            constant_ious.append(iou_from_results(ref, constant, executor=executor) if constant.ok else 0.0)
         per_sample.append({"valid": pred.ok, "error": None if pred.ok else f"{pred.error_kind}: {pred.message}",
                            "iou": iou, "reference_valid": ref.ok})
     return {

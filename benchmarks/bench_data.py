@@ -2,18 +2,75 @@
 
     python benchmarks/bench_data.py [--n 200] [--workers 2]
 
-Prints one table: seconds per stage in-process (1 core), and end-to-end samples/s through the
-executor with N workers, per core. Numbers depend on machine load: say what else was running.
+Prints two tables: milliseconds per stage, each draw run in a freshly forked child of a warm
+process exactly as the executor runs it (so per-process set-up, such as GL context creation, shows
+where it is paid), and end-to-end samples/s through the executor with N workers. Numbers depend on
+machine load: say what else was running.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+
+STAGES = ("exec", "check", "validate", "tessellate", "draw", "png")
+
+
+def _stages(code: str) -> dict:
+    """Seconds per stage of one draw: exec, the executor's checks (validity, mass properties), our
+    validation, tessellation, GL draw + read-back, PNG encoding."""
+    from img2cq import data, render
+    from img2cq.executor import _mass_properties, _solids_of
+
+    times, t = {}, time.perf_counter()
+
+    def lap(name):
+        nonlocal t
+        now = time.perf_counter()
+        times[name], t = now - t, now
+
+    namespace: dict = {}
+    exec(code, namespace)
+    lap("exec")
+    shape = _solids_of(namespace["solid"])
+    if not shape.isValid():
+        return times
+    _mass_properties(shape)
+    lap("check")
+    if data.reject_reason(shape):
+        return times
+    lap("validate")
+    points, triangles, polylines = render.tessellate(shape)
+    lap("tessellate")
+    pixels = render._SCENE.draw(points, triangles, polylines, render._jittered_direction(0.0, None), 448, 1.0)
+    lap("draw")
+    render.png_bytes(pixels)
+    lap("png")
+    return times
+
+
+def _in_fork(code: str) -> dict:
+    """_stages(code) in a forked child, as the executor's workers run each program."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        try:
+            out = _stages(code)
+        except Exception:  # noqa: BLE001 - a failed draw reports the stages it finished
+            out = {}
+        os.write(write_fd, json.dumps(out).encode())
+        os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as f:
+        out = json.loads(f.read() or b"{}")
+    os.waitpid(pid, 0)
+    return out
 
 
 def main() -> None:
@@ -25,30 +82,22 @@ def main() -> None:
     if args.n < 1 or args.workers < 1:
         parser.error("--n and --workers must be >= 1")
 
+    import numpy as np
+
     from img2cq import data
-    from img2cq.executor import Executor
-    from img2cq.render import render_png
+    from img2cq.executor import Executor, _warm_up
     from img2cq.sampler import sample_program
 
     t = time.perf_counter()
     codes = [sample_program(data.draw_rng(args.seed, "train", i)) for i in range(args.n)]
     t_sample = (time.perf_counter() - t) / args.n
 
-    shapes, t_exec = [], 0.0
-    for code in codes:
-        t = time.perf_counter()
-        try:
-            namespace = {}
-            exec(code, namespace)
-            shapes.append(namespace["solid"].val())
-        except Exception:
-            pass
-        t_exec += time.perf_counter() - t
-    t_exec /= args.n
+    import img2cq.render  # noqa: F401 - preloaded by the executor's workers, so imported before the fork
+
+    _warm_up()  # the executor worker's state before it forks
     t = time.perf_counter()
-    for shape in shapes:
-        render_png(shape)
-    t_render = (time.perf_counter() - t) / max(1, len(shapes))
+    stages = [_in_fork(code) for code in codes]
+    t_fork = (time.perf_counter() - t) / args.n
 
     with Executor(workers=args.workers, preload=("img2cq.render",)) as ex:
         ex.run("import cadquery as cq\nsolid = cq.Workplane().box(1, 1, 1)\n")  # workers warm
@@ -57,14 +106,18 @@ def main() -> None:
         accepted = sum(rec["reason"] is None for rec in data.generate_draws(ex, args.seed, "train", 0, args.n, seen))
         wall = time.perf_counter() - t
 
-    print(f"{'stage':<44} {'value':>10}")
-    print(f"{'sample_program (ms/draw, 1 core)':<44} {t_sample * 1e3:>10.2f}")
-    print(f"{'exec in-process (ms/draw, 1 core)':<44} {t_exec * 1e3:>10.1f}")
-    print(f"{'render_png 448 px (ms/part, 1 core)':<44} {t_render * 1e3:>10.1f}")
-    print(f"{'in-process ceiling (samples/s/core)':<44} {1 / (t_sample + t_exec + t_render):>10.1f}")
-    print(f"{f'executor end-to-end, {args.workers} workers (draws/s)':<44} {args.n / wall:>10.1f}")
-    print(f"{'executor end-to-end (accepted samples/s)':<44} {accepted / wall:>10.1f}")
-    print(f"{'executor end-to-end (accepted/s per worker)':<44} {accepted / wall / args.workers:>10.1f}")
+    print(f"{'stage (forked child, 1 core)':<34} {'n':>5} {'mean ms':>8} {'median':>8} {'p90':>8}")
+    print(f"{'sample_program (in the caller)':<34} {args.n:>5} {t_sample * 1e3:>8.1f}")
+    for name in STAGES:
+        ms = np.array([s[name] for s in stages if name in s]) * 1e3
+        if len(ms):
+            print(f"{name:<34} {len(ms):>5} {ms.mean():>8.1f} {np.median(ms):>8.1f} {np.percentile(ms, 90):>8.1f}")
+    print(f"{'fork + all stages, per draw':<34} {args.n:>5} {t_fork * 1e3:>8.1f}")
+    print()
+    print(f"{f'executor end-to-end, {args.workers} workers':<44} {'value':>10}")
+    print(f"{'draws/s':<44} {args.n / wall:>10.1f}")
+    print(f"{'accepted samples/s':<44} {accepted / wall:>10.1f}")
+    print(f"{'accepted samples/s per worker':<44} {accepted / wall / args.workers:>10.1f}")
     print(f"{'acceptance':<44} {accepted / args.n:>10.1%}")
     print(f"draws={args.n} workers={args.workers} seed={args.seed} cpus={os.cpu_count()} "
           f"load_avg_1min={os.getloadavg()[0]:.1f}")

@@ -50,31 +50,35 @@ def count_tokens(code: str) -> int:
 # ----------------------------------------------------------------------------------------------
 # Runs inside the executor's sandboxed child, on the result shape of a generated program.
 
-def validate_and_render(shape, size: int = 448, line_width: float = 1.0, view_jitter_deg: float = 0.0,
-                        seed: int | None = None) -> dict:
-    """Reject degenerate parts (dust, slivers, disconnected pieces), else render a PNG.
-
-    Returns {"reject": reason or None, "png": bytes or None, "n_solids": int, "extent": [dx, dy, dz]}.
-    """
-    from img2cq.render import render_png
-
-    solids = shape.Solids()
+def reject_reason(shape) -> str | None:
+    """Why a generated part is degenerate (dust, sliver, disconnected pieces), or None if it is fine."""
+    if len(shape.Solids()) > 1:
+        return "disconnected"
     bb = shape.BoundingBox()
     extent = [bb.xlen, bb.ylen, bb.zlen]
     volume = shape.Volume()
-    out = {"reject": None, "png": None, "n_solids": len(solids), "extent": extent}
-    if len(solids) > 1:
-        out["reject"] = "disconnected"
-    elif volume < MIN_VOLUME:
-        out["reject"] = "too_small"
-    elif min(extent) < MIN_EXTENT or volume / (extent[0] * extent[1] * extent[2]) < MIN_FILL:
-        out["reject"] = "sliver"
-    else:
-        # the view jitter differs per part yet is reproducible: seeded by the seed and the part's volume
-        jitter_seed = None if seed is None else [seed, int(volume * 1e9)]
-        out["png"] = render_png(shape, size=size, line_width=line_width, view_jitter_deg=view_jitter_deg,
-                                seed=jitter_seed)
-    return out
+    if volume < MIN_VOLUME:
+        return "too_small"
+    if min(extent) < MIN_EXTENT or volume / (extent[0] * extent[1] * extent[2]) < MIN_FILL:
+        return "sliver"
+    return None
+
+
+def validate_and_render(shape, size: int = 448, line_width: float = 1.0, view_jitter_deg: float = 0.0,
+                        seed: int | None = None) -> dict:
+    """reject_reason(shape), and a PNG render of the parts that pass.
+
+    Returns {"reject": reason or None, "png": bytes or None}.
+    """
+    from img2cq.render import render_png
+
+    reason = reject_reason(shape)
+    if reason is not None:
+        return {"reject": reason, "png": None}
+    # the view jitter differs per part yet is reproducible: seeded by the seed and the part's volume
+    jitter_seed = None if seed is None else [seed, int(shape.Volume() * 1e9)]
+    return {"reject": None, "png": render_png(shape, size=size, line_width=line_width,
+                                               view_jitter_deg=view_jitter_deg, seed=jitter_seed)}
 
 
 def geometry_signature(volume: float, inertia: np.ndarray) -> str:

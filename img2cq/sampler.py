@@ -3,7 +3,8 @@
 The real dataset cannot be downloaded here, so training data is drawn from this sampler. A part is
 designed in the frame of its first sketch (that sketch's normal is local +Z); later sketches sit on
 faces of the part's bounding box (bosses, pockets, through holes, trims) with axis-aligned local
-normals. The whole part is then rotated into the world by the first sketch's plane, centred and
+normals; bosses are placed only where they meet the first body's material, not over its holes or
+notches. The whole part is then rotated into the world by the first sketch's plane, centred and
 scaled into about [-0.75, 0.75], and printed exactly in the GenCAD-Code style:
 plane vectors come from DeepCAD's polar rotations (and keep their float noise), sketch coordinates
 are integers on a 256-level grid times the sketch scale, numbers are Python float reprs.
@@ -21,18 +22,18 @@ import numpy as np
 # Tunable weights. Every key can be overridden through sample_program(rng, weights={...}).
 DEFAULT_WEIGHTS: dict[str, dict] = {
     # number of sketches (a little over half the parts are one sketch + one extrude)
-    "n_sketches": {1: 0.52, 2: 0.16, 3: 0.11, 4: 0.08, 5: 0.05, 6: 0.04, 7: 0.02, 8: 0.02},
+    "n_sketches": {1: 0.57, 2: 0.17, 3: 0.1, 4: 0.07, 5: 0.04, 6: 0.025, 7: 0.0125, 8: 0.0125},
     # normal of the first sketch in the world (the part's "up"); +Z most, then -Y, then +X
     "base_normal": {"+Z": 0.46, "-Y": 0.2, "+X": 0.12, "-Z": 0.05, "+Y": 0.05, "-X": 0.04, "tilted": 0.08},
     # profile of the first sketch
-    "base_profile": {"plate": 0.2, "block": 0.1, "rounded_plate": 0.1, "cylinder": 0.1, "ring": 0.08,
-                     "disc_holes": 0.06, "slot": 0.06, "polygon": 0.05, "L": 0.07, "T": 0.04, "U": 0.04,
+    "base_profile": {"plate": 0.24, "block": 0.1, "rounded_plate": 0.06, "cylinder": 0.1, "ring": 0.08,
+                     "disc_holes": 0.05, "slot": 0.06, "polygon": 0.05, "L": 0.07, "T": 0.04, "U": 0.04,
                      "arc_profile": 0.06, "bracket": 0.04},
     # what a later sketch does to the part
-    "feature": {"boss": 0.55, "pocket": 0.12, "through": 0.22, "intersect": 0.03, "stack": 0.08},
+    "feature": {"boss": 0.62, "pocket": 0.08, "through": 0.16, "intersect": 0.02, "stack": 0.12},
     # profile of a later sketch (bosses, pockets, holes)
-    "feature_profile": {"rect": 0.25, "circle": 0.3, "ring": 0.08, "rounded_rect": 0.12, "slot": 0.1,
-                        "polygon": 0.05, "holes": 0.1},
+    "feature_profile": {"rect": 0.25, "circle": 0.45, "ring": 0.05, "rounded_rect": 0.06, "slot": 0.07,
+                        "polygon": 0.04, "holes": 0.08},
     # face of the part's box a later sketch sits on, in the part frame
     "face": {"+Z": 0.6, "-Z": 0.12, "+X": 0.07, "-X": 0.07, "+Y": 0.07, "-Y": 0.07},
     "both_prob": 0.2,        # share of symmetric extrusions, extrude(d, both=True)
@@ -85,6 +86,7 @@ class Sketch:
     depth: int              # extrusion depth in grid steps
     both: bool
     op: str                 # "union" | "cut" | "intersect" (ignored for the first sketch)
+    embed: float = 0.0      # how far the sketch plane lies inside the body (bosses), part units
 
     def corners(self) -> np.ndarray:
         """Part-frame points bounding the extruded sketch (used for the part's box)."""
@@ -204,9 +206,9 @@ def _holes(rng, safe) -> list[Loop]:
     w, h = x1 - x0, y1 - y0
     if min(w, h) < 8:
         return []
-    pattern = _pick(rng, {"one": 0.35, "row": 0.25, "corners": 0.25, "grid": 0.15})
-    nx, ny = {"one": (1, 1), "corners": (2, 2), "grid": (int(rng.integers(2, 5)), int(rng.integers(2, 4)))}.get(
-        pattern, (int(rng.integers(2, 5)), 1) if w >= h else (1, int(rng.integers(2, 5))))
+    pattern = _pick(rng, {"one": 0.5, "row": 0.2, "corners": 0.22, "grid": 0.08})
+    nx, ny = {"one": (1, 1), "corners": (2, 2), "grid": (int(rng.integers(2, 4)), 2)}.get(
+        pattern, (int(rng.integers(2, 4)), 1) if w >= h else (1, int(rng.integers(2, 4))))
     pitch = min(w / nx, h / ny)
     r = int(rng.integers(1, max(2, int(pitch * 0.35))) + 1)
     if r * 2 + 2 > pitch:
@@ -240,19 +242,71 @@ def _profile(rng, kind, region):
         raise ValueError(f"unknown profile kind {kind!r}")
     if kind == "disc_holes":
         c, r = loops[0].start, loops[0].radius
-        n, rr = int(rng.integers(3, 9)), r * rng.uniform(0.55, 0.75)
+        n, rr = int(rng.integers(3, 7)), r * rng.uniform(0.55, 0.75)
         hole = max(2, int(min(r * 0.15, rr * math.sin(math.pi / n) * 0.6)))
         a0 = rng.choice([0.0, math.pi / n])
         loops += [Loop((round(c[0] + rr * math.cos(a0 + 2 * math.pi * i / n)),
                         round(c[1] + rr * math.sin(a0 + 2 * math.pi * i / n))), radius=hole) for i in range(n)]
-        if rng.random() < 0.6:
+        if rng.random() < 0.5:
             loops.append(Loop(c, radius=max(2, int(r * rng.uniform(0.15, 0.35)))))
-    elif kind in ("plate", "rounded_plate", "bracket", "polygon") and rng.random() < 0.7 or \
-            kind in ("L", "T", "U", "arc_profile", "block", "slot") and rng.random() < 0.3:
+    elif kind in ("plate", "rounded_plate", "bracket", "polygon") and rng.random() < 0.3 or \
+            kind in ("L", "T", "U", "arc_profile", "block", "slot") and rng.random() < 0.2:
         loops += _holes(rng, safe)
-    elif kind == "rect" and rng.random() < 0.2:
+    elif kind == "rect" and rng.random() < 0.1:
         loops += _holes(rng, safe)
     return loops
+
+
+# ----------------------------------------------------------------------------------------------
+# Where a profile has material: used to put bosses only on the first body's material (a boss over a
+# hole or a notch would float free and the draw would be rejected as disconnected).
+
+def _loop_polygon(loop: Loop) -> np.ndarray:
+    """A loop as a closed polygon on the grid; an arc becomes its two chords through the midpoint.
+    Every arc this sampler draws bulges outwards, so this only shrinks the material a little."""
+    if loop.radius is not None:
+        a = np.linspace(0.0, 2 * math.pi, 16, endpoint=False)
+        return np.column_stack([loop.start[0] + loop.radius * np.cos(a), loop.start[1] + loop.radius * np.sin(a)])
+    return np.array([loop.start] + [p for seg in loop.segments for p in seg[1:]], dtype=float)
+
+
+def _material(loops: list[Loop], pts: np.ndarray) -> np.ndarray:
+    """Boolean per grid point (n, 2): inside the profile's material (even-odd over all its loops)."""
+    count = np.zeros(len(pts), dtype=int)
+    x, y = pts[:, :1], pts[:, 1:]
+    for loop in loops:
+        a = _loop_polygon(loop)
+        b = np.roll(a, -1, axis=0)
+        crosses = (a[:, 1] > y) != (b[:, 1] > y)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x_cross = a[:, 0] + (y - a[:, 1]) * (b[:, 0] - a[:, 0]) / (b[:, 1] - a[:, 1])
+        count += (crosses & (x < x_cross)).sum(axis=1)
+    return count % 2 == 1
+
+
+def _material_points(loops: list[Loop], n: int = 9) -> np.ndarray:
+    """Grid points (k, 2) on an n x n lattice over the loops' box that lie in the profile's material."""
+    pts = np.array([p for loop in loops for p in loop.points()], dtype=float)
+    (x0, y0), (x1, y1) = pts.min(axis=0), pts.max(axis=0)
+    lattice = np.array([(x, y) for x in np.linspace(x0, x1, n + 2)[1:-1] for y in np.linspace(y0, y1, n + 2)[1:-1]])
+    return lattice[_material(loops, lattice)]
+
+
+def _attached(base: Sketch, feat: Sketch, min_share: float = 0.25) -> bool:
+    """Whether at least min_share of the feature's footprint, halfway through the layer where it is
+    embedded in the part, lies in the first body's material."""
+    uv = _material_points(feat.loops) * (feat.scale / GRID)
+    if not len(uv):
+        return False
+    y_dir = np.cross(feat.normal, feat.x_dir)
+    pts = feat.origin + uv[:, :1] * feat.x_dir + uv[:, 1:] * y_dir + feat.embed / 2 * feat.normal - base.origin
+    unit = base.scale / GRID
+    base_y = np.cross(base.normal, base.x_dir)
+    height = pts @ base.normal
+    depth = base.depth * unit
+    in_height = (height > (-depth if base.both else 0.0)) & (height < depth)
+    in_profile = _material(base.loops, np.column_stack([pts @ base.x_dir, pts @ base_y]) / unit)
+    return bool(np.mean(in_height & in_profile) >= min_share)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -301,10 +355,20 @@ def _sub_region(rng, W, H, frac_lo, frac_hi):
     return (x0, y0, x0 + w, y0 + h)
 
 
-def _feature(rng, w, box_lo, box_hi) -> Sketch | None:
-    """A later sketch acting on the part's current box."""
+def _feature(rng, w, base: Sketch, box_lo, box_hi, tries: int = 6) -> Sketch | None:
+    """A later sketch acting on the first body's box. Bosses are redrawn (same kind, new face and
+    placement) until they sit on the first body's material; None if `tries` draws all miss."""
     kind = _pick(rng, w["feature"])
-    face = _pick(rng, w["face"])
+    for _ in range(tries):
+        feat = _placed_feature(rng, w, kind, _pick(rng, w["face"]), box_lo, box_hi)
+        if feat is not None and (feat.op != "union" or _attached(base, feat)):
+            return feat
+    return None
+
+
+def _placed_feature(rng, w, kind: str, face: str, box_lo, box_hi) -> Sketch | None:
+    """A feature of the given kind on one face of the box."""
+    embed = 0.0
     axis, at_max = face[1], face[0] == "+"
     if kind in ("intersect", "through"):
         axis_key = "+" + axis
@@ -323,8 +387,8 @@ def _feature(rng, w, box_lo, box_hi) -> Sketch | None:
         outward = ("+" if at_max else "-") + axis
         normal, x_dir, ang, origin, (U, V), (n0, n1) = _face_plane(box_lo, box_hi, outward, True, rng)
         ext = n1 - n0
-        embed = 0.02 if axis == "Z" else 0.3  # side faces of the box may touch round bodies only at a line
-        origin = origin - normal * embed * ext
+        embed = (0.02 if axis == "Z" else 0.3) * ext  # side faces of the box may touch round bodies only at a line
+        origin = origin - normal * embed
     scale = max(U, V)
     if scale <= 1e-9 or ext <= 1e-9:
         return None
@@ -357,10 +421,10 @@ def _feature(rng, w, box_lo, box_hi) -> Sketch | None:
     else:
         prof = _pick(rng, {k: v for k, v in w["feature_profile"].items() if k != "holes"})
         loops = _profile(rng, prof, _sub_region(rng, W, H, 0.15, 0.55))
-        depth, op = max(2, int(GRID * rng.uniform(0.05, 0.4) + embed * ext / unit)), "union"
+        depth, op = max(2, int(GRID * rng.uniform(0.05, 0.4) + embed / unit)), "union"
         if rng.random() < w["both_prob"] * 0.5:
             both = True
-    return Sketch(origin, x_dir, normal, ang, scale, loops, depth, both, op)
+    return Sketch(origin, x_dir, normal, ang, scale, loops, depth, both, op, embed)
 
 
 def sample_sketches(rng: np.random.Generator, weights: dict | None = None) -> list[Sketch]:
@@ -380,7 +444,7 @@ def sample_sketches(rng: np.random.Generator, weights: dict | None = None) -> li
     n = _pick(rng, w["n_sketches"])
     pts = base.corners()  # later sketches act on the first body, so they stay attached to it
     while len(sketches) < n:
-        feat = _feature(rng, w, pts.min(axis=0), pts.max(axis=0))
+        feat = _feature(rng, w, base, pts.min(axis=0), pts.max(axis=0))
         if feat is not None:
             sketches.append(feat)
     return sketches

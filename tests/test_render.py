@@ -1,5 +1,7 @@
 """The renderer must match the GenCAD-Code image style (gencad-code.md): these numbers are the spec."""
 import io
+import os
+import signal
 from pathlib import Path
 
 import cadquery as cq
@@ -92,3 +94,21 @@ def test_view_jitter_is_reproducible_and_changes_view():
     a = render_array(shape, view_jitter_deg=10, seed=3)
     assert np.array_equal(a, render_array(shape, view_jitter_deg=10, seed=3))
     assert not np.array_equal(a, render_array(shape))
+
+
+def test_forked_child_renders_with_the_inherited_context():
+    """Executor children are forked from a worker that imported this module: they must draw with the
+    inherited GL context (no hang on threads that did not survive the fork) and get the same pixels."""
+    shape = _fixture_shape()
+    expected = render_array(shape, size=96)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(20)  # a hang kills the child and the parent sees no data
+        os.write(write_fd, render_array(shape, size=96).tobytes())
+        os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    assert np.frombuffer(data, dtype=np.uint8).reshape(expected.shape).tolist() == expected.tolist()

@@ -6,7 +6,7 @@ import cadquery as cq
 import numpy as np
 import pytest
 
-from img2cq.sampler import polar_frame, sample_program
+from img2cq.sampler import GRID, Loop, Sketch, _attached, polar_frame, sample_program
 
 N_PROGRAMS = 40
 WP_LINE = re.compile(r"^wp_sketch(\d+) = cq\.Workplane\(cq\.Plane\(cq\.Vector\([^()]+\), cq\.Vector\([^()]+\), "
@@ -66,3 +66,28 @@ def test_programs_build_valid_parts_inside_the_normalised_box(programs):
         bb = shape.BoundingBox()
         assert max(abs(bb.xmin), abs(bb.xmax), abs(bb.ymin), abs(bb.ymax), abs(bb.zmin), abs(bb.zmax)) < 0.8
     assert built >= 0.9 * len(programs)
+
+
+def test_bosses_are_placed_only_on_material():
+    """A boss over the hole of a ring would float free (a rejected, disconnected draw)."""
+    unit = 1.0 / GRID
+    ring = Sketch(np.zeros(3), np.array([1.0, 0, 0]), np.array([0, 0, 1.0]), (0, 0, 0), 1.0,
+                  [Loop((128, 128), radius=128), Loop((128, 128), radius=80)], 40, False, "union")
+
+    def boss(centre):
+        origin = np.array([0.0, 0.0, 39 * unit])  # embedded 1 grid step below the ring's top face
+        return Sketch(origin, np.array([1.0, 0, 0]), np.array([0, 0, 1.0]), (0, 0, 0), 1.0,
+                      [Loop(centre, radius=20)], 30, False, "union", embed=unit)
+
+    assert not _attached(ring, boss((128, 128)))   # over the hole
+    assert _attached(ring, boss((128, 20)))        # on the annulus
+    assert not _attached(ring, boss((300, 300)))   # beside the part
+
+
+def test_program_statistics_follow_the_real_dataset():
+    """gencad-code.md: a little over half single-sketch, union about 3x cut (no execution needed)."""
+    codes = [sample_program(np.random.default_rng([99, i])) for i in range(400)]
+    single = np.mean([c.count("# Generating a workplane") == 1 for c in codes])
+    union, cut = (sum(c.count(f"solid.{op}(") for c in codes) for op in ("union", "cut"))
+    assert 0.45 < single < 0.65 and 2.4 < union / cut < 3.8
+    assert np.median([len(c) for c in codes]) < 1000

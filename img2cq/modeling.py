@@ -67,6 +67,9 @@ PRESETS = {
     # ViT-S/16-like encoder (6 layers) + 6-layer GPT-2 decoder
     "small": Preset(image_size=224, patch_size=16, encoder_hidden=384, encoder_layers=6, encoder_heads=6,
                     decoder_hidden=512, decoder_layers=6, decoder_heads=8),
+    # the shippable default: 23.6M parameters, so bf16 weights stay under 50 MB (small is ~80 MB)
+    "compact": Preset(image_size=224, patch_size=16, encoder_hidden=384, encoder_layers=5, encoder_heads=6,
+                      decoder_hidden=384, decoder_layers=5, decoder_heads=6),
     # ViT-B/16 encoder + GPT-2 (124M-sized) decoder with cross-attention
     "base": Preset(image_size=224, patch_size=16, encoder_hidden=768, encoder_layers=12, encoder_heads=12,
                    decoder_hidden=768, decoder_layers=12, decoder_heads=12),
@@ -275,4 +278,7 @@ def load_pretrained(model_dir, device=None) -> Img2CQ:
     model = VisionEncoderDecoderModel.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     processor = AutoImageProcessor.from_pretrained(model_dir)
-    return Img2CQ(model, tokenizer, processor, device=device)
+    generator = Img2CQ(model, tokenizer, processor, device=device)
+    if generator.device.type == "cpu":  # bf16/fp16 exports (scripts/export_model.py): CPUs run fp32 best
+        generator.model.float()
+    return generator

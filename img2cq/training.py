@@ -72,6 +72,7 @@ class TrainingArguments:
     save_steps: int = 500
     keep_checkpoints: int = 2
     resume: bool = False
+    max_minutes: float | None = None  # wall-clock budget: checkpoint, save and stop once it is spent
     stream: bool = False
     stream_workers: int = 1
     log_steps: int = 10
@@ -131,15 +132,23 @@ class Collator:
 
 
 class StreamDataset(IterableDataset):
-    """Fresh procedural samples for ever (``img2cq.data.stream_samples``)."""
+    """Fresh procedural samples for ever (``img2cq.data.stream_samples``).
+
+    ``next_index`` is the draw index after the last sample handed out; a checkpoint stores it so a
+    resumed run starts past every draw already used (a prefetched batch is skipped, never replayed).
+    It is only updated when the DataLoader iterates in this process (``num_workers=0``).
+    """
 
     def __init__(self, seed: int, workers: int, start: int = 0):
         self.seed, self.workers, self.start = seed, workers, start
+        self.next_index = start
 
     def __iter__(self):
         from img2cq.data import stream_samples
 
-        yield from stream_samples(seed=self.seed, workers=self.workers, start=self.start)
+        for row in stream_samples(seed=self.seed, workers=self.workers, start=self.start):
+            self.next_index = row["index"] + 1
+            yield row
 
 
 def load_rows(path: str | None, limit: int | None = None, what: str = "training"):
@@ -283,6 +292,7 @@ def train(args: TrainingArguments, command: str | None = None, train_rows=None, 
     from accelerate.utils import set_seed
     from transformers import get_cosine_schedule_with_warmup
 
+    run_started = time.time()  # the --max-minutes budget counts from here: start-up is part of a command
     if args.stream and not args.max_steps:
         raise TrainingError("--stream needs --max-steps (a stream has no epochs)")
     if args.mixed_precision not in ("no", "bf16", "fp16", "auto"):
@@ -326,7 +336,7 @@ def train(args: TrainingArguments, command: str | None = None, train_rows=None, 
         num_training_steps=total_steps * accelerator.num_processes)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best_metric": None}
+    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best_metric": None, "stream_next_index": 0}
     if args.resume and previous:
         accelerator.load_state(str(previous[-1]))
         state = json.loads((previous[-1] / "trainer_state.json").read_text())
@@ -339,16 +349,22 @@ def train(args: TrainingArguments, command: str | None = None, train_rows=None, 
     if accelerator.is_main_process:
         logger.info("start: %s parameters, %s steps, %s", f"{count_parameters(model):,}", total_steps, record["command"])
 
+    stream = None
+
     def loader_for(epoch: int):
+        nonlocal stream
         if args.stream:
-            # each process its own stream; a resumed run starts past the draws already consumed
-            data = StreamDataset(seed=args.seed + accelerator.process_index, workers=args.stream_workers,
-                                 start=state["step"] * args.batch_size * args.grad_accum)
-        else:  # a fixed permutation per epoch, so a resumed run sees the same order
-            order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(args.seed + epoch))
-            data = Subset(train_rows, order.tolist())
+            # each process its own stream; a resumed run starts past the draws already consumed.
+            # The executor renders in parallel, so the DataLoader stays in this process (next_index).
+            stream = data = StreamDataset(seed=args.seed + accelerator.process_index, workers=args.stream_workers,
+                                          start=state.get("stream_next_index", 0))
+            loader = DataLoader(data, batch_size=args.batch_size, collate_fn=collate, num_workers=0)
+            return accelerator.prepare(loader)
+        # a fixed permutation per epoch, so a resumed run sees the same order
+        order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(args.seed + epoch))
+        data = Subset(train_rows, order.tolist())
         loader = DataLoader(data, batch_size=args.batch_size, collate_fn=collate, shuffle=False,
-                            num_workers=args.dataloader_workers, drop_last=not args.stream)
+                            num_workers=args.dataloader_workers, drop_last=True)
         return accelerator.prepare(loader)
 
     def evaluate_and_keep_best() -> dict:
@@ -368,6 +384,25 @@ def train(args: TrainingArguments, command: str | None = None, train_rows=None, 
         accelerator.wait_for_everyone()
         return metrics
 
+    def train_seconds() -> float:
+        """Loop time of this run plus that of the runs it resumes (a --max-minutes chain)."""
+        return round(resumed_seconds + time.time() - started, 1)
+
+    def checkpoint() -> None:
+        """Save a resumable state; for a stream, with the furthest draw index any process reached."""
+        state["train_seconds"] = train_seconds()
+        if stream is not None:
+            reached = accelerator.gather(torch.tensor([stream.next_index], device=accelerator.device))
+            state["stream_next_index"] = int(reached.max())
+        save_checkpoint(accelerator, out, state, args.keep_checkpoints)
+
+    def out_of_time() -> bool:
+        """True on every process once the main one has spent --max-minutes (processes stop together)."""
+        spent = time.time() - run_started
+        if args.max_minutes is not None and accelerator.is_main_process and spent > 60 * args.max_minutes:
+            accelerator.set_trigger()
+        return accelerator.check_trigger()
+
     def log_row(row: dict) -> None:
         if row:
             log.write({"step": state["step"], "epoch": state["epoch"], **row, "elapsed_s": round(time.time() - started, 1)})
@@ -376,11 +411,13 @@ def train(args: TrainingArguments, command: str | None = None, train_rows=None, 
     bar = tqdm(total=total_steps, initial=state["step"], desc="training", unit="step",
                disable=not accelerator.is_main_process)
     started, seen, running_loss, last_metrics = time.time(), 0, [], {}
+    resumed_seconds = state.get("train_seconds", 0.0)
     evaluated_at = saved_at = None
+    timed_out = False
     try:
-        while state["step"] < total_steps:
+        while state["step"] < total_steps and not timed_out:
             loader = loader_for(state["epoch"])
-            if state["batches_in_epoch"]:
+            if state["batches_in_epoch"] and not args.stream:
                 loader = accelerator.skip_first_batches(loader, state["batches_in_epoch"])
             for batch in loader:
                 with accelerator.accumulate(model):
@@ -407,9 +444,10 @@ def train(args: TrainingArguments, command: str | None = None, train_rows=None, 
                     last_metrics, evaluated_at = evaluate_and_keep_best(), state["step"]
                     log_row(last_metrics)
                 if state["step"] % args.save_steps == 0:
-                    save_checkpoint(accelerator, out, state, args.keep_checkpoints)
+                    checkpoint()
                     saved_at = state["step"]
-                if state["step"] >= total_steps:
+                timed_out = out_of_time()
+                if state["step"] >= total_steps or timed_out:
                     break
             else:  # the epoch ran out: next permutation, evaluate once per epoch unless --eval-steps
                 state["epoch"] += 1
@@ -417,18 +455,21 @@ def train(args: TrainingArguments, command: str | None = None, train_rows=None, 
                 if not args.eval_steps:
                     last_metrics, evaluated_at = evaluate_and_keep_best(), state["step"]
                     log_row(last_metrics)
-        if evaluated_at != state["step"]:
+        if timed_out:  # no evaluation: the budget is spent; the next --resume run goes on
+            accelerator.print(f"--max-minutes {args.max_minutes} spent at step {state['step']}/{total_steps}")
+        elif evaluated_at != state["step"]:
             last_metrics = evaluate_and_keep_best()
             log_row(last_metrics)
         if saved_at != state["step"]:
-            save_checkpoint(accelerator, out, state, args.keep_checkpoints)
+            checkpoint()
     finally:
         bar.close()
         log.close()
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        record.update(steps=state["step"], train_seconds=round(time.time() - started, 1))
+        record.update(steps=state["step"], finished=state["step"] >= total_steps,
+                      train_seconds=train_seconds())
         save_pretrained(out, accelerator.unwrap_model(model), tokenizer, processor, record, last_metrics)
         accelerator.print(f"saved the final model to {out}")
     return last_metrics
@@ -444,7 +485,7 @@ HELP = {
     "output_dir": "where the final model goes (checkpoints/, best/ and logs/ inside it)",
     "train_json": "training split (JSONL from scripts/download_hf_dataset.py)",
     "eval_json": "evaluation split; 'none' to skip evaluation",
-    "model_size": "preset: tiny (tests), small (~40M), base (~200M)",
+    "model_size": "preset: tiny (tests), compact (~24M, the shipped default), small (~40M), base (~200M)",
     "image_size": "input resolution (default: the preset's)",
     "encoder": "pretrained ViT checkpoint (hub name or local dir); needs --decoder",
     "decoder": "pretrained GPT-2 checkpoint (hub name or local dir), its tokenizer is used",
@@ -460,8 +501,9 @@ HELP = {
     "save_steps": "write a resumable checkpoint every N steps",
     "keep_checkpoints": "resumable checkpoints kept",
     "resume": "continue from the latest checkpoint in --output-dir",
+    "max_minutes": "wall-clock budget of this run: then checkpoint, save the model and stop (go on with --resume)",
     "stream": "train on fresh procedural samples (needs --max-steps)",
-    "stream_workers": "processes rendering streamed samples",
+    "stream_workers": "processes rendering streamed samples (the stream ignores --dataloader-workers)",
     "log_steps": "log every N steps",
     "dataloader_workers": "DataLoader worker processes",
 }

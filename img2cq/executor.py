@@ -1,8 +1,9 @@
 """Safe execution of CadQuery programs: the one place where untrusted code runs.
 
 Every program a model writes is untrusted. Each one runs in a fresh child process forked from a
-long-lived worker that has already imported CadQuery (so the 2-3 s import is paid once per worker,
-and a fork costs ~10 ms). The child is fenced in before the program starts:
+long-lived worker that has already imported CadQuery (so the 2-3 s import is paid once per worker);
+the worker forks each child before its job arrives, so the 10-20 ms fork is not on the caller's
+clock. The child is fenced in before the program starts:
 
 * resource limits: address space (``memory_mb``), CPU seconds, file size, open files, no core dumps;
 * a wall-clock timeout enforced by the worker, which kills the child's whole process group;
@@ -29,6 +30,7 @@ import importlib
 import json
 import math
 import os
+import pickle
 import re
 import resource
 import select
@@ -203,12 +205,16 @@ def _install_audit_hook(workdir: str, violations: list[str]) -> None:
     sys.addaudithook(hook)
 
 
-def _enter_sandbox(workdir: str, timeout: float, memory_mb: int) -> None:
-    """Fence this (freshly forked) process in before it touches untrusted code."""
+def _detach_from_worker() -> None:
+    """First steps of a freshly forked child, before its job is known."""
     os.setsid()  # own process group: the worker kills it whole
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the worker
     libc.unshare(0x40000000)  # CLONE_NEWNET: no network at all where permitted (else the hook refuses sockets)
+
+
+def _enter_sandbox(workdir: str, timeout: float, memory_mb: int) -> None:
+    """Fence this process in before it touches untrusted code (after _detach_from_worker)."""
     cpu = int(math.ceil(timeout)) + 1
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
@@ -349,10 +355,13 @@ def _brep_bytes(shape) -> bytes:
     return buffer.getvalue()
 
 
-def _child_main(job: tuple, workdir: str, write_fd: int, timeout: float, memory_mb: int) -> None:
-    """Body of the forked child; never returns."""
+def _child_main(job_fd: int, workdir: str, write_fd: int) -> None:
+    """Body of the forked child: wait for the job, fence in, run it, write the result; never returns."""
     status = 0
     try:
+        _detach_from_worker()
+        with os.fdopen(job_fd, "rb") as f:
+            job, timeout, memory_mb = pickle.load(f)  # from the trusted worker, before any untrusted code
         _enter_sandbox(workdir, timeout, memory_mb)
         violations: list[str] = []
         _install_audit_hook(workdir, violations)
@@ -408,52 +417,80 @@ def _kill_leftovers() -> int:
                 pass
 
 
-def _run_job_in_child(job: tuple, timeout: float, memory_mb: int) -> tuple[bytes | None, str]:
-    """Fork a sandboxed child for one job; return (raw result or None, why it is missing)."""
-    workdir = tempfile.mkdtemp(prefix="img2cq-run-")
-    read_fd, write_fd = os.pipe()
-    deadline = time.monotonic() + timeout
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_fd)
-        _child_main(job, workdir, write_fd, timeout, memory_mb)
-    os.close(write_fd)
-    chunks, timed_out = [], False
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                timed_out = True
-                break
-            ready, _, _ = select.select([read_fd], [], [], remaining)
-            if not ready:
-                continue
-            chunk = os.read(read_fd, 1 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(read_fd)
+class _SpareChild:
+    """A sandbox child forked ahead of its job.
+
+    Forking a process that has CadQuery loaded costs 10-20 ms; the worker forks the next child
+    while it would otherwise wait for work, so that cost is off the caller's clock.
+    """
+
+    def __init__(self):
+        self.workdir = tempfile.mkdtemp(prefix="img2cq-run-")
+        job_r, self.job_w = os.pipe()
+        self.result_r, result_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            os.close(self.job_w)
+            os.close(self.result_r)
+            _child_main(job_r, self.workdir, result_w)
+        os.close(job_r)
+        os.close(result_w)
+
+    def run(self, job: tuple, timeout: float, memory_mb: int) -> tuple[bytes | None, str]:
+        """Hand the job over and collect its result; return (raw result or None, why it is missing)."""
+        deadline = time.monotonic() + timeout
         try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
+            with os.fdopen(self.job_w, "wb") as f:
+                pickle.dump((job, timeout, memory_mb), f)
+        except BrokenPipeError:  # the child died before its job (reported from its exit status)
             pass
-        _, status = os.waitpid(pid, 0)
+        chunks, timed_out = [], False
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    timed_out = True
+                    break
+                ready, _, _ = select.select([self.result_r], [], [], remaining)
+                if not ready:
+                    continue
+                chunk = os.read(self.result_r, 1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            status, leftovers = self._reap()
+        if timed_out:
+            return None, f"timeout: exceeded {timeout:g} s wall time"
+        if chunks and not leftovers:
+            return b"".join(chunks), ""
+        if leftovers:
+            return None, f"forbidden: left {leftovers} process(es) running"
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            if sig == signal.SIGXCPU:
+                return None, "timeout: exceeded the CPU-time limit"
+            name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+            return None, f"crash: killed by {name}"
+        return None, f"exit: process exited with status {os.WEXITSTATUS(status)} before reporting a result"
+
+    def discard(self) -> None:
+        """Kill an unused spare (the worker is closing)."""
+        os.close(self.job_w)
+        self._reap()
+
+    def _reap(self) -> tuple[int, int]:
+        """Kill the child's process group, reap it and anything it left; remove its directory."""
+        os.close(self.result_r)
+        for kill, target in ((os.killpg, self.pid), (os.kill, self.pid)):  # the group, and the child if not yet its leader
+            try:
+                kill(target, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _, status = os.waitpid(self.pid, 0)
         leftovers = _kill_leftovers()
-        shutil.rmtree(workdir, ignore_errors=True)
-    if timed_out:
-        return None, f"timeout: exceeded {timeout:g} s wall time"
-    if chunks and not leftovers:
-        return b"".join(chunks), ""
-    if leftovers:
-        return None, f"forbidden: left {leftovers} process(es) running"
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        if sig == signal.SIGXCPU:
-            return None, "timeout: exceeded the CPU-time limit"
-        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
-        return None, f"crash: killed by {name}"
-    return None, f"exit: process exited with status {os.WEXITSTATUS(status)} before reporting a result"
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        return status, leftovers
 
 
 def _warm_up() -> None:
@@ -480,15 +517,19 @@ def _worker_main(read_fd: int, write_fd: int, preload: list[str]) -> None:
         importlib.import_module(module)
     _warm_up()
     conn_in, conn_out = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
+    spare = _SpareChild()
     try:
         conn_out.send("ready")
         while True:
             job, timeout, memory_mb = conn_in.recv()
             started = time.perf_counter()
-            data, why = _run_job_in_child(job, timeout, memory_mb)
+            data, why = spare.run(job, timeout, memory_mb)
+            spare = None
             conn_out.send((data, why, time.perf_counter() - started))
+            spare = _SpareChild()
     except (EOFError, BrokenPipeError):  # the caller closed the executor
-        return
+        if spare is not None:
+            spare.discard()
 
 
 class _Worker:

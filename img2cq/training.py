@@ -67,6 +67,7 @@ class TrainingArguments:
     mixed_precision: str = "no"  # no | bf16 | fp16 | auto (bf16 or fp16 on a GPU, fp32 on a CPU)
     augment: bool = False
     train_samples: int | None = None
+    max_program_tokens: int | None = None  # train only on programs of at most this many tokens
     eval_steps: int | None = None  # None: evaluate at the end of every epoch
     eval_samples: int = 16  # images generated and scored (VSR / IoU) at each evaluation; 0: loss only
     save_steps: int = 500
@@ -139,8 +140,8 @@ class StreamDataset(IterableDataset):
     It is only updated when the DataLoader iterates in this process (``num_workers=0``).
     """
 
-    def __init__(self, seed: int, workers: int, start: int = 0):
-        self.seed, self.workers, self.start = seed, workers, start
+    def __init__(self, seed: int, workers: int, start: int = 0, keep=None):
+        self.seed, self.workers, self.start, self.keep = seed, workers, start, keep
         self.next_index = start
 
     def __iter__(self):
@@ -148,7 +149,8 @@ class StreamDataset(IterableDataset):
 
         for row in stream_samples(seed=self.seed, workers=self.workers, start=self.start):
             self.next_index = row["index"] + 1
-            yield row
+            if self.keep is None or self.keep(row["cadquery"]):
+                yield row
 
 
 def load_rows(path: str | None, limit: int | None = None, what: str = "training"):
@@ -323,6 +325,16 @@ def train(args: TrainingArguments, command: str | None = None, train_rows=None, 
         model, tokenizer, processor = build_model(args.model_size, args.image_size)
     collate = Collator(tokenizer, processor, augment=args.augment, seed=args.seed + accelerator.process_index,
                        max_tokens=model.config.decoder.n_positions)
+    short_enough = None
+    if args.max_program_tokens:
+        def short_enough(program: str) -> bool:
+            return len(encode_program(tokenizer, program)) <= args.max_program_tokens
+
+        if train_rows is not None:
+            before = len(train_rows)
+            train_rows = train_rows.filter(short_enough, input_columns="cadquery")
+            accelerator.print(f"--max-program-tokens {args.max_program_tokens} keeps {len(train_rows)} "
+                              f"of {before} training samples")
 
     per_step = args.batch_size * args.grad_accum * accelerator.num_processes
     if train_rows is not None and len(train_rows) < per_step:
@@ -357,7 +369,7 @@ def train(args: TrainingArguments, command: str | None = None, train_rows=None, 
             # each process its own stream; a resumed run starts past the draws already consumed.
             # The executor renders in parallel, so the DataLoader stays in this process (next_index).
             stream = data = StreamDataset(seed=args.seed + accelerator.process_index, workers=args.stream_workers,
-                                          start=state.get("stream_next_index", 0))
+                                          start=state.get("stream_next_index", 0), keep=short_enough)
             loader = DataLoader(data, batch_size=args.batch_size, collate_fn=collate, num_workers=0)
             return accelerator.prepare(loader)
         # a fixed permutation per epoch, so a resumed run sees the same order
@@ -496,6 +508,7 @@ HELP = {
     "mixed_precision": "no | bf16 | fp16 | auto (bf16/fp16 on a GPU, fp32 on a CPU)",
     "augment": "render-style augmentation (scale/shift, line width, contrast, noise, JPEG; never flips)",
     "train_samples": "use only the first N training samples",
+    "max_program_tokens": "train only on programs of at most N tokens (short runs on a CPU); default: all",
     "eval_steps": "evaluate every N steps (default: every epoch)",
     "eval_samples": "images generated and scored for VSR/IoU at each evaluation (0: loss only)",
     "save_steps": "write a resumable checkpoint every N steps",

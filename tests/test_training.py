@@ -137,3 +137,23 @@ def test_missing_data_is_one_clear_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "scripts/download_hf_dataset.py --source synthetic" in result.stderr
+
+
+def test_max_program_tokens_trains_only_on_short_programs(dataset, tmp_path, monkeypatch):
+    tokenizer = load_tokenizer()
+    rows = [json.loads(line) for line in (dataset / "train.jsonl").read_text().splitlines()]
+    lengths = sorted(len(tokenizer(r["cadquery"], add_special_tokens=False)["input_ids"]) for r in rows)
+    limit = lengths[len(lengths) // 2]  # keeps the shorter half (at least 4 of 8)
+    seen = []
+    collate = Collator.__call__
+    monkeypatch.setattr(Collator, "__call__", lambda self, batch: seen.extend(r["cadquery"] for r in batch)
+                        or collate(self, batch))
+    args = dict(train_json=str(dataset / "train.jsonl"), eval_json=None, model_size="tiny", batch_size=2,
+                warmup_steps=0, save_steps=100)
+    train(TrainingArguments(**args, output_dir=str(tmp_path / "short"), epochs=2, max_program_tokens=limit))
+    assert seen and all(len(tokenizer(p, add_special_tokens=False)["input_ids"]) <= limit for p in seen)
+    assert len(set(seen)) == sum(n <= limit for n in lengths)
+
+    from img2cq.training import TrainingError
+    with pytest.raises(TrainingError, match="cannot fill one step"):
+        train(TrainingArguments(**args, output_dir=str(tmp_path / "none"), epochs=1, max_program_tokens=1))

@@ -112,3 +112,18 @@ def test_unreachable_hub_fails_fast(monkeypatch):
     monkeypatch.setattr("img2cq.modeling._hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(ModelError, match="cannot reach the Hugging Face hub"):
         build_pretrained("google/vit-base-patch16-224-in21k", "gpt2")
+
+
+def test_shipped_model_loads_and_writes_a_program():
+    """The main job's default model: a from_pretrained directory in the repository, with provenance."""
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[1] / "models" / "img2cq-tiny-cpu"
+    config = json.loads((shipped / "training_config.json").read_text())
+    assert config["finished"] and config["command"].startswith("python enhanced_train.py")
+    assert json.loads((shipped / "export.json").read_text())["dtype"] == "bf16"
+    model = load_pretrained(shipped, device="cpu")
+    image = Image.new("RGB", (448, 448), "white")
+    ImageDraw.Draw(image).rectangle((60, 80, 380, 360), fill=(141, 141, 138), outline=(0, 0, 0))
+    program = model.generate([image], max_new_tokens=24)[0]
+    assert program.startswith("import cadquery as cq")

@@ -226,12 +226,6 @@ def render_array(shape, size: int = 448, line_width: float = 1.0, view_jitter_de
     return _SCENE.draw(points, triangles, polylines, _jittered_direction(view_jitter_deg, seed), size, line_width)
 
 
-def render_image(shape, size: int = 448, line_width: float = 1.0, view_jitter_deg: float = 0.0,
-                 seed=None) -> Image.Image:
-    """PIL RGB image of render_array."""
-    return Image.fromarray(render_array(shape, size, line_width, view_jitter_deg, seed), "RGB")
-
-
 def render_png(shape, size: int = 448, line_width: float = 1.0, view_jitter_deg: float = 0.0,
                seed=None) -> bytes:
     """PNG bytes of render_array (what the dataset stores)."""

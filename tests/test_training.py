@@ -18,7 +18,7 @@ from img2cq.executor import Executor
 from img2cq.modeling import load_pretrained
 from img2cq.sampler import sample_program
 from img2cq.tokenizer import load_tokenizer
-from img2cq.training import Collator, TrainingArguments, augment_image, train
+from img2cq.training import Collator, TrainingArguments, TrainingError, augment_image, train
 from metrics.best_iou import iou_from_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,14 +140,17 @@ def test_max_program_tokens_trains_only_on_short_programs(dataset, tmp_path, mon
     limit = lengths[len(lengths) // 2]  # keeps the shorter half (at least 4 of 8)
     seen = []
     collate = Collator.__call__
-    monkeypatch.setattr(Collator, "__call__", lambda self, batch: seen.extend(r["cadquery"] for r in batch)
-                        or collate(self, batch))
+
+    def recording(self, batch):
+        seen.extend(row["cadquery"] for row in batch)
+        return collate(self, batch)
+
+    monkeypatch.setattr(Collator, "__call__", recording)
     args = dict(train_json=str(dataset / "train.jsonl"), eval_json=None, model_size="tiny", batch_size=2,
                 warmup_steps=0, save_steps=100)
     train(TrainingArguments(**args, output_dir=str(tmp_path / "short"), epochs=2, max_program_tokens=limit))
     assert seen and all(len(tokenizer(p, add_special_tokens=False)["input_ids"]) <= limit for p in seen)
     assert len(set(seen)) == sum(n <= limit for n in lengths)
 
-    from img2cq.training import TrainingError
     with pytest.raises(TrainingError, match="cannot fill one step"):
         train(TrainingArguments(**args, output_dir=str(tmp_path / "none"), epochs=1, max_program_tokens=1))

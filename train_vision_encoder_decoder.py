@@ -5,7 +5,8 @@
 
 import sys
 
-from img2cq.training import main
+from img2cq.training_args import BasicTrainingArguments, main
 
 if __name__ == "__main__":
-    sys.exit(main("Train a ViT + GPT-2 image -> CadQuery model (basic options).", basic=True))
+    sys.exit(main(BasicTrainingArguments, "Train a ViT + GPT-2 image -> CadQuery model (basic options). "
+                                          "Arguments come from flags, a JSON config file given first, or both."))

@@ -1,8 +1,11 @@
 """The training loop shared by train_vision_encoder_decoder.py (basic) and enhanced_train.py.
 
-Read top to bottom: arguments -> data -> model -> optimiser -> loop (log, evaluate, checkpoint) ->
-final ``save_pretrained`` into ``--output-dir``. ``accelerate`` handles devices, mixed precision and
-multi-GPU (``accelerate launch enhanced_train.py ...``) without code changes.
+``train`` reads top to bottom: check arguments -> data -> model -> optimiser -> resume -> loop
+(step, log, evaluate, checkpoint, stop on budget) -> final ``save_pretrained`` into ``--output-dir``.
+Every helper takes what it needs as arguments; the loop's position lives in one ``TrainState``,
+which is what a checkpoint stores besides accelerate's state. ``accelerate`` handles devices, mixed
+precision and multi-GPU (``accelerate launch enhanced_train.py ...``) without code changes.
+Arguments: ``img2cq.training_args`` (dataclasses read by ``HfArgumentParser``).
 
 Output directory layout:
 
@@ -12,7 +15,9 @@ Output directory layout:
     OUTPUT_DIR/logs/             train_log.csv, TensorBoard events, train.log
 
 A checkpoint is written to a temporary folder and renamed into place, so ``kill -9`` at any moment
-leaves the previous checkpoint intact and ``--resume`` loses at most ``--save-steps`` steps.
+leaves the previous checkpoint intact and ``--resume`` loses at most ``--save-steps`` steps. The data
+order is a function of the seed and the epoch alone, so a resumed run sees exactly the batches the
+interrupted one would have seen next.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -36,49 +41,14 @@ from PIL import Image, ImageEnhance, ImageFilter
 from torch.utils.data import DataLoader, IterableDataset, Subset
 from tqdm.auto import tqdm
 
-from img2cq.modeling import MAX_PROGRAM_TOKENS, build_model, build_pretrained, count_parameters, save_pretrained
+from img2cq.modeling import build_model, build_pretrained, count_parameters, save_pretrained
 from img2cq.tokenizer import encode_program
+from img2cq.training_args import TrainingArguments, TrainingError
+
+__all__ = ["TrainingArguments", "TrainingError", "Collator", "make_collator", "augment_image", "train", "evaluate"]
 
 logger = logging.getLogger("img2cq.training")
 DOWNLOAD_HINT = "python scripts/download_hf_dataset.py --source synthetic --out data"
-
-
-class TrainingError(ValueError):
-    """Bad arguments or inputs: reported as one line by the scripts."""
-
-
-@dataclass
-class TrainingArguments:
-    output_dir: str = "models/basic"
-    train_json: str = "data/train.jsonl"
-    eval_json: str | None = "data/test.jsonl"
-    model_size: str = "small"
-    image_size: int | None = None
-    encoder: str | None = None
-    decoder: str | None = None
-    epochs: int = 3
-    max_steps: int | None = None
-    batch_size: int = 4
-    grad_accum: int = 1
-    learning_rate: float = 3e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    max_grad_norm: float = 1.0
-    mixed_precision: str = "no"  # no | bf16 | fp16 | auto (bf16 or fp16 on a GPU, fp32 on a CPU)
-    augment: bool = False
-    train_samples: int | None = None
-    max_program_tokens: int | None = None  # train only on programs of at most this many tokens
-    eval_steps: int | None = None  # None: evaluate at the end of every epoch
-    eval_samples: int = 16  # images generated and scored (VSR / IoU) at each evaluation; 0: loss only
-    save_steps: int = 500
-    keep_checkpoints: int = 2
-    resume: bool = False
-    max_minutes: float | None = None  # wall-clock budget: checkpoint, save and stop once it is spent
-    stream: bool = False
-    stream_workers: int = 1
-    log_steps: int = 10
-    dataloader_workers: int = 0
-    seed: int = 42
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,8 +82,7 @@ def augment_image(image: Image.Image, rng: random.Random) -> Image.Image:
 class Collator:
     """Rows {"image", "cadquery"} -> {"pixel_values", "labels"}; labels end in eos, padding is -100."""
 
-    def __init__(self, tokenizer, processor, augment: bool = False, seed: int = 0,
-                 max_tokens: int = MAX_PROGRAM_TOKENS):
+    def __init__(self, tokenizer, processor, *, max_tokens: int, augment: bool = False, seed: int = 0):
         self.tokenizer, self.processor, self.augment = tokenizer, processor, augment
         self.rng = random.Random(seed)
         self.max_tokens = max_tokens
@@ -132,25 +101,80 @@ class Collator:
         return {"pixel_values": pixel_values, "labels": labels, "decoder_attention_mask": (labels != -100).long()}
 
 
-class StreamDataset(IterableDataset):
-    """Fresh procedural samples for ever (``img2cq.data.stream_samples``).
+def make_collator(model, tokenizer, processor, augment: bool = False, seed: int = 0) -> Collator:
+    """The one way training and evaluation build a collator: programs cut to the model's position table."""
+    return Collator(tokenizer, processor, max_tokens=model.config.decoder.n_positions, augment=augment, seed=seed)
 
-    ``next_index`` is the draw index after the last sample handed out; a checkpoint stores it so a
-    resumed run starts past every draw already used (a prefetched batch is skipped, never replayed).
-    It is only updated when the DataLoader iterates in this process (``num_workers=0``).
+
+# ---------------------------------------------------------------------------------------------
+# Data order: batches of similar program length
+
+def program_lengths(programs, tokenizer) -> list[int]:
+    """Token count of each program (what the collator pads to within a batch)."""
+    return [len(encode_program(tokenizer, p)) for p in tqdm(programs, desc="measuring programs", unit="program",
+                                                            leave=False, mininterval=2)]
+
+
+def length_grouped_order(indices, lengths, batch_size: int, group_batches: int, generator) -> list[int]:
+    """``indices`` shuffled, cut to whole batches, sorted by length within groups of ``group_batches``
+    batches, and the batches shuffled: each batch holds programs of similar length (little padding)
+    while batch order stays random. The same generator state gives the same order."""
+    shuffled = [indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()]
+    shuffled = shuffled[: len(shuffled) // batch_size * batch_size]
+    group = batch_size * group_batches
+    batches = []
+    for start in range(0, len(shuffled), group):
+        by_length = sorted(shuffled[start:start + group], key=lambda i: lengths[i])
+        batches += [by_length[i:i + batch_size] for i in range(0, len(by_length), batch_size)]
+    return [i for b in torch.randperm(len(batches), generator=generator).tolist() for i in batches[b]]
+
+
+def epoch_order(usable: list[int], lengths, args: TrainingArguments, epoch: int) -> list[int]:
+    """The training rows of one epoch in the order they are batched: fixed by seed and epoch."""
+    generator = torch.Generator().manual_seed(args.seed + epoch)
+    if not args.group_by_length:
+        return [usable[i] for i in torch.randperm(len(usable), generator=generator).tolist()]
+    return length_grouped_order(usable, lengths, args.batch_size, args.length_group_batches, generator)
+
+
+class StreamDataset(IterableDataset):
+    """Fresh procedural samples for ever (``img2cq.data.stream_samples``), optionally length-grouped.
+
+    With ``group_batches``, samples are gathered into a buffer of ``group_batches * batch_size`` and
+    handed out in ``length_grouped_order``, so every batch the DataLoader cuts is one length group.
+    ``next_index`` is the draw index after the last sample taken from the stream (into the buffer or
+    handed out); a checkpoint stores it, so a resumed run starts past every draw already used: the
+    rest of a buffer and a prefetched batch are skipped, never replayed. It is only updated when the
+    DataLoader iterates in this process (``num_workers=0``).
     """
 
-    def __init__(self, seed: int, workers: int, start: int = 0, keep=None):
-        self.seed, self.workers, self.start, self.keep = seed, workers, start, keep
-        self.next_index = start
+    def __init__(self, seed: int, workers: int, start: int, tokenizer, batch_size: int,
+                 max_program_tokens: int | None = None, group_batches: int | None = None):
+        self.seed, self.workers, self.start, self.next_index = seed, workers, start, start
+        self.tokenizer, self.batch_size = tokenizer, batch_size
+        self.max_program_tokens, self.group_batches = max_program_tokens, group_batches
 
     def __iter__(self):
         from img2cq.data import stream_samples
 
+        buffer, lengths = [], []
+        size = self.batch_size * self.group_batches if self.group_batches else 1
         for row in stream_samples(seed=self.seed, workers=self.workers, start=self.start):
             self.next_index = row["index"] + 1
-            if self.keep is None or self.keep(row["cadquery"]):
-                yield row
+            if self.max_program_tokens or self.group_batches:
+                n = len(encode_program(self.tokenizer, row["cadquery"]))
+                if self.max_program_tokens and n > self.max_program_tokens:
+                    continue
+                lengths.append(n)
+            buffer.append(row)
+            if len(buffer) < size:
+                continue
+            if self.group_batches:
+                generator = torch.Generator().manual_seed(self.seed * 1_000_003 + buffer[0]["index"])
+                order = length_grouped_order(range(size), lengths, self.batch_size, self.group_batches, generator)
+                buffer = [buffer[i] for i in order]
+            yield from buffer
+            buffer, lengths = [], []
 
 
 def load_rows(path: str | None, limit: int | None = None, what: str = "training"):
@@ -167,28 +191,84 @@ def load_rows(path: str | None, limit: int | None = None, what: str = "training"
     return rows
 
 
+def programs_of(rows) -> list[str]:
+    """The program column of a ``datasets.Dataset`` (images stay undecoded) or of a list of dicts."""
+    return list(rows["cadquery"]) if hasattr(rows, "column_names") else [row["cadquery"] for row in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# Model and optimiser
+
+def build(args: TrainingArguments):
+    """(model, tokenizer, processor): a preset from scratch, or pretrained encoder + decoder."""
+    if args.encoder:
+        return build_pretrained(args.encoder, args.decoder, args.image_size)
+    return build_model(args.model_size, args.image_size)
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: matrices, convolutions and embeddings decay; biases and norm weights (the 1-D
+    tensors) do not, since shrinking a scale or an offset towards 0 only fights the fit."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
+def resolve_precision(mixed_precision: str) -> str:
+    """``auto``: bf16 where the GPU supports it, else fp16; fp32 (``no``) without a GPU."""
+    if mixed_precision != "auto":
+        return mixed_precision
+    if not torch.cuda.is_available():
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
 
-def _checkpoints(out: Path) -> list[Path]:
+@dataclass
+class TrainState:
+    """Where the loop is; saved as trainer_state.json in every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    best_metric: float | None = None   # eval IoU, or -eval loss without IoU
+    stream_next_index: int = 0         # --stream: first draw a resumed run may use
+    train_seconds: float = 0.0         # loop time summed over this run and the runs it resumes
+
+    @classmethod
+    def load(cls, checkpoint: Path) -> TrainState:
+        saved = json.loads((checkpoint / "trainer_state.json").read_text())
+        return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
+
+
+def find_checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints under ``out/checkpoints``, oldest first."""
     found = [p for p in (out / "checkpoints").glob("step-*") if p.is_dir() and (p / "trainer_state.json").is_file()]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def save_checkpoint(accelerator, out: Path, state: dict, keep: int) -> Path:
-    """Write a resumable state atomically: temporary folder, then rename, then prune old ones."""
-    final = out / "checkpoints" / f"step-{state['step']}"
-    tmp = out / "checkpoints" / f".tmp-step-{state['step']}"
+def save_checkpoint(accelerator, out: Path, state: TrainState, keep: int, stream: StreamDataset | None) -> Path:
+    """Write a resumable state atomically: temporary folder, then rename, then prune old ones.
+
+    For a stream, the state records the furthest draw index any process reached.
+    """
+    if stream is not None:
+        reached = accelerator.gather(torch.tensor([stream.next_index], device=accelerator.device))
+        state.stream_next_index = int(reached.max())
+    final = out / "checkpoints" / f"step-{state.step}"
+    tmp = out / "checkpoints" / f".tmp-step-{state.step}"
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=False)
     if accelerator.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+        (tmp / "trainer_state.json").write_text(json.dumps(asdict(state), indent=2))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        for old in _checkpoints(out)[:-keep]:
+        for old in find_checkpoints(out)[:-keep]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
@@ -198,12 +278,12 @@ def save_checkpoint(accelerator, out: Path, state: dict, keep: int) -> Path:
 # Logging
 
 class RunLog:
-    """One row per logging step in logs/train_log.csv, the same scalars in TensorBoard."""
+    """One row per logging step in logs/train_log.csv, the same scalars in TensorBoard and train.log."""
 
     FIELDS = ["step", "epoch", "loss", "lr", "samples_per_s", "eval_loss", "eval_vsr", "eval_iou", "elapsed_s"]
 
     def __init__(self, out: Path, enabled: bool):
-        self.enabled = enabled
+        self.enabled, self.started = enabled, time.time()
         if not enabled:
             return
         logs = out / "logs"
@@ -222,9 +302,10 @@ class RunLog:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
 
-    def write(self, row: dict) -> None:
-        if not self.enabled:
+    def write(self, state: TrainState, values: dict) -> None:
+        if not self.enabled or not values:
             return
+        row = {"step": state.step, "epoch": state.epoch, **values, "elapsed_s": round(time.time() - self.started, 1)}
         self.writer.writerow({k: row.get(k, "") for k in self.FIELDS})
         self.csv_file.flush()
         for k, v in row.items():
@@ -258,17 +339,17 @@ def provenance(args: TrainingArguments, command: str | None, n_train: int | None
 @torch.no_grad()
 def evaluate(model, tokenizer, processor, eval_rows, args: TrainingArguments, device) -> dict:
     """Eval loss on every eval row; VSR and IoU of greedy programs on the first ``eval_samples``."""
+    from img2cq.evaluation import score_programs
+    from img2cq.modeling import Img2CQ
+
     model.eval()
-    collate = Collator(tokenizer, processor)
+    collate = make_collator(model, tokenizer, processor)
     losses = []
     for start in range(0, len(eval_rows), args.batch_size):
         batch = collate([eval_rows[i] for i in range(start, min(start + args.batch_size, len(eval_rows)))])
         losses.append(model(**{k: v.to(device) for k, v in batch.items()}).loss.item())
     metrics = {"eval_loss": float(np.mean(losses))}
     if args.eval_samples:
-        from img2cq.evaluation import score_programs
-        from img2cq.modeling import Img2CQ
-
         generator = Img2CQ(model, tokenizer, processor, device=device)
         n = min(args.eval_samples, len(eval_rows))
         rows = [eval_rows[i] for i in range(n)]
@@ -279,6 +360,52 @@ def evaluate(model, tokenizer, processor, eval_rows, args: TrainingArguments, de
         metrics.update(eval_vsr=scores["vsr"], eval_iou=scores["iou"])
     model.train()
     return metrics
+
+
+def evaluate_and_keep_best(accelerator, model, tokenizer, processor, eval_rows, args: TrainingArguments,
+                           state: TrainState, out: Path, record: dict, log: RunLog) -> dict:
+    """Eval metrics from the main process (empty without eval data), logged; saves best/ on improvement."""
+    if eval_rows is None:
+        return {}
+    accelerator.wait_for_everyone()
+    metrics = {}
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        metrics = evaluate(unwrapped, tokenizer, processor, eval_rows, args, accelerator.device)
+        score = metrics.get("eval_iou", -metrics["eval_loss"])
+        if state.best_metric is None or score > state.best_metric:
+            state.best_metric = score
+            save_pretrained(out / "best", unwrapped, tokenizer, processor, {**record, "step": state.step}, metrics)
+    accelerator.wait_for_everyone()
+    log.write(state, metrics)
+    return metrics
+
+
+def epoch_loader(accelerator, train_rows, order: list[int], collate, args: TrainingArguments, skip: int):
+    """The batches of one epoch in ``order``, without the first ``skip`` (already trained on)."""
+    loader = accelerator.prepare(DataLoader(Subset(train_rows, order), batch_size=args.batch_size, collate_fn=collate,
+                                            shuffle=False, drop_last=True, num_workers=args.dataloader_workers))
+    return accelerator.skip_first_batches(loader, skip) if skip else loader
+
+
+def train_step(accelerator, model, optimizer, scheduler, batch: dict, max_grad_norm: float) -> float:
+    """Forward, backward and (once per ``--grad-accum`` micro-batches) an optimiser step; the loss."""
+    with accelerator.accumulate(model):
+        loss = model(**batch).loss
+        accelerator.backward(loss)
+        if accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+    return loss.item()
+
+
+def out_of_time(accelerator, run_started: float, max_minutes: float | None) -> bool:
+    """True on every process once the main one has spent ``max_minutes`` (processes stop together)."""
+    if max_minutes is not None and accelerator.is_main_process and time.time() - run_started > 60 * max_minutes:
+        accelerator.set_trigger()
+    return accelerator.check_trigger()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,19 +422,12 @@ def train(args: TrainingArguments, command: str | None = None, train_rows=None, 
     from transformers import get_cosine_schedule_with_warmup
 
     run_started = time.time()  # the --max-minutes budget counts from here: start-up is part of a command
-    if args.stream and not args.max_steps:
-        raise TrainingError("--stream needs --max-steps (a stream has no epochs)")
-    if args.mixed_precision not in ("no", "bf16", "fp16", "auto"):
-        raise TrainingError(f"--mixed-precision must be no, bf16, fp16 or auto, got {args.mixed_precision!r}")
     out = Path(args.output_dir)
-    previous = _checkpoints(out)
+    previous = find_checkpoints(out)
     if previous and not args.resume:
         raise TrainingError(f"{out} already holds checkpoints: pass --resume to continue, or another --output-dir")
-
-    precision = args.mixed_precision
-    if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if torch.cuda.is_available() else "no"
-    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=args.grad_accum)
+    accelerator = Accelerator(mixed_precision=resolve_precision(args.mixed_precision),
+                              gradient_accumulation_steps=args.grad_accum)
     set_seed(args.seed)
 
     # data
@@ -317,248 +437,115 @@ def train(args: TrainingArguments, command: str | None = None, train_rows=None, 
         eval_rows = load_rows(args.eval_json, max(args.eval_samples, 32), what="evaluation")
 
     # model
-    if args.encoder or args.decoder:
-        if not (args.encoder and args.decoder):
-            raise TrainingError("--encoder and --decoder go together")
-        model, tokenizer, processor = build_pretrained(args.encoder, args.decoder, args.image_size)
-    else:
-        model, tokenizer, processor = build_model(args.model_size, args.image_size)
-    collate = Collator(tokenizer, processor, augment=args.augment, seed=args.seed + accelerator.process_index,
-                       max_tokens=model.config.decoder.n_positions)
-    short_enough = None
-    if args.max_program_tokens:
-        def short_enough(program: str) -> bool:
-            return len(encode_program(tokenizer, program)) <= args.max_program_tokens
+    model, tokenizer, processor = build(args)
+    collate = make_collator(model, tokenizer, processor, augment=args.augment, seed=args.seed + accelerator.process_index)
 
-        if train_rows is not None:
-            before = len(train_rows)
-            train_rows = train_rows.filter(short_enough, input_columns="cadquery")
-            accelerator.print(f"--max-program-tokens {args.max_program_tokens} keeps {len(train_rows)} "
-                              f"of {before} training samples")
-
+    # which training rows, and how many steps
+    lengths = usable = None
+    if not args.stream:
+        if args.group_by_length or args.max_program_tokens:
+            lengths = program_lengths(programs_of(train_rows), tokenizer)
+        usable = list(range(len(train_rows)))
+        if args.max_program_tokens:
+            usable = [i for i in usable if lengths[i] <= args.max_program_tokens]
+            accelerator.print(f"--max-program-tokens {args.max_program_tokens} keeps {len(usable)} "
+                              f"of {len(train_rows)} training samples")
     per_step = args.batch_size * args.grad_accum * accelerator.num_processes
-    if train_rows is not None and len(train_rows) < per_step:
-        raise TrainingError(f"{len(train_rows)} training samples cannot fill one step of {per_step} "
+    if usable is not None and len(usable) < per_step:
+        raise TrainingError(f"{len(usable)} training samples cannot fill one step of {per_step} "
                             "(--batch-size x --grad-accum x processes)")
-    total_steps = args.max_steps or args.epochs * (len(train_rows) // per_step)
+    total_steps = args.max_steps or args.epochs * (len(usable) // per_step)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    # optimiser: AdamW, linear warm-up then cosine decay
+    optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=args.learning_rate)
     scheduler = get_cosine_schedule_with_warmup(
         optimizer, num_warmup_steps=min(args.warmup_steps, total_steps // 10) * accelerator.num_processes,
         num_training_steps=total_steps * accelerator.num_processes)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best_metric": None, "stream_next_index": 0}
+    # resume
+    state = TrainState()
     if args.resume and previous:
         accelerator.load_state(str(previous[-1]))
-        state = json.loads((previous[-1] / "trainer_state.json").read_text())
-        accelerator.print(f"resumed from {previous[-1]} (step {state['step']})")
+        state = TrainState.load(previous[-1])
+        accelerator.print(f"resumed from {previous[-1]} (step {state.step})")
     elif args.resume:
         accelerator.print(f"no checkpoint in {out}/checkpoints; starting from scratch")
+    resumed_seconds = state.train_seconds
 
-    record = provenance(args, command, None if train_rows is None else len(train_rows))
+    record = provenance(args, command, None if usable is None else len(usable))
     log = RunLog(out, accelerator.is_main_process)
     if accelerator.is_main_process:
         logger.info("start: %s parameters, %s steps, %s", f"{count_parameters(model):,}", total_steps, record["command"])
 
     stream = None
-
-    def loader_for(epoch: int):
-        nonlocal stream
-        if args.stream:
-            # each process its own stream; a resumed run starts past the draws already consumed.
-            # The executor renders in parallel, so the DataLoader stays in this process (next_index).
-            stream = data = StreamDataset(seed=args.seed + accelerator.process_index, workers=args.stream_workers,
-                                          start=state.get("stream_next_index", 0), keep=short_enough)
-            loader = DataLoader(data, batch_size=args.batch_size, collate_fn=collate, num_workers=0)
-            return accelerator.prepare(loader)
-        # a fixed permutation per epoch, so a resumed run sees the same order
-        order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(args.seed + epoch))
-        data = Subset(train_rows, order.tolist())
-        loader = DataLoader(data, batch_size=args.batch_size, collate_fn=collate, shuffle=False,
-                            num_workers=args.dataloader_workers, drop_last=True)
-        return accelerator.prepare(loader)
-
-    def evaluate_and_keep_best() -> dict:
-        """Eval metrics on the main process (empty without eval data); saves best/ on improvement."""
-        if eval_rows is None:
-            return {}
-        accelerator.wait_for_everyone()
-        metrics = {}
-        if accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(model)
-            metrics = evaluate(unwrapped, tokenizer, processor, eval_rows, args, accelerator.device)
-            score = metrics.get("eval_iou", -metrics["eval_loss"])
-            if state["best_metric"] is None or score > state["best_metric"]:
-                state["best_metric"] = score
-                save_pretrained(out / "best", unwrapped, tokenizer, processor,
-                                {**record, "step": state["step"]}, metrics)
-        accelerator.wait_for_everyone()
-        return metrics
-
-    def train_seconds() -> float:
-        """Loop time of this run plus that of the runs it resumes (a --max-minutes chain)."""
-        return round(resumed_seconds + time.time() - started, 1)
-
-    def checkpoint() -> None:
-        """Save a resumable state; for a stream, with the furthest draw index any process reached."""
-        state["train_seconds"] = train_seconds()
-        if stream is not None:
-            reached = accelerator.gather(torch.tensor([stream.next_index], device=accelerator.device))
-            state["stream_next_index"] = int(reached.max())
-        save_checkpoint(accelerator, out, state, args.keep_checkpoints)
-
-    def out_of_time() -> bool:
-        """True on every process once the main one has spent --max-minutes (processes stop together)."""
-        spent = time.time() - run_started
-        if args.max_minutes is not None and accelerator.is_main_process and spent > 60 * args.max_minutes:
-            accelerator.set_trigger()
-        return accelerator.check_trigger()
-
-    def log_row(row: dict) -> None:
-        if row:
-            log.write({"step": state["step"], "epoch": state["epoch"], **row, "elapsed_s": round(time.time() - started, 1)})
+    if args.stream:  # each process its own stream; a resumed run starts past the draws already used
+        stream = StreamDataset(seed=args.seed + accelerator.process_index, workers=args.stream_workers,
+                               start=state.stream_next_index, tokenizer=tokenizer, batch_size=args.batch_size,
+                               max_program_tokens=args.max_program_tokens,
+                               group_batches=args.length_group_batches if args.group_by_length else None)
+        stream_loader = accelerator.prepare(DataLoader(stream, batch_size=args.batch_size, collate_fn=collate,
+                                                       num_workers=0))
 
     model.train()
-    bar = tqdm(total=total_steps, initial=state["step"], desc="training", unit="step",
+    bar = tqdm(total=total_steps, initial=state.step, desc="training", unit="step",
                disable=not accelerator.is_main_process)
-    started, seen, running_loss, last_metrics = time.time(), 0, [], {}
-    resumed_seconds = state.get("train_seconds", 0.0)
+    loop_started, samples_seen, losses, last_metrics = time.time(), 0, [], {}
     evaluated_at = saved_at = None
-    timed_out = False
+    stopped = False
     try:
-        while state["step"] < total_steps and not timed_out:
-            loader = loader_for(state["epoch"])
-            if state["batches_in_epoch"] and not args.stream:
-                loader = accelerator.skip_first_batches(loader, state["batches_in_epoch"])
+        while state.step < total_steps and not stopped:
+            if stream is not None:
+                loader = stream_loader
+            else:
+                loader = epoch_loader(accelerator, train_rows, epoch_order(usable, lengths, args, state.epoch),
+                                      collate, args, skip=state.batches_in_epoch)
             for batch in loader:
-                with accelerator.accumulate(model):
-                    loss = model(**batch).loss
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-                state["batches_in_epoch"] += 1
-                seen += batch["labels"].shape[0] * accelerator.num_processes
-                running_loss.append(loss.item())
+                losses.append(train_step(accelerator, model, optimizer, scheduler, batch, args.max_grad_norm))
+                state.batches_in_epoch += 1
+                samples_seen += batch["labels"].shape[0] * accelerator.num_processes
                 if not accelerator.sync_gradients:
                     continue
-                state["step"] += 1
+                state.step += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{running_loss[-1]:.3f}")
-                if state["step"] % args.log_steps == 0:
-                    log_row({"loss": float(np.mean(running_loss)), "lr": scheduler.get_last_lr()[0],
-                             "samples_per_s": seen / (time.time() - started)})
-                    running_loss = []
-                if args.eval_steps and state["step"] % args.eval_steps == 0:
-                    last_metrics, evaluated_at = evaluate_and_keep_best(), state["step"]
-                    log_row(last_metrics)
-                if state["step"] % args.save_steps == 0:
-                    checkpoint()
-                    saved_at = state["step"]
-                timed_out = out_of_time()
-                if state["step"] >= total_steps or timed_out:
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+                if state.step % args.log_steps == 0:
+                    log.write(state, {"loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0],
+                                      "samples_per_s": samples_seen / (time.time() - loop_started)})
+                    losses = []
+                if args.eval_steps and state.step % args.eval_steps == 0:
+                    last_metrics = evaluate_and_keep_best(accelerator, model, tokenizer, processor, eval_rows,
+                                                          args, state, out, record, log)
+                    evaluated_at = state.step
+                if state.step % args.save_steps == 0:
+                    state.train_seconds = round(resumed_seconds + time.time() - loop_started, 1)
+                    save_checkpoint(accelerator, out, state, args.keep_checkpoints, stream)
+                    saved_at = state.step
+                stopped = out_of_time(accelerator, run_started, args.max_minutes)
+                if state.step >= total_steps or stopped:
                     break
-            else:  # the epoch ran out: next permutation, evaluate once per epoch unless --eval-steps
-                state["epoch"] += 1
-                state["batches_in_epoch"] = 0
+            else:  # the epoch ran out: next order; evaluate once per epoch unless --eval-steps
+                state.epoch += 1
+                state.batches_in_epoch = 0
                 if not args.eval_steps:
-                    last_metrics, evaluated_at = evaluate_and_keep_best(), state["step"]
-                    log_row(last_metrics)
-        if timed_out:  # no evaluation: the budget is spent; the next --resume run goes on
-            accelerator.print(f"--max-minutes {args.max_minutes} spent at step {state['step']}/{total_steps}")
-        elif evaluated_at != state["step"]:
-            last_metrics = evaluate_and_keep_best()
-            log_row(last_metrics)
-        if saved_at != state["step"]:
-            checkpoint()
+                    last_metrics = evaluate_and_keep_best(accelerator, model, tokenizer, processor, eval_rows,
+                                                          args, state, out, record, log)
+                    evaluated_at = state.step
+        if stopped:  # no evaluation: the budget is spent; the next --resume run goes on
+            accelerator.print(f"--max-minutes {args.max_minutes} spent at step {state.step}/{total_steps}")
+        elif evaluated_at != state.step:
+            last_metrics = evaluate_and_keep_best(accelerator, model, tokenizer, processor, eval_rows,
+                                                  args, state, out, record, log)
+        if saved_at != state.step:
+            state.train_seconds = round(resumed_seconds + time.time() - loop_started, 1)
+            save_checkpoint(accelerator, out, state, args.keep_checkpoints, stream)
     finally:
         bar.close()
         log.close()
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        record.update(steps=state["step"], finished=state["step"] >= total_steps,
-                      train_seconds=train_seconds())
+        record.update(steps=state.step, finished=state.step >= total_steps, train_seconds=state.train_seconds)
         save_pretrained(out, accelerator.unwrap_model(model), tokenizer, processor, record, last_metrics)
         accelerator.print(f"saved the final model to {out}")
     return last_metrics
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line (both scripts build their parser here; the basic one shows fewer flags)
-
-BASIC_FLAGS = ("output_dir", "train_json", "eval_json", "model_size", "image_size", "epochs", "max_steps",
-               "batch_size", "learning_rate", "train_samples", "save_steps", "resume", "seed")
-
-HELP = {
-    "output_dir": "where the final model goes (checkpoints/, best/ and logs/ inside it)",
-    "train_json": "training split (JSONL from scripts/download_hf_dataset.py)",
-    "eval_json": "evaluation split; 'none' to skip evaluation",
-    "model_size": "preset: tiny (tests), compact (~24M, the shipped default), small (~40M), base (~200M)",
-    "image_size": "input resolution (default: the preset's)",
-    "encoder": "pretrained ViT checkpoint (hub name or local dir); needs --decoder",
-    "decoder": "pretrained GPT-2 checkpoint (hub name or local dir), its tokenizer is used",
-    "max_steps": "stop after this many optimiser steps (overrides --epochs)",
-    "grad_accum": "micro-batches per optimiser step",
-    "warmup_steps": "linear warm-up steps before the cosine decay",
-    "max_grad_norm": "gradient clipping norm",
-    "mixed_precision": "no | bf16 | fp16 | auto (bf16/fp16 on a GPU, fp32 on a CPU)",
-    "augment": "render-style augmentation (scale/shift, line width, contrast, noise, JPEG; never flips)",
-    "train_samples": "use only the first N training samples",
-    "max_program_tokens": "train only on programs of at most N tokens (short runs on a CPU); default: all",
-    "eval_steps": "evaluate every N steps (default: every epoch)",
-    "eval_samples": "images generated and scored for VSR/IoU at each evaluation (0: loss only)",
-    "save_steps": "write a resumable checkpoint every N steps",
-    "keep_checkpoints": "resumable checkpoints kept",
-    "resume": "continue from the latest checkpoint in --output-dir",
-    "max_minutes": "wall-clock budget of this run: then checkpoint, save the model and stop (go on with --resume)",
-    "stream": "train on fresh procedural samples (needs --max-steps)",
-    "stream_workers": "processes rendering streamed samples (the stream ignores --dataloader-workers)",
-    "log_steps": "log every N steps",
-    "dataloader_workers": "DataLoader worker processes",
-}
-
-
-def build_parser(description: str, basic: bool):
-    import argparse
-
-    parser = argparse.ArgumentParser(description=description)
-    defaults = TrainingArguments()
-    for name, value in asdict(defaults).items():
-        if basic and name not in BASIC_FLAGS:
-            continue
-        flag = "--" + name.replace("_", "-")
-        kind = TrainingArguments.__dataclass_fields__[name].type
-        if isinstance(value, bool):
-            parser.add_argument(flag, action="store_true", help=HELP.get(name))
-        else:
-            convert = int if "int" in kind else float if "float" in kind else str
-            parser.add_argument(flag, type=convert, default=value, help=HELP.get(name, "") + f" (default: {value})")
-    return parser
-
-
-def parse_args(parser, argv=None) -> TrainingArguments:
-    ns = vars(parser.parse_args(argv))
-    if ns.get("eval_json") in ("none", ""):
-        ns["eval_json"] = None
-    return TrainingArguments(**ns)
-
-
-def main(description: str, basic: bool, argv=None) -> int:
-    """Entry point of both training scripts: one clear error line and exit code 2 on bad input."""
-    from img2cq.modeling import ModelError
-
-    args = parse_args(build_parser(description, basic), argv)
-    try:
-        train(args, command=" ".join(["python", Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]))
-    except (TrainingError, ModelError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: continue with the same command plus --resume ({args.output_dir}/checkpoints)",
-              file=sys.stderr)
-        return 130
-    return 0

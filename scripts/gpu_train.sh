@@ -7,7 +7,7 @@
 # samples. Once --max-steps is reached it exports bf16 weights cut into <= 15 MiB pieces under
 # $OUT/model, which come back with the command; here: python scripts/export_model.py --join DIR.
 #
-# Before the first call, CadQuery must be installed there (/work/shared/device/README.md):
+# Before the first call, CadQuery must be installed there (../shared/device/README.md):
 # ../shared/device/pack.sh here, then `bash .device/cK/step.sh` there for each piece.
 # Checkpoints live on that machine only (about 0.4 GB with the optimiser state): all calls of one
 # run must land on the same warm machine, i.e. within one device session.
@@ -25,10 +25,9 @@ nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 >
 SMI=$!
 trap 'kill $SMI' EXIT
 
-python3 enhanced_train.py --stream --stream-workers 14 --model-size compact --mixed-precision bf16 \
-    --batch-size 32 --learning-rate 5e-4 --warmup-steps 200 --max-steps "$MAX_STEPS" \
-    --save-steps 500 --log-steps 50 --eval-json none --max-minutes "$MAX_MINUTES" \
-    --output-dir "$MODEL_DIR" --resume
+# the recipe is configs/gpu_stream.json; the flags after it win
+python3 enhanced_train.py configs/gpu_stream.json --max-steps "$MAX_STEPS" --max-minutes "$MAX_MINUTES" \
+    --output-dir "$MODEL_DIR"
 
 cp "$MODEL_DIR/logs/train_log.csv" "$OUT/train_log.csv"
 if python3 -c "import json, sys; sys.exit(not json.load(open('$MODEL_DIR/training_config.json'))['finished'])"; then

@@ -1,4 +1,5 @@
-"""--stream: a tiny model trains on fresh procedural samples, and --resume goes on with new ones."""
+"""--stream: a tiny model trains on fresh procedural samples in length-grouped batches, and --resume goes
+on with new ones."""
 
 import json
 import os
@@ -10,6 +11,7 @@ import pytest
 
 from img2cq import training
 from img2cq.modeling import load_pretrained
+from img2cq.tokenizer import encode_program, load_tokenizer
 from img2cq.training import TrainingArguments, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,33 +21,37 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
-def programs_trained_on(monkeypatch):
-    """Every (draw index, program) the collator turns into a batch, in order."""
-    seen = []
+def batches_trained_on(monkeypatch):
+    """Every batch the collator builds, in order, as a list of (draw index, program)."""
+    batches = []
     collate = training.Collator.__call__
 
     def recording(self, rows):
-        seen.extend((row["index"], row["cadquery"]) for row in rows)
+        batches.append([(row["index"], row["cadquery"]) for row in rows])
         return collate(self, rows)
 
     monkeypatch.setattr(training.Collator, "__call__", recording)
-    return seen
+    return batches
 
 
-def test_stream_trains_on_fresh_programs_and_resumes_with_new_ones(tmp_path, programs_trained_on):
+def test_stream_trains_on_fresh_programs_and_resumes_with_new_ones(tmp_path, batches_trained_on):
     out = tmp_path / "model"
     args = dict(output_dir=str(out), model_size="tiny", eval_json=None, stream=True, stream_workers=1,
-                batch_size=2, save_steps=1, log_steps=1, warmup_steps=0)
+                batch_size=2, save_steps=1, log_steps=1, warmup_steps=0, length_group_batches=2)
     train(TrainingArguments(**args, max_steps=2))
-    first = list(programs_trained_on)  # 2 steps x 2 samples, plus the batch accelerate prefetched
+    first = [s for batch in batches_trained_on for s in batch]  # 2 steps x 2 samples + the prefetched batch
     state = json.loads((out / "checkpoints" / "step-2" / "trainer_state.json").read_text())
     assert len(first) >= 4 and state["stream_next_index"] > max(i for i, _ in first)
+    # the first buffer of 4 streamed samples came as 2 batches of similar length: one all shorter
+    tokenizer = load_tokenizer()
+    a, b = ([len(encode_program(tokenizer, p)) for _, p in batch] for batch in batches_trained_on[:2])
+    assert max(a) <= min(b) or max(b) <= min(a)
 
     train(TrainingArguments(**args, max_steps=4, resume=True))
-    second = programs_trained_on[len(first):]
+    second = [s for batch in batches_trained_on for s in batch][len(first):]
     assert len(second) >= 4
     assert min(i for i, _ in second) >= state["stream_next_index"]  # nothing replayed
-    programs = [code for _, code in programs_trained_on]
+    programs = [code for batch in batches_trained_on for _, code in batch]
     assert len(set(programs)) == len(programs)  # every batch on distinct programs
     config = json.loads((out / "training_config.json").read_text())
     assert config["steps"] == 4 and config["train_seconds"] > state["train_seconds"]  # summed over resumes
@@ -57,7 +63,8 @@ def test_max_minutes_checkpoints_saves_and_stops(tmp_path):
     out = tmp_path / "model"
     code = subprocess.run(
         [sys.executable, "enhanced_train.py", "--stream", "--model-size", "tiny", "--max-steps", "1000",
-         "--batch-size", "2", "--eval-json", "none", "--max-minutes", "0", "--output-dir", str(out)],
+         "--batch-size", "2", "--eval-json", "none", "--max-minutes", "0", "--no-group-by-length",
+         "--output-dir", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert code.returncode == 0, code.stderr[-2000:]
     assert "spent at step 1/1000" in code.stdout + code.stderr

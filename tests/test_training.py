@@ -1,4 +1,5 @@
-"""The training loop: a tiny model memorises a few programs; checkpoints resume after kill -9."""
+"""The training loop: a tiny model memorises a few programs; checkpoints resume after kill -9 with the
+same batches; arguments come from flags and config files; weight decay spares biases and norms."""
 
 import io
 import json
@@ -12,13 +13,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from transformers import VisionEncoderDecoderModel
+from transformers.pytorch_utils import Conv1D
 
 from img2cq.executor import Executor
-from img2cq.modeling import load_pretrained
+from img2cq.modeling import MAX_PROGRAM_TOKENS, build_model, load_pretrained
 from img2cq.sampler import sample_program
-from img2cq.tokenizer import load_tokenizer
-from img2cq.training import Collator, TrainingArguments, TrainingError, augment_image, train
+from img2cq.tokenizer import encode_program, load_tokenizer
+from img2cq.training import (Collator, TrainingArguments, TrainingError, augment_image, epoch_order, evaluate,
+                             length_grouped_order, parameter_groups, train)
+from img2cq.training_args import BasicTrainingArguments, parse_arguments
 from metrics.best_iou import iou_from_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +76,7 @@ def test_collator_appends_eos_and_masks_padding(short_samples):
     from img2cq.modeling import image_processor
 
     tokenizer = load_tokenizer()
-    batch = Collator(tokenizer, image_processor(64))(short_samples[:3])
+    batch = Collator(tokenizer, image_processor(64), max_tokens=MAX_PROGRAM_TOKENS)(short_samples[:3])
     assert batch["pixel_values"].shape == (3, 3, 64, 64)
     labels, mask = batch["labels"], batch["decoder_attention_mask"]
     for row, m in zip(labels, mask):
@@ -154,3 +160,123 @@ def test_max_program_tokens_trains_only_on_short_programs(dataset, tmp_path, mon
 
     with pytest.raises(TrainingError, match="cannot fill one step"):
         train(TrainingArguments(**args, output_dir=str(tmp_path / "none"), epochs=1, max_program_tokens=1))
+
+
+@pytest.fixture
+def batches_trained_on(monkeypatch):
+    """The programs of every batch the collator builds, in order (a prefetched batch included)."""
+    batches = []
+    collate = Collator.__call__
+
+    def recording(self, rows):
+        batches.append([row["cadquery"] for row in rows])
+        return collate(self, rows)
+
+    monkeypatch.setattr(Collator, "__call__", recording)
+    return batches
+
+
+def test_resume_continues_with_the_batches_an_uninterrupted_run_trains_on(dataset, tmp_path, batches_trained_on):
+    """8 programs in batches of 2, length groups of 2 batches: stop mid-epoch at step 3, resume to 7."""
+    args = dict(train_json=str(dataset / "train.jsonl"), eval_json=None, model_size="tiny", batch_size=2,
+                warmup_steps=0, save_steps=3, log_steps=100, length_group_batches=2)
+    train(TrainingArguments(**args, output_dir=str(tmp_path / "straight"), max_steps=7))
+    straight = batches_trained_on[:7]
+    batches_trained_on.clear()
+    train(TrainingArguments(**args, output_dir=str(tmp_path / "split"), max_steps=3))
+    first = batches_trained_on[:3]
+    batches_trained_on.clear()
+    train(TrainingArguments(**args, output_dir=str(tmp_path / "split"), max_steps=7, resume=True))
+    assert first + batches_trained_on[:4] == straight
+    assert sorted(p for b in straight[:4] for p in b) == sorted(json.loads(line)["cadquery"] for line in
+                                                               (dataset / "train.jsonl").read_text().splitlines())
+
+
+def test_length_grouped_order_is_a_seeded_permutation_of_similar_length_batches():
+    lengths = np.random.default_rng(0).integers(20, 2000, 103).tolist()
+    usable = list(range(3, 103))  # rows 0-2 filtered out, e.g. by --max-program-tokens
+
+    def order(seed, group_batches, batch_size=4):
+        return length_grouped_order(usable, lengths, batch_size, group_batches, torch.Generator().manual_seed(seed))
+
+    assert order(1, 5) == order(1, 5) and order(1, 5) != order(2, 5)
+    assert len(order(1, 5)) == 100 and set(order(1, 5)) == set(usable)
+    batches = [order(1, 25)[i:i + 4] for i in range(0, 100, 4)]  # one group: batches are runs of sorted lengths
+    spans = sorted((min(lengths[i] for i in b), max(lengths[i] for i in b)) for b in batches)
+    assert all(hi <= next_lo for (_, hi), (next_lo, _) in zip(spans, spans[1:]))
+    assert order(1, 2, batch_size=3)[:3] != sorted(usable, key=lambda i: lengths[i])[:3]  # batch order shuffled
+
+    def computed_positions(o, batch_size=8):
+        return sum(batch_size * max(lengths[i] for i in o[s:s + batch_size]) for s in range(0, len(o), batch_size))
+
+    random_args = TrainingArguments(batch_size=8, group_by_length=False)
+    grouped_args = TrainingArguments(batch_size=8, length_group_batches=12)
+    assert epoch_order(usable, lengths, random_args, 0) != epoch_order(usable, lengths, random_args, 1)
+    assert (computed_positions(epoch_order(usable, lengths, grouped_args, 0))
+            < 0.75 * computed_positions(epoch_order(usable, lengths, random_args, 0)))
+
+
+def test_weight_decay_spares_biases_and_norms():
+    model, _, _ = build_model("tiny")
+    decay, no_decay = parameter_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+
+    def ids(params):
+        return {id(p) for p in params}
+
+    norms = ids(p for m in model.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters())
+    biases = ids(p for name, p in model.named_parameters() if name.endswith(".bias"))
+    matrices = ids(m.weight for m in model.modules()
+                   if isinstance(m, (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv2d, Conv1D)))
+    assert norms and biases and ids(no_decay["params"]) == norms | biases
+    assert matrices <= ids(decay["params"])
+    assert ids(decay["params"]) | ids(no_decay["params"]) == ids(model.parameters())
+    assert not ids(decay["params"]) & ids(no_decay["params"])
+
+
+def test_evaluation_cuts_programs_to_the_models_position_table(short_samples):
+    """A decoder with 32 positions (as a small pretrained one might be) still evaluates long programs."""
+    model, tokenizer, processor = build_model("tiny")
+    config = model.config
+    config.decoder.n_positions = 32
+    model = VisionEncoderDecoderModel(config=config)
+    assert min(len(encode_program(tokenizer, s["cadquery"])) for s in short_samples[:2]) > 32
+    metrics = evaluate(model, tokenizer, processor, short_samples[:2], TrainingArguments(eval_samples=0, batch_size=2),
+                       "cpu")
+    assert np.isfinite(metrics["eval_loss"])
+
+
+def test_checked_in_configs_parse_and_flags_after_them_win():
+    configs = sorted((ROOT / "configs").glob("*.json"))
+    assert {p.name for p in configs} >= {"cpu_default.json", "gpu_stream.json"}
+    for path in configs:
+        assert isinstance(parse_arguments(TrainingArguments, "", [str(path)]), TrainingArguments)
+    cpu = parse_arguments(TrainingArguments, "", [str(ROOT / "configs" / "cpu_default.json"), "--max-steps", "5",
+                                                  "--no-group-by-length", "--eval-json", "data/test.jsonl"])
+    assert (cpu.max_steps, cpu.model_size, cpu.augment, cpu.group_by_length) == (5, "tiny", True, False)
+    assert cpu.eval_json == "data/test.jsonl"
+    assert "configs/gpu_stream.json" in (ROOT / "scripts" / "gpu_train.sh").read_text()
+    basic = parse_arguments(BasicTrainingArguments, "", ["--batch-size", "3", "--eval-json", "none", "--resume"])
+    assert (basic.batch_size, basic.eval_json, basic.resume) == (3, None, True)
+
+
+@pytest.mark.parametrize("config, message", [
+    ('{"batch_size": 2, "no_such_option": 1}', "unknown argument(s) no_such_option"),
+    ('{"batch_size": 2', "cannot read the config file"),
+    ('{"stream": true}', "--stream needs --max-steps"),
+])
+def test_bad_config_is_one_clear_line(tmp_path, config, message):
+    path = tmp_path / "config.json"
+    path.write_text(config)
+    result = run_script([str(ROOT / "enhanced_train.py"), str(path)], timeout=60)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert result.stderr.startswith("error: ") and message in result.stderr
+
+
+def test_the_basic_script_shows_fewer_options():
+    basic = run_script([str(ROOT / "train_vision_encoder_decoder.py"), "--help"], timeout=60)
+    full = run_script([str(ROOT / "enhanced_train.py"), "--help"], timeout=60)
+    assert basic.returncode == full.returncode == 0
+    assert "--batch-size" in basic.stdout and "--stream" not in basic.stdout and "--group-by-length" in full.stdout
+    refused = run_script([str(ROOT / "train_vision_encoder_decoder.py"), "--stream"], timeout=60)
+    assert refused.returncode == 2 and "unrecognized arguments: --stream" in refused.stderr

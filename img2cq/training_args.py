@@ -1,0 +1,150 @@
+"""Training arguments as dataclasses, read by transformers' ``HfArgumentParser``.
+
+This module imports nothing heavy, so ``--help`` and a bad flag answer before torch loads. Arguments
+come from flags, from a JSON file given first (``enhanced_train.py configs/cpu_default.json``; keys
+are the field names), or both: flags after the file win. ``BasicTrainingArguments`` holds the
+options the basic script shows; ``TrainingArguments`` adds the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Literal
+
+
+class TrainingError(ValueError):
+    """Bad arguments or inputs: reported as one line by the scripts."""
+
+
+@dataclass
+class BasicTrainingArguments:
+    output_dir: str = field(default="models/basic", metadata={
+        "help": "where the final model goes (checkpoints/, best/ and logs/ inside it)"})
+    train_json: str = field(default="data/train.jsonl", metadata={
+        "help": "training split (JSONL from scripts/download_hf_dataset.py)"})
+    eval_json: str | None = field(default="data/test.jsonl", metadata={
+        "help": "evaluation split; 'none' to skip evaluation"})
+    model_size: str = field(default="small", metadata={
+        "help": "preset: tiny (tests), compact (~24M, the shipped default), small (~40M), base (~200M)"})
+    image_size: int | None = field(default=None, metadata={"help": "input resolution (default: the preset's)"})
+    epochs: int = field(default=3, metadata={"help": "passes over the training split"})
+    max_steps: int | None = field(default=None, metadata={
+        "help": "stop after this many optimiser steps (overrides --epochs)"})
+    batch_size: int = field(default=4, metadata={"help": "samples per micro-batch and process"})
+    learning_rate: float = field(default=3e-4, metadata={"help": "peak learning rate"})
+    train_samples: int | None = field(default=None, metadata={"help": "use only the first N training samples"})
+    save_steps: int = field(default=500, metadata={"help": "write a resumable checkpoint every N steps"})
+    resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in --output-dir"})
+    seed: int = field(default=42, metadata={"help": "seed of initialisation, data order and augmentation"})
+
+    def __post_init__(self):
+        if self.eval_json in ("none", ""):
+            self.eval_json = None
+
+
+@dataclass
+class TrainingArguments(BasicTrainingArguments):
+    encoder: str | None = field(default=None, metadata={
+        "help": "pretrained ViT checkpoint (hub name or local dir); needs --decoder"})
+    decoder: str | None = field(default=None, metadata={
+        "help": "pretrained GPT-2 checkpoint (hub name or local dir), its tokenizer is used"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimiser step"})
+    weight_decay: float = field(default=0.01, metadata={
+        "help": "AdamW weight decay of matrices and embeddings (never of biases and norms)"})
+    warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps before the cosine decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = field(default="no", metadata={
+        "help": "autocast on a GPU (auto: bf16 where supported, else fp16; fp32 on a CPU)"})
+    augment: bool = field(default=False, metadata={
+        "help": "render-style augmentation (scale/shift, line width, contrast, noise, JPEG; never flips)"})
+    max_program_tokens: int | None = field(default=None, metadata={
+        "help": "train only on programs of at most N tokens (short runs on a CPU); default: all"})
+    group_by_length: bool = field(default=True, metadata={
+        "help": "batches of programs of similar token length (less padding); --no-group-by-length: random"})
+    length_group_batches: int = field(default=50, metadata={
+        "help": "batches per length-sorted group (a shuffled stretch of data, or a buffer of streamed samples)"})
+    eval_steps: int | None = field(default=None, metadata={"help": "evaluate every N steps (default: every epoch)"})
+    eval_samples: int = field(default=16, metadata={
+        "help": "images generated and scored for VSR/IoU at each evaluation (0: loss only)"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "resumable checkpoints kept"})
+    max_minutes: float | None = field(default=None, metadata={
+        "help": "wall-clock budget of this run: then checkpoint, save the model and stop (go on with --resume)"})
+    stream: bool = field(default=False, metadata={"help": "train on fresh procedural samples (needs --max-steps)"})
+    stream_workers: int = field(default=1, metadata={
+        "help": "processes rendering streamed samples (the stream ignores --dataloader-workers)"})
+    log_steps: int = field(default=10, metadata={"help": "log every N steps"})
+    dataloader_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.stream and not self.max_steps:
+            raise TrainingError("--stream needs --max-steps (a stream has no epochs)")
+        if bool(self.encoder) != bool(self.decoder):
+            raise TrainingError("--encoder and --decoder go together")
+        if self.mixed_precision not in ("no", "bf16", "fp16", "auto"):
+            raise TrainingError(f"--mixed-precision must be no, bf16, fp16 or auto, got {self.mixed_precision!r}")
+        if self.length_group_batches < 1:
+            raise TrainingError("--length-group-batches must be at least 1")
+
+
+CONFIG_HELP = "JSON file of arguments (keys: the option names with '_'); flags given after it win"
+
+
+def read_config(path: str, arguments_class) -> dict:
+    """The arguments in a JSON config file, refusing keys the script does not know."""
+    try:
+        config = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise TrainingError(f"no config file at {path}") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise TrainingError(f"cannot read the config file {path}: {e}") from None
+    if not isinstance(config, dict):
+        raise TrainingError(f"{path} must hold one JSON object of arguments")
+    unknown = sorted(set(config) - {f.name for f in fields(arguments_class)})
+    if unknown:
+        raise TrainingError(f"{path}: unknown argument(s) {', '.join(unknown)} (see --help)")
+    return config
+
+
+def parse_arguments(arguments_class, description: str, argv: list[str]):
+    """Flags, optionally after a JSON config file, into one ``arguments_class`` instance."""
+    from transformers import HfArgumentParser  # ~1.5 s, but no torch: --help stays quick
+
+    parser = HfArgumentParser(arguments_class, description=description)
+    parser.add_argument("config", nargs="?", help=CONFIG_HELP)
+    known, _ = parser.parse_known_args(argv)
+    if known.config:
+        parser.set_defaults(**read_config(known.config, arguments_class))
+    args, _, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True,
+                                                          look_for_args_file=False)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
+def main(arguments_class, description: str, argv: list[str] | None = None) -> int:
+    """Entry point of both training scripts: one clear error line and exit code 2 on bad input."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = parse_arguments(arguments_class, description, argv)
+        args = TrainingArguments(**asdict(args))  # the basic script's subset, the rest at defaults
+    except TrainingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    from img2cq.modeling import ModelError
+    from img2cq.training import train
+
+    try:
+        train(args, command=" ".join(["python", Path(sys.argv[0]).name, *argv]))
+    except (TrainingError, ModelError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: continue with the same command plus --resume ({args.output_dir}/checkpoints)",
+              file=sys.stderr)
+        return 130
+    return 0

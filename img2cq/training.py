@@ -466,7 +466,10 @@ def train(args: TrainingArguments, command: str | None = None, train_rows=None, 
     # resume
     state = TrainState()
     if args.resume and previous:
-        accelerator.load_state(str(previous[-1]))
+        try:
+            accelerator.load_state(str(previous[-1]))
+        except (ValueError, RuntimeError) as e:  # another model or optimiser layout than this command builds
+            raise TrainingError(f"cannot resume from {previous[-1]}: {str(e).splitlines()[0]}") from e
         state = TrainState.load(previous[-1])
         accelerator.print(f"resumed from {previous[-1]} (step {state.step})")
     elif args.resume:

@@ -192,6 +192,14 @@ def test_resume_continues_with_the_batches_an_uninterrupted_run_trains_on(datase
                                                                (dataset / "train.jsonl").read_text().splitlines())
 
 
+def test_resuming_a_checkpoint_of_another_layout_is_one_clear_error(short_samples, tmp_path):
+    args = dict(output_dir=str(tmp_path / "model"), model_size="tiny", eval_json=None, batch_size=8, max_steps=1,
+                warmup_steps=0)
+    train(TrainingArguments(**args), train_rows=short_samples)
+    with pytest.raises(TrainingError, match="cannot resume from"):
+        train(TrainingArguments(**args, image_size=128, resume=True), train_rows=short_samples)
+
+
 def test_length_grouped_order_is_a_seeded_permutation_of_similar_length_batches():
     lengths = np.random.default_rng(0).integers(20, 2000, 103).tolist()
     usable = list(range(3, 103))  # rows 0-2 filtered out, e.g. by --max-program-tokens

@@ -1,10 +1,11 @@
 """How well the render agreement ranks candidates: Spearman correlation with true 3D IoU.
 
 For each test image the search's candidates (greedy, beam, sampled, retrieved; ``img2cq.search.propose``)
-are generated once and cached (resumable), every candidate runs once in the sandbox (mesh for the
+are generated once and cached (resumable), ``--extra-neighbours`` more retrieved programs join
+them for the correlation only, every candidate runs once in the sandbox (mesh for the
 IoU, render for the agreement), and the agreement is recomputed for a grid of resolutions, edge
 weights and edge scales. Printed per setting: Spearman rho over all (candidate, reference) pairs
-that build, the mean per-image rho, and the mean IoU of the candidate each setting would keep.
+that build, the mean per-image rho, and the mean IoU of the search candidate each setting would keep.
 
     python benchmarks/bench_agreement.py --model models/img2cq-tiny-cpu --eval-json data/test.jsonl \\
         --train-json data/train.jsonl --samples 30 --out runs/search/agreement
@@ -55,17 +56,21 @@ def cached_proposals(args) -> list[dict]:
     torch.set_num_threads(1)
     model = TimedModel(load_pretrained(args.model))
     index = load_or_build_index(args.train_json)
-    with open(path, "a") as f:
-        for row in tqdm(rows[len(done):], desc="proposing", unit="img"):
+    todo = rows[len(done):]
+    with open(path, "a") as f, tqdm(total=len(todo), desc="proposing", unit="img") as bar:
+        for start in range(0, len(todo), args.batch_size):
+            batch = todo[start:start + args.batch_size]
             model.greedy_s, started = 0.0, time.perf_counter()
-            candidates = propose(model, row["image"], args.candidates, index, args.max_new_tokens)
-            record = {"id": row["id"], "image": row["image"].filename if hasattr(row["image"], "filename") else None,
-                      "reference": row["cadquery"], "candidates": candidates,
-                      "propose_s": time.perf_counter() - started, "greedy_s": model.greedy_s,
-                      "load": os.getloadavg()[0]}
-            f.write(json.dumps(record) + "\n")
+            proposals = propose(model, [r["image"] for r in batch], args.candidates, index, args.max_new_tokens)
+            seconds = (time.perf_counter() - started) / len(batch)
+            for row, candidates in zip(batch, proposals):
+                record = {"id": row["id"], "reference": row["cadquery"], "candidates": candidates,
+                          "propose_s": seconds, "greedy_s": model.greedy_s / len(batch),
+                          "batch": len(batch), "load": os.getloadavg()[0]}
+                f.write(json.dumps(record) + "\n")
+                done.append(record)
             f.flush()
-            done.append(record)
+            bar.update(len(batch))
     return done
 
 
@@ -74,18 +79,22 @@ def scored_pairs(args, proposals: list[dict], images) -> list[dict]:
     from tqdm.auto import tqdm
 
     from img2cq.executor import Executor
-    from img2cq.search import PRELOAD, unpack_views, views_from_image
+    from img2cq.search import PRELOAD, load_or_build_index, unpack_views, views_from_image
     from metrics.best_iou import iou_from_results
 
+    index = load_or_build_index(args.train_json)
     pairs = []
     with Executor(workers=args.workers, preload=PRELOAD) as ex:
         for record, image in tqdm(list(zip(proposals, images)), desc="scoring candidates", unit="img"):
-            codes = [record["reference"]] + [p for _, p in record["candidates"]]
+            retrieved = len([s for s, _ in record["candidates"] if s.startswith("nearest:")])
+            extra = [(f"extra-nearest:{i}", program)
+                     for i, program in index.nearest(image, retrieved + args.extra_neighbours)[retrieved:]]
+            codes = [record["reference"]] + [p for _, p in record["candidates"] + extra]
             results = ex.map(codes, mesh=True, brep=True, postprocess="img2cq.search:render_views")
             reference, candidates = results[0], results[1:]
             if not reference.ok:
                 continue
-            for (source, _), r in zip(record["candidates"], candidates):
+            for (source, _), r in zip(record["candidates"] + extra, candidates):
                 pairs.append({"id": record["id"], "source": source, "valid": r.ok,
                               "iou": iou_from_results(reference, r, executor=ex) if r.ok else 0.0,
                               "views": unpack_views(r.extras["value"]["views"]) if r.ok else None,
@@ -111,7 +120,8 @@ def sweep(pairs: list[dict]) -> list[dict]:
         for group in by_image.values():
             reference = Reference.from_views(group[0]["reference_views"], resolution)
             s = [agreement(reference, p["views"], weight, scale) for p in group]
-            kept.append(group[int(np.argmax(s))]["iou"])
+            searched = [i for i, p in enumerate(group) if not p["source"].startswith("extra")]
+            kept.append(group[max(searched, key=lambda i: s[i])]["iou"])
             valid = [(a, p["iou"]) for a, p in zip(s, group) if p["valid"]]
             scores += [a for a, _ in valid]
             ious += [i for _, i in valid]
@@ -130,8 +140,11 @@ def main() -> int:
     p.add_argument("--train-json", default="data/train.jsonl")
     p.add_argument("--samples", type=int, default=30)
     p.add_argument("--candidates", type=int, default=8)
+    p.add_argument("--extra-neighbours", type=int, default=4,
+                   help="more retrieved programs per image, scored for the correlation only (not kept)")
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=8, help="images per proposal batch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/search/agreement")
     args = p.parse_args()
@@ -146,7 +159,8 @@ def main() -> int:
     pairs = scored_pairs(args, proposals, images)
     table = sweep(pairs)
     greedy = [p["iou"] for p in pairs if p["source"] == "greedy"]
-    oracle = [max(q["iou"] for q in pairs if q["id"] == i) for i in dict.fromkeys(p["id"] for p in pairs)]
+    oracle = [max(q["iou"] for q in pairs if q["id"] == i and not q["source"].startswith("extra"))
+              for i in dict.fromkeys(p["id"] for p in pairs)]
     print(f"{len(proposals)} images, {len(pairs)} (candidate, reference) pairs, "
           f"{sum(p['valid'] for p in pairs)} build; greedy IoU {np.mean(greedy):.3f}, "
           f"best candidate by true IoU (oracle) {np.mean(oracle):.3f}; load {os.getloadavg()[0]:.1f}")

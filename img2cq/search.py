@@ -23,8 +23,10 @@ The executor must preload the renderer: ``Executor(workers=2, preload=PRELOAD)``
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,57 +316,63 @@ class SearchResult:
     seconds: float = 0.0
 
 
-def sample_programs(model, image: Image.Image, n: int, max_new_tokens: int | None = None) -> list[str]:
-    """``n`` programs sampled from the model (nucleus sampling, as ``Img2CQ.generate(best_of=...)``)."""
+def sample_programs(model, images: list[Image.Image], n: int, max_new_tokens: int | None = None) -> list[list[str]]:
+    """``n`` programs per image sampled from the model (nucleus sampling, as ``Img2CQ.generate(best_of=...)``)."""
     import torch
 
     if n <= 0:
-        return []
+        return [[] for _ in images]
+    with torch.no_grad():
+        sequences = model.model.generate(pixel_values=model.pixel_values(images), do_sample=True, top_p=0.95,
+                                         temperature=0.8, num_return_sequences=n,
+                                         max_new_tokens=max_new_tokens or model.max_new_tokens)
+    programs = model.decode(sequences)
+    return [programs[i * n:(i + 1) * n] for i in range(len(images))]
+
+
+def propose(model, images: list[Image.Image], candidates: int, index: RetrievalIndex | None = None,
+            max_new_tokens: int | None = None) -> list[list[tuple[str, str]]]:
+    """(source, program) candidates per image: greedy; then beam, ``candidates // 2`` retrieved
+    programs (with an index) and samples for the rest. Batched over images (a small model's
+    decoding costs about the same for eight images as for one); duplicates are dropped."""
+    with _quiet_transformers():
+        proposals = [[("greedy", p)] for p in model.generate(images, max_new_tokens=max_new_tokens)]
+        if candidates > 1:
+            beams = model.generate(images, num_beams=NUM_BEAMS, max_new_tokens=max_new_tokens)
+            k = candidates // 2 if index is not None else 0
+            samples = sample_programs(model, images, candidates - 2 - k, max_new_tokens)
+    if candidates > 1:
+        for own, image, beam, sampled in zip(proposals, images, beams, samples):
+            own.append((f"beam{NUM_BEAMS}", beam))
+            own += [(f"nearest:{i}", program) for i, program in (index.nearest(image, k) if k else [])]
+            own += [("sample", p) for p in sampled]
+    unique = []
+    for own in proposals:
+        first: dict[str, str] = {}
+        for source, program in own:
+            first.setdefault(program, source)
+        unique.append([(source, program) for program, source in first.items()])
+    return unique
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Batched decoding warns, once, about an attention mask the decoder does not need here."""
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # sampling several sequences warns about an attention mask it does not need
+    hf_logging.set_verbosity_error()
     try:
-        with torch.no_grad():
-            sequences = model.model.generate(pixel_values=model.pixel_values([image]), do_sample=True, top_p=0.95,
-                                             temperature=0.8, num_return_sequences=n,
-                                             max_new_tokens=max_new_tokens or model.max_new_tokens)
+        yield
     finally:
         hf_logging.set_verbosity(verbosity)
-    return model.decode(sequences)
 
 
-def propose(model, image: Image.Image, candidates: int, index: RetrievalIndex | None = None,
-            max_new_tokens: int | None = None) -> list[tuple[str, str]]:
-    """(source, program) candidates: greedy; then beam, ``candidates // 2`` retrieved programs
-    (with an index) and samples for the rest. Duplicates are dropped."""
-    proposals = [("greedy", model.generate([image], max_new_tokens=max_new_tokens)[0])]
-    if candidates > 1:
-        proposals.append((f"beam{NUM_BEAMS}", model.generate([image], num_beams=NUM_BEAMS,
-                                                             max_new_tokens=max_new_tokens)[0]))
-        retrieved = index.nearest(image, candidates // 2) if index is not None else []
-        proposals += [(f"nearest:{i}", program) for i, program in retrieved]
-        proposals += [("sample", p) for p in
-                      sample_programs(model, image, candidates - len(proposals), max_new_tokens)]
-    unique: dict[str, str] = {}
-    for source, program in proposals:
-        unique.setdefault(program, source)
-    return [(source, program) for program, source in unique.items()]
-
-
-def search(model, image: Image.Image, candidates: int = 8, refine_seconds: float = 0.0, executor=None,
-           index: RetrievalIndex | None = None, max_new_tokens: int | None = None, seed: int = 0) -> SearchResult:
-    """The program whose render agrees best with ``image``, from ``candidates`` proposals, its
-    numbers then tuned for ``refine_seconds``. ``executor`` must preload ``PRELOAD`` (one with
-    two workers is opened and closed here when None)."""
-    from img2cq.executor import Executor
-
-    if executor is None:
-        with Executor(workers=2, preload=PRELOAD) as ex:
-            return search(model, image, candidates, refine_seconds, ex, index, max_new_tokens, seed)
+def pick_and_refine(image: Image.Image, proposals: list[tuple[str, str]], refine_seconds: float, executor,
+                    seed: int = 0) -> SearchResult:
+    """Render and score the proposals in parallel, keep the best, refine it for ``refine_seconds``."""
     started = time.perf_counter()
     reference = Reference.from_views(views_from_image(image))
-    proposals = propose(model, image, candidates, index, max_new_tokens)
     views = render_programs([p for _, p in proposals], executor)
     scored = [Candidate(p, s, agreement(reference, v)) for (s, p), v in zip(proposals, views)]
     best = max(scored, key=lambda c: c.agreement)  # ties keep the earlier (greedy first)
@@ -379,6 +387,23 @@ def search(model, image: Image.Image, candidates: int = 8, refine_seconds: float
     return result
 
 
+def search(model, image: Image.Image, candidates: int = 8, refine_seconds: float = 0.0, executor=None,
+           index: RetrievalIndex | None = None, max_new_tokens: int | None = None, seed: int = 0) -> SearchResult:
+    """The program whose render agrees best with ``image``, from ``candidates`` proposals, its
+    numbers then tuned for ``refine_seconds``. ``executor`` must preload ``PRELOAD`` (one with
+    two workers is opened and closed here when None)."""
+    from img2cq.executor import Executor
+
+    if executor is None:
+        with Executor(workers=2, preload=PRELOAD) as ex:
+            return search(model, image, candidates, refine_seconds, ex, index, max_new_tokens, seed)
+    started = time.perf_counter()
+    proposals = propose(model, [image], candidates, index, max_new_tokens)[0]
+    result = pick_and_refine(image, proposals, refine_seconds, executor, seed)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
 def search_label(candidates: int, refine_seconds: float) -> str:
     """The ``decoding`` column of a searched row, e.g. ``greedy+cand8+refine20``."""
     label = "greedy"
@@ -389,23 +414,33 @@ def search_label(candidates: int, refine_seconds: float) -> str:
     return label
 
 
+
 def search_many(model, images: list[Image.Image], candidates: int = 8, refine_seconds: float = 0.0,
                 workers: int = 2, index: RetrievalIndex | None = None, max_new_tokens: int | None = None,
-                progress: bool = True) -> list[SearchResult]:
-    """``search`` for each image in turn with one executor; Ctrl-C returns the results finished so far."""
+                batch_size: int = 8, progress: bool = True) -> list[SearchResult]:
+    """``search`` for many images with one executor, proposing for ``batch_size`` images at a time
+    (each result's ``seconds`` includes its share of the batch). Ctrl-C returns the finished results."""
     from tqdm.auto import tqdm
 
     from img2cq.executor import Executor
 
     results: list[SearchResult] = []
     with Executor(workers=workers, preload=PRELOAD) as ex:
-        bar = tqdm(images, desc=f"searching ({search_label(candidates, refine_seconds)})", unit="img",
+        bar = tqdm(total=len(images), desc=f"searching ({search_label(candidates, refine_seconds)})", unit="img",
                    disable=not progress)
         try:
-            for i, image in enumerate(bar):
-                results.append(search(model, image, candidates, refine_seconds, ex, index, max_new_tokens, seed=i))
-                bar.set_postfix(agreement=f"{results[-1].agreement:.3f}",
-                                s_per_img=f"{np.mean([r.seconds for r in results]):.1f}")
+            for start in range(0, len(images), batch_size):
+                batch = images[start:start + batch_size]
+                started = time.perf_counter()
+                proposals = propose(model, batch, candidates, index, max_new_tokens)
+                share = (time.perf_counter() - started) / len(batch)
+                for i, (image, own) in enumerate(zip(batch, proposals)):
+                    result = pick_and_refine(image, own, refine_seconds, ex, seed=start + i)
+                    result.seconds += share
+                    results.append(result)
+                    bar.update(1)
+                    bar.set_postfix(agreement=f"{result.agreement:.3f}",
+                                    s_per_img=f"{np.mean([r.seconds for r in results]):.1f}")
         except KeyboardInterrupt:
             print(f"\ninterrupted: keeping the {len(results)} searched images", flush=True)
         finally:
@@ -423,8 +458,6 @@ def search_rows(model, rows: list[dict], candidates: int, refine_seconds: float,
     results = search_many(model, [r["image"] for r in rows], candidates, refine_seconds, workers, index,
                           max_new_tokens)
     if results:
-        import os
-
         print(f"search: {np.mean([r.seconds for r in results]):.1f} s per image over {len(results)} images "
               f"({workers} workers, load average {os.getloadavg()[0]:.1f})")
     return [r.program for r in results], search_label(candidates, refine_seconds)

@@ -16,7 +16,10 @@ one), then compared by silhouette IoU and a symmetric chamfer distance between t
    extrusion depths; plane directions and integers stay fixed, equal magnitudes stay tied) are
    tuned by CMA-ES (the ``cma`` package) to maximise agreement until ``refine_seconds`` are spent,
    one population per parallel batch through the executor. The program keeps its text and
-   structure; only the number literals change.
+   structure; only the number literals change. CMA-ES because its ask/tell population is exactly
+   one parallel batch, it needs no gradient of a rasterised (piecewise-constant) score, and it
+   adapts step sizes and correlations between numbers by itself; scipy's derivative-free methods
+   (Nelder-Mead, Powell) evaluate one point at a time.
 
 The executor must preload the renderer: ``Executor(workers=2, preload=PRELOAD)``.
 """

@@ -1,6 +1,7 @@
 """Evaluate a trained model on test images: VSR, IoU, per-sample predictions, a results.csv row.
 
     python enhanced_eval.py ./models/enhanced --samples 50
+    python enhanced_eval.py ./models/enhanced --samples 50 --candidates 8 --refine 20 --train-json data/train.jsonl
 """
 
 import argparse
@@ -20,7 +21,17 @@ if __name__ == "__main__":
     p.add_argument("--workers", type=int, default=2, help="sandbox processes running programs")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the model's maximum length")
     p.add_argument("--results-csv", default="results.csv")
+    p.add_argument("--candidates", type=int, default=1,
+                   help="test-time search: propose N programs per image (greedy, beam, sampled and, with "
+                        "--train-json, retrieved) and keep the one whose render agrees best with the image")
+    p.add_argument("--refine", type=float, default=0.0, metavar="SECONDS",
+                   help="test-time search: tune the numbers of the kept program for SECONDS per image")
+    p.add_argument("--train-json", default=None,
+                   help="training split for retrieval candidates (its index is built once and saved beside it)")
     a = p.parse_args()
+    if a.candidates < 1 or a.refine < 0:
+        p.error("--candidates must be >= 1 and --refine >= 0")
     sys.exit(run_cli(evaluate_model, model_dir=a.model_dir, eval_json=a.eval_json, samples=a.samples,
                      num_beams=a.num_beams, best_of=a.best_of, batch_size=a.batch_size, workers=a.workers,
-                     max_new_tokens=a.max_new_tokens, results_csv=a.results_csv, command=" ".join(["python", *sys.argv])))
+                     max_new_tokens=a.max_new_tokens, results_csv=a.results_csv, command=" ".join(["python", *sys.argv]),
+                     candidates=a.candidates, refine_seconds=a.refine, train_json=a.train_json))

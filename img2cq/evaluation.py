@@ -127,19 +127,35 @@ def print_table(rows: list[dict]) -> None:
 def evaluate_model(model_dir: str, eval_json: str = "data/test.jsonl", samples: int | None = 50,
                    num_beams: int = 1, best_of: int | None = None, batch_size: int = 8, workers: int = 2,
                    max_new_tokens: int | None = None, results_csv: str = "results.csv",
-                   command: str = "", device=None) -> dict:
-    """Generate for the first ``samples`` test images, score, write predictions JSONL, append results.csv."""
+                   command: str = "", device=None, candidates: int = 1, refine_seconds: float = 0.0,
+                   train_json: str | None = None) -> dict:
+    """Generate for the first ``samples`` test images, score, write predictions JSONL, append results.csv.
+
+    ``candidates > 1`` or ``refine_seconds > 0``: test-time search (``img2cq.search``; retrieval
+    candidates from ``train_json``) instead of plain decoding.
+    """
     from img2cq.executor import Executor
     from img2cq.modeling import load_pretrained
 
+    searching = candidates > 1 or refine_seconds > 0
+    if searching and (num_beams > 1 or (best_of or 1) > 1):
+        raise EvalError("--candidates/--refine replace --num-beams/--best-of: pass one or the other")
     rows = load_samples(eval_json, samples)  # bad data fails before the (slower) model load
     model = load_pretrained(model_dir, device=device)
     decoding = f"beam{num_beams}" if num_beams > 1 else "greedy"
     if best_of and best_of > 1:
         decoding += f"+best_of{best_of}"
+    predictions = []
+    if searching:
+        from img2cq.search import search_rows
+
+        predictions, decoding = search_rows(model, rows, candidates, refine_seconds, train_json, workers,
+                                            max_new_tokens)
+        if not predictions:
+            raise EvalError("interrupted before any image was searched")
+        rows = rows[:len(predictions)]  # Ctrl-C: score the images searched so far
     with Executor(workers=workers) as ex:
-        predictions = []
-        for start in tqdm(range(0, len(rows), batch_size), desc="generating", unit="batch"):
+        for start in [] if searching else tqdm(range(0, len(rows), batch_size), desc="generating", unit="batch"):
             images = [r["image"] for r in rows[start:start + batch_size]]
             predictions += model.generate(images, num_beams=num_beams, best_of=best_of,
                                           max_new_tokens=max_new_tokens, executor=ex)

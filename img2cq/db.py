@@ -11,13 +11,15 @@ several tables one consistent view.
 
 from collections.abc import Iterator
 
-from sqlalchemy import (CheckConstraint, Engine, Float, ForeignKey, Integer, String, UniqueConstraint,
-                        create_engine, event, select)
+from sqlalchemy import (BigInteger, CheckConstraint, Engine, Float, ForeignKey, Integer, String,
+                        UniqueConstraint, create_engine, event, select)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from img2cq.cpm import LinkType
 
 BUSY_TIMEOUT_S = 30
+# 64-bit ids, as the API accepts; on SQLite INTEGER, which is already 64-bit and the rowid alias
+IdType = BigInteger().with_variant(Integer, "sqlite")
 
 
 class Base(DeclarativeBase):
@@ -27,7 +29,7 @@ class Base(DeclarativeBase):
 class Project(Base):
     __tablename__ = "projects"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     tasks: Mapped[list["Task"]] = relationship(
         cascade="all, delete-orphan", passive_deletes=True, order_by="Task.id")
@@ -38,8 +40,8 @@ class Project(Base):
 class Task(Base):
     __tablename__ = "tasks"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    project_id: Mapped[int] = mapped_column(IdType, ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     duration: Mapped[float] = mapped_column(Float)
 
@@ -52,10 +54,10 @@ class Dependency(Base):
         CheckConstraint("type IN (" + ", ".join(f"'{t}'" for t in LinkType) + ")", name="known_type"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
-    predecessor_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
-    successor_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    project_id: Mapped[int] = mapped_column(IdType, ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    predecessor_id: Mapped[int] = mapped_column(IdType, ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    successor_id: Mapped[int] = mapped_column(IdType, ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
     type: Mapped[str] = mapped_column(String(2), default=LinkType.FS.value)
     lag: Mapped[float] = mapped_column(Float, default=0.0)
 

@@ -67,6 +67,7 @@ class Batcher:
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(max_queue)
         self._worker: asyncio.Task | None = None
         self._last_batch_s = 1.0
+        self._busy = False  # a batch is being collected or run
 
     def start(self) -> None:
         """Start serving batches (call from the event loop that will submit)."""
@@ -81,6 +82,16 @@ class Batcher:
             if not job.future.done():
                 job.future.set_exception(Overloaded("the server is shutting down", 1))
         await asyncio.to_thread(self._thread.shutdown)
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued for a batch (not counting the batch running now)."""
+        return self._queue.qsize()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, collected or running."""
+        return not self._busy and self._queue.empty()
 
     def retry_after(self) -> int:
         """Seconds until the queue ahead of a new request has probably drained."""
@@ -100,24 +111,28 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect(loop)
-            if not batch:
-                continue
-            started = loop.time()
-            try:
-                results = await loop.run_in_executor(self._thread, self.run_batch, [job.item for job in batch])
-            except Exception as error:  # the batch's failure is every one of its requests' answer
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(error)
-            else:
-                for job, result in zip(batch, results, strict=True):
-                    if not job.future.done():
-                        job.future.set_result(result)
-            self._last_batch_s = loop.time() - started
+            if batch:
+                await self._run(loop, batch)
+            self._busy = False
+
+    async def _run(self, loop, batch: list[_Job]) -> None:
+        started = loop.time()
+        try:
+            results = await loop.run_in_executor(self._thread, self.run_batch, [job.item for job in batch])
+        except Exception as error:  # the batch's failure is every one of its requests' answer
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(error)
+        else:
+            for job, result in zip(batch, results, strict=True):
+                if not job.future.done():
+                    job.future.set_result(result)
+        self._last_batch_s = loop.time() - started
 
     async def _collect(self, loop) -> list[_Job]:
         """Up to max_batch live jobs: the first to arrive, then whatever comes within max_wait_s."""
         batch = [await self._queue.get()]
+        self._busy = True
         close_at = loop.time() + self.max_wait_s
         while len(batch) < self.max_batch:
             if self._queue.empty():

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from img2cq import cpm, db
 from img2cq.cpm import LinkType
 
-MAX_ID = 2**63 - 1  # SQL BIGINT; larger ids cannot exist, so they are refused up front
+MAX_ID = 2**63 - 1  # ids are 64-bit (img2cq.db.IdType); larger ones cannot exist, so they are refused up front
 MAX_AMOUNT = 1e9  # durations and lags, in any time unit: keeps every sum finite
 MAX_IMPORT = 100_000
 

@@ -30,13 +30,9 @@ class Health(BaseModel):
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     """Read the settings; create the schema, one sandbox and the batcher for the app's lifetime."""
-    import torch
-
     from img2cq.executor import Executor
 
     settings = app.state.settings = Settings()
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(settings.torch_threads)  # one setting: only the generation thread runs torch
     app.state.engine = db.make_engine(settings.sqlalchemy_url())
     db.create_schema(app.state.engine)
     app.state.executor = Executor(workers=settings.exec_workers, timeout=settings.exec_timeout,
@@ -44,8 +40,8 @@ async def lifespan(app: FastAPI):
     app.state.sandbox = Lane(workers=settings.exec_workers, max_queue=settings.queue_size, name="sandbox")
     app.state.model_dir = settings.model
     app.state.model_service = model_api.ModelService(
-        settings.model, max_batch=settings.batch_size, max_wait_s=settings.batch_wait_ms / 1000,
-        max_queue=settings.queue_size)
+        settings.model, torch_threads=settings.torch_threads, max_batch=settings.batch_size,
+        max_wait_s=settings.batch_wait_ms / 1000, max_queue=settings.queue_size)
     app.state.model_service.batcher.start()
     try:
         yield
@@ -54,7 +50,6 @@ async def lifespan(app: FastAPI):
         app.state.sandbox.close()
         app.state.executor.close()
         app.state.engine.dispose()
-        torch.set_num_threads(torch_threads)
 
 
 app = FastAPI(title="img2cq", summary="Image -> CadQuery code, and a project critical-path API",

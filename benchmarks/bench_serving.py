@@ -57,6 +57,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -146,10 +156,12 @@ def main(argv=None) -> None:
     import httpx
 
     image = args.image.read_bytes()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; python {platform.python_version()}; "
           f"load average before: {load_average()}")
+    model = args.model.resolve()
+    model = model.relative_to(REPO) if model.is_relative_to(REPO) else model
     print(f"server: batch {args.batch_size}, wait {args.batch_wait_ms} ms, queue {args.queue_size}; "
-          f"model {args.model}; {args.seconds:.0f} s per level")
+          f"model {model}; {args.seconds:.0f} s per level; max_new_tokens {args.max_new_tokens or 'model default'}")
     with tempfile.TemporaryDirectory() as tmp:
         log = open(Path(tmp) / "server.log", "w")
         proc, base = start_server(args, Path(tmp) / "bench.db", log)

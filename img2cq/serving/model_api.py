@@ -59,10 +59,12 @@ class ModelUnavailable(Exception):
 
 
 class ModelService:
-    """The model, loaded on first use by the generation thread, behind a dynamic batcher."""
+    """The model, loaded on first use by the generation thread, behind a dynamic batcher. Only
+    that thread runs torch, so one intra-op thread count serves the process (set at load)."""
 
-    def __init__(self, model_dir: str | None, *, max_batch: int, max_wait_s: float, max_queue: int):
-        self.model_dir = model_dir
+    def __init__(self, model_dir: str | None, *, torch_threads: int, max_batch: int, max_wait_s: float,
+                 max_queue: int):
+        self.model_dir, self.torch_threads = model_dir, torch_threads
         self.model = None
         self._load_lock = threading.Lock()
         self.batcher = Batcher(self._run_batch, max_batch=max_batch, max_wait_s=max_wait_s,
@@ -71,8 +73,11 @@ class ModelService:
     def _load(self):
         with self._load_lock:
             if self.model is None:
+                import torch
+
                 from img2cq.modeling import ModelError, load_pretrained
 
+                torch.set_num_threads(self.torch_threads)
                 try:
                     self.model = load_pretrained(self.model_dir)
                 except (ModelError, OSError, ValueError) as e:

@@ -39,6 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-wait-ms", type=float, default=20.0, help="IMG2CQ_BATCH_WAIT_MS of the server")
     p.add_argument("--queue-size", type=int, default=16, help="IMG2CQ_QUEUE_SIZE of the server (small: 64 clients overflow it)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="cap per request (default: the model's own)")
+    p.add_argument("--torch-threads", type=int, default=1, help="IMG2CQ_TORCH_THREADS of the server")
     p.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = p.parse_args(argv)
     for path in (args.model, args.image):
@@ -77,7 +78,8 @@ def start_server(args, db_path: Path, log) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{db_path}", "IMG2CQ_MODEL": str(args.model),
            "IMG2CQ_BATCH_SIZE": str(args.batch_size), "IMG2CQ_BATCH_WAIT_MS": str(args.batch_wait_ms),
-           "IMG2CQ_QUEUE_SIZE": str(args.queue_size), "IMG2CQ_REQUEST_TIMEOUT": str(args.client_timeout)}
+           "IMG2CQ_QUEUE_SIZE": str(args.queue_size), "IMG2CQ_REQUEST_TIMEOUT": str(args.client_timeout),
+           "IMG2CQ_TORCH_THREADS": str(args.torch_threads)}
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "server:app", "--host", "127.0.0.1", "--port", str(port),
                              "--log-level", "warning"], cwd=REPO, env=env, stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
@@ -161,7 +163,7 @@ def main(argv=None) -> None:
     model = args.model.resolve()
     model = model.relative_to(REPO) if model.is_relative_to(REPO) else model
     print(f"server: batch {args.batch_size}, wait {args.batch_wait_ms} ms, queue {args.queue_size}; "
-          f"model {model}; {args.seconds:.0f} s per level; max_new_tokens {args.max_new_tokens or 'model default'}")
+          f"torch threads {args.torch_threads}; model {model}; {args.seconds:.0f} s per level; max_new_tokens {args.max_new_tokens or 'model default'}")
     with tempfile.TemporaryDirectory() as tmp:
         log = open(Path(tmp) / "server.log", "w")
         proc, base = start_server(args, Path(tmp) / "bench.db", log)
@@ -177,8 +179,12 @@ def main(argv=None) -> None:
                 r = results[-1]
                 print(f"  {clients} clients done: {r['requests_per_s']:.3f} req/s, load {load_average()}", flush=True)
         finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+            proc.terminate()  # a graceful stop waits for the running batch: bounded here
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
             log.close()
     print(f"load average after: {load_average()}\n")
     print("| clients | requests/s | p50 s | p95 s | /health worst ms | 200 | 503 + Retry-After | 503 without | other | timeouts |")

@@ -18,7 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from img2cq.serving.batching import Batcher, Lane
+from img2cq.serving.batching import Batcher
 
 MAX_PROGRAM_CHARS = 100_000
 MAX_IMAGE_BYTES = 20 * 2**20

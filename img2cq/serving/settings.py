@@ -32,9 +32,9 @@ class Settings(BaseSettings):
                                                  "for the sandbox); beyond it: 503 with Retry-After")
     request_timeout: float = Field(120.0, gt=0, description="seconds a /generate or /score request may wait and "
                                                             "run before it is answered 504")
-    torch_threads: int = Field(default_factory=usable_cpus, ge=1,
-                               description="torch intra-op threads of the one generation thread "
-                                           "(default: the usable CPUs)")
+    torch_threads: int = Field(1, ge=1, le=usable_cpus(),
+                               description="torch intra-op threads of the one generation thread; more help "
+                                           "only on idle cores (on shared ones they wait for each other)")
 
     @field_validator("database_url", "model", mode="before")
     @classmethod

@@ -29,11 +29,22 @@ both as plain loops over CSR lists (``benchmarks/bench_cpm.py`` times 100k tasks
 """
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-DEPENDENCY_TYPES = ("FS", "SS", "FF", "SF")
+
+class LinkType(StrEnum):
+    """The four dependency types; the one declaration used by the API schemas and the database."""
+
+    FS = "FS"  # finish-to-start
+    SS = "SS"  # start-to-start
+    FF = "FF"  # finish-to-finish
+    SF = "SF"  # start-to-finish
+
+
+DEPENDENCY_TYPES = tuple(LinkType)
 TOLERANCE = 1e-9
 MAX_PATHS = 20
 

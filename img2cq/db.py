@@ -1,19 +1,25 @@
 """Database tables and the engine/session for the project scheduling API (SQLAlchemy 2).
 
-``DATABASE_URL`` selects any SQLAlchemy database (e.g. ``postgresql+psycopg://...``); without it
-a SQLite file at ``IMG2CQ_DB`` (default ``./img2cq.db``) is used. SQLite runs in WAL mode with
-foreign keys on and a busy timeout, and every transaction starts with ``BEGIN IMMEDIATE``: writers
-queue up instead of failing, and a cycle check and the insert it guards see the same graph.
+Any SQLAlchemy database works; two are tested. SQLite runs in WAL mode with foreign keys on and a
+busy timeout, and every transaction starts with ``BEGIN IMMEDIATE``: writers queue up instead of
+failing, and a cycle check and the insert it guards see the same graph. PostgreSQL
+(``postgresql+psycopg://...``, the ``postgres`` extra) runs READ COMMITTED, so a statement issued
+after a row lock is granted sees what the lock holder committed: ``lock_project`` serialises the
+link inserts of one project across every process and replica; ``read_snapshot`` gives a read of
+several tables one consistent view.
 """
 
-import os
 from collections.abc import Iterator
 
-from sqlalchemy import (CheckConstraint, Engine, Float, ForeignKey, Integer, String, UniqueConstraint,
-                        create_engine, event, select)
+from sqlalchemy import (BigInteger, CheckConstraint, Engine, Float, ForeignKey, Integer, String,
+                        UniqueConstraint, create_engine, event, select)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
+from img2cq.cpm import LinkType
+
 BUSY_TIMEOUT_S = 30
+# 64-bit ids, as the API accepts; on SQLite INTEGER, which is already 64-bit and the rowid alias
+IdType = BigInteger().with_variant(Integer, "sqlite")
 
 
 class Base(DeclarativeBase):
@@ -23,7 +29,7 @@ class Base(DeclarativeBase):
 class Project(Base):
     __tablename__ = "projects"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     tasks: Mapped[list["Task"]] = relationship(
         cascade="all, delete-orphan", passive_deletes=True, order_by="Task.id")
@@ -34,8 +40,8 @@ class Project(Base):
 class Task(Base):
     __tablename__ = "tasks"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    project_id: Mapped[int] = mapped_column(IdType, ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     duration: Mapped[float] = mapped_column(Float)
 
@@ -45,26 +51,21 @@ class Dependency(Base):
     __table_args__ = (
         UniqueConstraint("predecessor_id", "successor_id"),
         CheckConstraint("predecessor_id <> successor_id", name="no_self_loop"),
-        CheckConstraint("type IN ('FS', 'SS', 'FF', 'SF')", name="known_type"),
+        CheckConstraint("type IN (" + ", ".join(f"'{t}'" for t in LinkType) + ")", name="known_type"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
-    predecessor_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
-    successor_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
-    type: Mapped[str] = mapped_column(String(2), default="FS")
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    project_id: Mapped[int] = mapped_column(IdType, ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    predecessor_id: Mapped[int] = mapped_column(IdType, ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    successor_id: Mapped[int] = mapped_column(IdType, ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    type: Mapped[str] = mapped_column(String(2), default=LinkType.FS.value)
     lag: Mapped[float] = mapped_column(Float, default=0.0)
 
 
-def database_url() -> str:
-    return os.environ.get("DATABASE_URL") or "sqlite:///" + os.environ.get("IMG2CQ_DB", "./img2cq.db")
-
-
-def make_engine(url: str | None = None) -> Engine:
-    """An engine for ``url`` (default: from the environment) with the SQLite settings above."""
-    url = url or database_url()
+def make_engine(url: str) -> Engine:
+    """An engine for ``url`` with the per-database settings above."""
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, isolation_level="READ COMMITTED")
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_S})
 
     @event.listens_for(engine, "connect")
@@ -97,3 +98,11 @@ def lock_project(session: Session, project_id: int) -> Project | None:
     """The project row, locked for the rest of the transaction where the database supports it
     (PostgreSQL ``FOR UPDATE``; SQLite already holds the write lock from ``BEGIN IMMEDIATE``)."""
     return session.scalars(select(Project).where(Project.id == project_id).with_for_update()).first()
+
+
+def read_snapshot(session: Session) -> None:
+    """Make the session's next transaction read one snapshot (call before its first query).
+    PostgreSQL: REPEATABLE READ, so tasks and links read by two statements agree; SQLite already
+    reads one snapshot per transaction."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})

@@ -1,17 +1,26 @@
 """server.py through FastAPI's TestClient: every endpoint, every refusal, concurrent writers,
-and hostile programs (the real-server and schemathesis tests are in test_server_live.py)."""
+hostile programs, and the /generate batcher under load (the real-server and schemathesis tests
+are in test_server_live.py). The scheduling API runs on SQLite and on PostgreSQL."""
 
+import asyncio
 import io
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
 import server
 from img2cq import db
+from img2cq.serving import model_api
+from tests.postgres import database_url, postgres  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 BOX = "import cadquery as cq\nresult = cq.Workplane().box(1, 1, 1)\n"
@@ -27,16 +36,30 @@ def model_dir(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory, model_dir):
-    env = {"IMG2CQ_DB": str(tmp_path_factory.mktemp("db") / "api.db"), "IMG2CQ_MODEL": str(model_dir),
-           "IMG2CQ_EXEC_TIMEOUT": "5", "IMG2CQ_EXEC_MEMORY_MB": "3072"}
+@contextmanager
+def serve(database: str, model_dir, **settings):
+    """server.app in a TestClient, started with these settings (IMG2CQ_<NAME>=value)."""
+    env = {"DATABASE_URL": database, "IMG2CQ_MODEL": str(model_dir), "IMG2CQ_EXEC_TIMEOUT": "5",
+           "IMG2CQ_EXEC_MEMORY_MB": "3072"} | {f"IMG2CQ_{k.upper()}": str(v) for k, v in settings.items()}
     with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("DATABASE_URL", raising=False)
         for key, value in env.items():
             mp.setenv(key, value)
         with TestClient(server.app) as c:
             yield c
+
+
+@pytest.fixture(scope="module")
+def client(database_url, model_dir):
+    """The scheduling API on each database (SQLite always, PostgreSQL where it can be started)."""
+    with serve(database_url, model_dir) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def model_client(tmp_path_factory, model_dir):
+    """The model and metrics routes (the database plays no part in them: SQLite)."""
+    with serve("sqlite:///" + str(tmp_path_factory.mktemp("db") / "model.db"), model_dir) as c:
+        yield c
 
 
 def new_project(client, name="p") -> int:
@@ -241,25 +264,25 @@ def test_concurrent_writer_processes_lose_nothing(tmp_path):
     assert names == sorted(f"w{k}-{i}" for k in range(3) for i in range(100))
 
 
-def test_generate_with_a_model(client):
+def test_generate_with_a_model(model_client):
     png = io.BytesIO()
     Image.new("RGB", (64, 64), "white").save(png, format="PNG")
-    r = client.post("/generate", params={"max_new_tokens": 24}, files={"image": ("part.png", png.getvalue(), "image/png")})
+    r = model_client.post("/generate", params={"max_new_tokens": 24}, files={"image": ("part.png", png.getvalue(), "image/png")})
     assert r.status_code == 200, r.text
     out = r.json()
     assert isinstance(out["program"], str) and isinstance(out["valid"], bool)
     assert out["valid"] == (out["error"] is None)
 
 
-def test_generate_refusals(client):
-    r = client.post("/generate", files={"image": ("part.png", b"\x89PNG\r\n\x1a\n not really", "image/png")})
+def test_generate_refusals(model_client):
+    r = model_client.post("/generate", files={"image": ("part.png", b"\x89PNG\r\n\x1a\n not really", "image/png")})
     assert r.status_code == 400 and "not a readable image" in r.json()["detail"]
-    assert client.post("/generate").status_code == 422
-    model_dir, client.app.state.model_dir = client.app.state.model_dir, None  # as if IMG2CQ_MODEL were unset
+    assert model_client.post("/generate").status_code == 422
+    model_dir, model_client.app.state.model_dir = model_client.app.state.model_dir, None  # as if IMG2CQ_MODEL were unset
     try:
-        r = client.post("/generate", files={"image": ("part.png", b"whatever", "image/png")})
+        r = model_client.post("/generate", files={"image": ("part.png", b"whatever", "image/png")})
     finally:
-        client.app.state.model_dir = model_dir
+        model_client.app.state.model_dir = model_dir
     assert r.status_code == 503 and "IMG2CQ_MODEL" in r.json()["detail"]
 
 
@@ -271,15 +294,148 @@ HOSTILE = {
 }
 
 
-def test_score_and_hostile_programs_leave_the_server_up(client):
+def test_score_and_hostile_programs_leave_the_server_up(model_client):
     pytest.importorskip("metrics.best_iou")
-    r = client.post("/score", json={"reference": BOX, "candidate": BOX})
+    r = model_client.post("/score", json={"reference": BOX, "candidate": BOX})
     assert r.status_code == 200, r.text
     assert r.json()["reference_valid"] and r.json()["candidate_valid"] and r.json()["iou"] == pytest.approx(1.0, abs=1e-3)
     for name, code in HOSTILE.items():
-        r = client.post("/score", json={"reference": BOX, "candidate": code})
+        r = model_client.post("/score", json={"reference": BOX, "candidate": code})
         assert r.status_code == 200, (name, r.text)
         assert not r.json()["candidate_valid"] and r.json()["candidate_error"] and r.json()["iou"] == 0, name
-        assert client.get("/health").status_code == 200
-    assert client.post("/score", json={"reference": BOX}).status_code == 422
+        assert model_client.get("/health").status_code == 200
+    assert model_client.post("/score", json={"reference": BOX}).status_code == 422
 
+
+
+# --------------------------------------------------------------------------------------------
+# /generate under load: the batcher, its bounded queue, deadlines, disconnects
+
+def png_bytes() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (64, 64), "white").save(out, format="PNG")
+    return out.getvalue()
+
+
+def post_image(client):
+    return client.post("/generate", params={"max_new_tokens": 8}, files={"image": ("part.png", png_bytes(), "image/png")})
+
+
+class GatedModel:
+    """Wraps the one call into the model: records each batch's size; the first batch waits for
+    ``release`` so that the requests behind it queue up."""
+
+    def __init__(self):
+        self.batches: list[int] = []
+        self.running, self.release = threading.Event(), threading.Event()
+        self.real = model_api.generate_programs
+
+    def __call__(self, model, images, options):
+        self.batches.append(len(images))
+        self.running.set()
+        assert self.release.wait(60), "test never released the model"
+        return self.real(model, images, options)
+
+
+@pytest.fixture
+def gated(monkeypatch):
+    gate = GatedModel()
+    monkeypatch.setattr(model_api, "generate_programs", gate)
+    yield gate
+    gate.release.set()
+
+
+def wait_until(condition, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'api.db'}"
+
+
+def test_concurrent_generate_requests_share_one_batched_call(sqlite_url, model_dir, gated):
+    with serve(sqlite_url, model_dir, batch_size=8) as client, ThreadPoolExecutor(8) as pool:
+        batcher = client.app.state.model_service.batcher
+        first = pool.submit(post_image, client)
+        assert gated.running.wait(60)
+        rest = [pool.submit(post_image, client) for _ in range(7)]
+        wait_until(lambda: batcher.waiting == 7, "7 requests wait behind the running batch")
+        gated.release.set()
+        responses = [f.result() for f in [first, *rest]]
+    assert [r.status_code for r in responses] == [200] * 8, [r.text for r in responses]
+    assert gated.batches == [1, 7]
+
+
+def test_a_full_queue_answers_503_with_retry_after_at_once(sqlite_url, model_dir, gated):
+    with serve(sqlite_url, model_dir, batch_size=1, queue_size=2) as client, ThreadPoolExecutor(3) as pool:
+        batcher = client.app.state.model_service.batcher
+        admitted = [pool.submit(post_image, client)]
+        assert gated.running.wait(60)
+        admitted += [pool.submit(post_image, client) for _ in range(2)]
+        wait_until(lambda: batcher.waiting == 2, "the queue is full")
+        refused = post_image(client)
+        assert client.get("/health").status_code == 200  # the event loop is free while the model works
+        gated.release.set()
+        assert [f.result().status_code for f in admitted] == [200] * 3
+    assert refused.status_code == 503 and "busy" in refused.json()["detail"]
+    assert int(refused.headers["retry-after"]) >= 1
+    assert gated.batches == [1, 1, 1]
+
+
+def test_a_request_past_its_deadline_is_504_and_never_generated(sqlite_url, model_dir, gated):
+    with serve(sqlite_url, model_dir, batch_size=1, request_timeout=1) as client, ThreadPoolExecutor(2) as pool:
+        running = pool.submit(post_image, client)
+        assert gated.running.wait(60)
+        queued = pool.submit(post_image, client)
+        late = [running.result(timeout=30), queued.result(timeout=30)]  # both answered while the model is held
+        gated.release.set()
+        wait_until(lambda: client.app.state.model_service.batcher.idle, "the batcher is idle")
+    assert [r.status_code for r in late] == [504, 504] and "not answered within 1 s" in late[1].json()["detail"]
+    assert gated.batches == [1]  # only the held request's batch ran: the expired one was dropped
+
+
+async def post_and_hang_up(app, hang_up: threading.Event) -> int:
+    """POST /generate straight to the ASGI app, then disconnect once ``hang_up`` is set; the status."""
+    request = httpx.Request("POST", "http://test/generate?max_new_tokens=8",
+                            files={"image": ("part.png", png_bytes(), "image/png")})
+    body = request.read()
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        if messages:
+            return messages.pop()
+        while not hang_up.is_set():
+            await asyncio.sleep(0.02)
+        return {"type": "http.disconnect"}
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/generate", "raw_path": b"/generate", "query_string": b"max_new_tokens=8",
+             "root_path": "", "client": ("127.0.0.1", 50000), "server": ("test", 80),
+             "headers": [(k.lower().encode(), v.encode()) for k, v in request.headers.items()]}
+    await app(scope, receive, send)
+    return sent[0]["status"]
+
+
+def test_a_client_that_disconnects_before_its_batch_costs_no_generation(sqlite_url, model_dir, gated):
+    hang_up = threading.Event()
+    with serve(sqlite_url, model_dir, batch_size=1) as client, ThreadPoolExecutor(2) as pool:
+        batcher = client.app.state.model_service.batcher
+        running = pool.submit(post_image, client)
+        assert gated.running.wait(60)
+        gone = pool.submit(client.portal.call, post_and_hang_up, client.app, hang_up)
+        wait_until(lambda: batcher.waiting == 1, "the second request is queued")
+        hang_up.set()
+        assert gone.result(timeout=30) == 499
+        gated.release.set()
+        assert running.result(timeout=60).status_code == 200
+        assert post_image(client).status_code == 200
+    assert gated.batches == [1, 1]  # the disconnected request never reached the model

@@ -1,39 +1,38 @@
-"""A real `uvicorn server:app` on 127.0.0.1: used over HTTP, hammered by concurrent writers,
-restarted on the same SQLite file (data must survive), and fuzzed with schemathesis (no 5xx)."""
+"""A real `uvicorn server:app` on 127.0.0.1, on SQLite and on PostgreSQL: used over HTTP, hammered
+by concurrent writers and by racing links that would close cycles (two server processes),
+restarted on the same database (data must survive), and fuzzed with schemathesis (no 5xx)."""
 
 import importlib.util
 import os
-import socket
+import random
 import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
+from img2cq import cpm
+from tests.postgres import database_url, free_port, postgres  # noqa: F401  (fixtures)
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
-def live_server(db_path: Path):
+def live_server(database: str, workers: int = 1):
     """Start uvicorn as a subprocess, wait until /health answers, always stop it."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "IMG2CQ_MODEL")}
-    env.update(IMG2CQ_DB=str(db_path), IMG2CQ_EXEC_TIMEOUT="5", IMG2CQ_EXEC_MEMORY_MB="3072")
+    env = {k: v for k, v in os.environ.items() if k != "IMG2CQ_MODEL"}
+    env.update(DATABASE_URL=database, IMG2CQ_EXEC_TIMEOUT="5", IMG2CQ_EXEC_MEMORY_MB="3072")
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "server:app", "--host", "127.0.0.1", "--port", str(port),
-                             "--log-level", "warning"], cwd=REPO, env=env)
+                             "--workers", str(workers), "--log-level", "warning"], cwd=REPO, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while True:
             assert proc.poll() is None, "uvicorn exited during start-up"
             try:
@@ -41,7 +40,7 @@ def live_server(db_path: Path):
                     break
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, "uvicorn did not answer /health within 60 s"
+            assert time.monotonic() < deadline, "uvicorn did not answer /health within 120 s"
             time.sleep(0.2)
         yield base
     finally:
@@ -54,13 +53,8 @@ def live_server(db_path: Path):
 
 
 @pytest.fixture(scope="module")
-def db_path(tmp_path_factory):
-    return tmp_path_factory.mktemp("live") / "live.db"
-
-
-@pytest.fixture(scope="module")
-def base(db_path):
-    with live_server(db_path) as url:
+def base(database_url):
+    with live_server(database_url) as url:
         yield url
 
 
@@ -105,20 +99,51 @@ def test_concurrent_writers_over_http(base):
     assert httpx.get(f"{base}/projects/{pid}/critical-path").status_code == 200
 
 
-def test_data_survives_a_restart(base, db_path):
+def test_data_survives_a_restart(base, database_url):
     body = {"name": "kept", "tasks": [{"key": k, "name": k, "duration": d} for k, d in [("a", 3), ("b", 2), ("c", 5)]],
             "dependencies": [{"predecessor": "a", "successor": "b"}, {"predecessor": "a", "successor": "c", "type": "SS", "lag": 1}]}
     created = httpx.post(base + "/projects/import", json=body)
     assert created.status_code == 201, created.text
     pid = created.json()["id"]
     before = httpx.get(f"{base}/projects/{pid}/critical-path").json()
-    with live_server(db_path) as second:  # a second process on the same file, then only it
+    with live_server(database_url) as second:  # a second process on the same file, then only it
         assert httpx.get(f"{second}/projects/{pid}/critical-path").json() == before
-    with live_server(db_path) as restarted:
+    with live_server(database_url) as restarted:
         assert httpx.get(f"{restarted}/projects/{pid}").json() == {"id": pid, "name": "kept"}
         assert httpx.get(f"{restarted}/projects/{pid}/critical-path").json() == before
         assert before["duration"] == 6 and before["critical_path"] == [created.json()["task_ids"]["a"],
                                                                       created.json()["task_ids"]["c"]]
+
+
+def test_racing_links_never_close_a_cycle(database_url):
+    """Two server processes, 32 clients at a time, 150 link inserts that would close cycles:
+    pairs raced both ways (a->b / b->a), a ring of 12, and random links among all of them. Every
+    answer is 201 or 409, what is stored is exactly what was answered 201, and it is acyclic."""
+    rng = random.Random(0)
+    with live_server(database_url, workers=2) as url, httpx.Client(base_url=url, timeout=120) as c:
+        pid = c.post("/projects", json={"name": "race"}).json()["id"]
+        tasks = [c.post(f"/projects/{pid}/tasks", json={"name": f"t{i}", "duration": 1 + i % 3}).json()["id"]
+                 for i in range(32)]
+        pairs, ring = [tasks[2 * i:2 * i + 2] for i in range(10)], tasks[20:32]
+        links = [(a, b) for a, b in pairs for _ in range(2)] + [(b, a) for a, b in pairs for _ in range(2)]
+        links += [(ring[i], ring[(i + 1) % len(ring)]) for i in range(len(ring))] * 2
+        links += [tuple(rng.sample(tasks, 2)) for _ in range(150 - len(links))]
+        rng.shuffle(links)
+
+        def insert(link):
+            with httpx.Client(base_url=url, timeout=120) as client:
+                return link, client.post(f"/projects/{pid}/dependencies",
+                                         json={"predecessor_id": link[0], "successor_id": link[1]}).status_code
+
+        with ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(insert, links))
+        stored = [(d["predecessor_id"], d["successor_id"]) for d in c.get(f"/projects/{pid}/dependencies").json()]
+        critical = c.get(f"/projects/{pid}/critical-path")
+    assert {status for _, status in answers} <= {201, 409}, sorted({status for _, status in answers})
+    assert sorted(link for link, status in answers if status == 201) == sorted(stored)
+    assert cpm.find_cycle(tasks, stored) is None
+    assert all(not ((a, b) in stored and (b, a) in stored) for a, b in pairs)
+    assert critical.status_code == 200
 
 
 def test_schemathesis_finds_no_server_errors(base):

@@ -1,0 +1,209 @@
+"""POST /generate under load: a real `uvicorn server:app` on 127.0.0.1 (free port, temporary SQLite
+database) with a model directory, and 1, 4, 16, 64 loopback clients, each level bounded in time.
+
+    python benchmarks/bench_serving.py                       # shipped model, 1/4/16/64 clients, 30 s each
+    python benchmarks/bench_serving.py --concurrency 1,16 --seconds 20
+
+Every client posts the same picture back to back; on 503 it waits the Retry-After it was given
+(at most the time left). A /health poller runs throughout. Per level: requests/s (answers 200 per
+second of wall time, until the last answer), p50/p95 latency of the 200s, the worst /health
+latency, and counts of 200, 503 (with/without Retry-After), other answers and client timeouts.
+"""
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=REPO / "models" / "img2cq-tiny-cpu", help="model directory")
+    p.add_argument("--image", type=Path, default=REPO / "tests" / "fixtures" / "render" / "plate_boss.png",
+                   help="picture every client posts")
+    p.add_argument("--concurrency", default="1,4,16,64", help="comma-separated client counts")
+    p.add_argument("--seconds", type=float, default=30.0, help="clients start new requests for this long per level")
+    p.add_argument("--client-timeout", type=float, default=300.0, help="seconds a client waits for one answer")
+    p.add_argument("--batch-size", type=int, default=16, help="IMG2CQ_BATCH_SIZE of the server")
+    p.add_argument("--batch-wait-ms", type=float, default=20.0, help="IMG2CQ_BATCH_WAIT_MS of the server")
+    p.add_argument("--queue-size", type=int, default=16, help="IMG2CQ_QUEUE_SIZE of the server (small: 64 clients overflow it)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="cap per request (default: the model's own)")
+    p.add_argument("--torch-threads", type=int, default=1, help="IMG2CQ_TORCH_THREADS of the server")
+    p.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    args = p.parse_args(argv)
+    for path in (args.model, args.image):
+        if not path.exists():
+            p.error(f"{path} does not exist")
+    try:
+        args.levels = [int(c) for c in args.concurrency.split(",")]
+    except ValueError:
+        p.error(f"--concurrency must be comma-separated integers, got {args.concurrency!r}")
+    return args
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def start_server(args, db_path: Path, log) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{db_path}", "IMG2CQ_MODEL": str(args.model),
+           "IMG2CQ_BATCH_SIZE": str(args.batch_size), "IMG2CQ_BATCH_WAIT_MS": str(args.batch_wait_ms),
+           "IMG2CQ_QUEUE_SIZE": str(args.queue_size), "IMG2CQ_REQUEST_TIMEOUT": str(args.client_timeout),
+           "IMG2CQ_TORCH_THREADS": str(args.torch_threads)}
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "server:app", "--host", "127.0.0.1", "--port", str(port),
+                             "--log-level", "warning"], cwd=REPO, env=env, stdout=log, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"error: the server exited during start-up (log: {log.name})")
+        try:
+            if httpx.get(base + "/health", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit("error: the server did not answer /health within 120 s")
+        time.sleep(0.2)
+
+
+def run_level(base: str, clients: int, args, image: bytes) -> dict:
+    import httpx
+
+    params = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
+    lock = threading.Lock()
+    latencies, counts, health = [], {"200": 0, "503+retry": 0, "503 bare": 0, "other": 0, "timeout": 0}, []
+    start = time.perf_counter()
+    stop_at = start + args.seconds
+    finished = threading.Event()
+
+    def client() -> float:
+        last = start
+        with httpx.Client(base_url=base, timeout=args.client_timeout) as c:
+            while time.perf_counter() < stop_at:
+                sent = time.perf_counter()
+                try:
+                    r = c.post("/generate", params=params, files={"image": ("part.png", image, "image/png")})
+                except httpx.TimeoutException:
+                    kind, wait = "timeout", 0.0
+                else:
+                    retry = r.headers.get("retry-after")
+                    kind = ("200" if r.status_code == 200 else "503+retry" if r.status_code == 503 and retry
+                            else "503 bare" if r.status_code == 503 else "other")
+                    wait = float(retry) if kind == "503+retry" else 0.0
+                last = time.perf_counter()
+                with lock:
+                    counts[kind] += 1
+                    if kind == "200":
+                        latencies.append(last - sent)
+                if wait:
+                    time.sleep(min(wait, max(0.0, stop_at - time.perf_counter())))
+        return last
+
+    def poll_health() -> None:
+        with httpx.Client(base_url=base, timeout=30) as c:
+            while not finished.is_set():
+                sent = time.perf_counter()
+                c.get("/health")
+                health.append(time.perf_counter() - sent)
+                finished.wait(0.1)
+
+    poller = threading.Thread(target=poll_health)
+    poller.start()
+    with ThreadPoolExecutor(clients) as pool:
+        ends = list(pool.map(lambda _: client(), range(clients)))
+    finished.set()
+    poller.join()
+    wall = max(ends) - start
+    latencies.sort()
+    return {"clients": clients, "wall_s": wall, "requests_per_s": counts["200"] / wall,
+            "p50_s": statistics.median(latencies) if latencies else None,
+            "p95_s": latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))] if latencies else None,
+            "health_worst_ms": 1000 * max(health), "counts": counts}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    import httpx
+
+    image = args.image.read_bytes()
+    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; python {platform.python_version()}; "
+          f"load average before: {load_average()}")
+    model = args.model.resolve()
+    model = model.relative_to(REPO) if model.is_relative_to(REPO) else model
+    print(f"server: batch {args.batch_size}, wait {args.batch_wait_ms} ms, queue {args.queue_size}; "
+          f"torch threads {args.torch_threads}; model {model}; {args.seconds:.0f} s per level; max_new_tokens {args.max_new_tokens or 'model default'}")
+    with tempfile.TemporaryDirectory() as tmp:
+        log = open(Path(tmp) / "server.log", "w")
+        proc, base = start_server(args, Path(tmp) / "bench.db", log)
+        try:
+            warm = httpx.post(base + "/generate", files={"image": ("part.png", image, "image/png")},
+                              params={} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens},
+                              timeout=args.client_timeout)  # loads the model
+            if warm.status_code != 200:
+                raise SystemExit(f"error: warm-up request answered {warm.status_code}: {warm.text[:300]}")
+            results = []
+            for clients in args.levels:
+                results.append(run_level(base, clients, args, image))
+                r = results[-1]
+                print(f"  {clients} clients done: {r['requests_per_s']:.3f} req/s, load {load_average()}", flush=True)
+        finally:
+            proc.terminate()  # a graceful stop waits for the running batch: bounded here
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+    print(f"load average after: {load_average()}\n")
+    print("| clients | requests/s | p50 s | p95 s | /health worst ms | 200 | 503 + Retry-After | 503 without | other | timeouts |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        c = r["counts"]
+        p50 = "-" if r["p50_s"] is None else f"{r['p50_s']:.1f}"
+        p95 = "-" if r["p95_s"] is None else f"{r['p95_s']:.1f}"
+        print(f"| {r['clients']} | {r['requests_per_s']:.3f} | {p50} | {p95} | {r['health_worst_ms']:.0f} | "
+              f"{c['200']} | {c['503+retry']} | {c['503 bare']} | {c['other']} | {c['timeout']} |")
+    one = next((r for r in results if r["clients"] == 1), None)
+    if one and one["requests_per_s"]:
+        for r in results:
+            print(f"{r['clients']} clients: {r['requests_per_s'] / one['requests_per_s']:.1f}x one-at-a-time")
+    if args.out:
+        args.out.write_text(json.dumps({"command": sys.argv, "settings": vars(args) | {"model": str(args.model),
+                                        "image": str(args.image), "out": str(args.out)}, "results": results},
+                                       indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Error handlers shared by every router: one clear JSON message per failure, never a bare 500."""
+
+import json
+import math
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from img2cq.serving.batching import DeadlineExceeded, Disconnected, Overloaded
+from img2cq.serving.model_api import ModelUnavailable
+
+
+def _printable(value):
+    """Non-finite floats as strings ("nan", "inf"): JSON has no literal for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _printable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_printable(v) for v in value]
+    return value
+
+
+class _AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped, so a 422 that echoes undecodable input (a lone
+    surrogate is valid JSON but not valid UTF-8) still renders."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
+def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, made safe to render whatever input it echoes (NaN, Infinity, lone surrogates)."""
+    return _AsciiJSONResponse({"detail": _printable(jsonable_encoder(exc.errors()))}, status_code=422)
+
+
+def _integrity_error(_request: Request, exc: IntegrityError) -> JSONResponse:
+    """A concurrent request won a race on a constraint (duplicate link, deleted task)."""
+    return JSONResponse({"detail": f"conflicts with stored data: {exc.orig}"}, status_code=409)
+
+
+def _database_busy(_request: Request, exc: OperationalError | PoolTimeout) -> JSONResponse:
+    reason = exc.orig if isinstance(exc, OperationalError) else exc
+    return JSONResponse({"detail": f"database unavailable, retry: {reason}"}, status_code=503,
+                        headers={"Retry-After": "1"})
+
+
+def _overloaded(_request: Request, exc: Overloaded) -> JSONResponse:
+    return JSONResponse({"detail": f"{exc}; retry after {exc.retry_after} s"}, status_code=503,
+                        headers={"Retry-After": str(exc.retry_after)})
+
+
+def _deadline(_request: Request, exc: DeadlineExceeded) -> JSONResponse:
+    return JSONResponse({"detail": f"{exc}: the server is busy, retry later (IMG2CQ_REQUEST_TIMEOUT sets the limit)"},
+                        status_code=504)
+
+
+def _disconnected(_request: Request, _exc: Disconnected) -> Response:
+    """Nobody reads this answer; 499 (client closed request) marks it in the access log."""
+    return Response(status_code=499)
+
+
+def _model_unavailable(_request: Request, exc: ModelUnavailable) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=503)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(IntegrityError, _integrity_error)
+    app.add_exception_handler(OperationalError, _database_busy)
+    app.add_exception_handler(PoolTimeout, _database_busy)
+    app.add_exception_handler(Overloaded, _overloaded)
+    app.add_exception_handler(DeadlineExceeded, _deadline)
+    app.add_exception_handler(Disconnected, _disconnected)
+    app.add_exception_handler(ModelUnavailable, _model_unavailable)

@@ -470,8 +470,22 @@ def to_tokens(sketches: list[Sketch]) -> list[str]:
     return out
 
 
-def from_tokens(tokens: list[str]) -> list[Sketch]:
-    """Canonical sketches from a complete token sequence; ``CodecError`` if it is not one."""
+def number_range(slot: str) -> tuple[int, int, bool]:
+    """(lowest, highest, zero allowed) of the number in a grammar slot."""
+    half = ANGLE_LEVELS // 2
+    return {"x": (-SKETCH_LEVELS, SKETCH_LEVELS, True), "y": (-SKETCH_LEVELS, SKETCH_LEVELS, True),
+            "radius": (1, SKETCH_LEVELS, False), "sweep": (1 - SWEEP_LEVELS, SWEEP_LEVELS - 1, False),
+            "scale": (1, NUMBER_RANGE, False), "origin": (-NUMBER_RANGE, NUMBER_RANGE, True),
+            "distance": (-NUMBER_RANGE, NUMBER_RANGE, False), "theta": (0, half, True),
+            "phi": (1 - half, half, True), "gamma": (1 - half, half, True)}[slot]
+
+
+def from_tokens(tokens: list[str], strict: bool = True) -> list[Sketch]:
+    """Canonical sketches from a complete token sequence; ``CodecError`` if it is not one.
+
+    ``strict=False``: the sketches completed before the first token that breaks the grammar
+    (or before the sequence ends inside a sketch), never an error.
+    """
     pos = 0
 
     def take() -> str:
@@ -481,51 +495,62 @@ def from_tokens(tokens: list[str]) -> list[Sketch]:
         pos += 1
         return tokens[pos - 1]
 
-    def num(count: int = 1):
+    def num(*slots: str) -> tuple[int, ...]:
         values = []
-        for _ in range(count):
+        for slot in slots:
             t = take()
+            low, high, zero = number_range(slot)
             try:
-                values.append(int(t))
+                value = int(t)
             except ValueError:
-                raise CodecError(f"token {pos - 1}: expected a number, got {t!r}") from None
+                raise CodecError(f"token {pos - 1}: expected a number ({slot}), got {t!r}") from None
+            if not low <= value <= high or (value == 0 and not zero):
+                raise CodecError(f"token {pos - 1}: {slot} {value} is out of range")
+            values.append(value)
         return tuple(values)
 
-    sketches = []
-    while pos < len(tokens):
+    def sketch(first: bool) -> Sketch:
         op = take()
-        if op != ("new" if not sketches else op) or (sketches and op not in OPS):
-            raise CodecError(f"token {pos - 1}: expected {'new' if not sketches else ' | '.join(OPS)}, got {op!r}")
+        if op not in (("new",) if first else OPS):
+            raise CodecError(f"token {pos - 1}: expected {'new' if first else ' | '.join(OPS)}, got {op!r}")
         kind = take()
         if kind == "tilted":
-            angles = num(3)
-            plane = Plane(num(3), angles=angles)
+            angles = num("theta", "phi", "gamma")
+            plane = Plane(num("origin", "origin", "origin"), angles=angles)
         elif kind.startswith("plane") and kind[5:] in FRAMES:
-            plane = Plane(num(3), frame=kind[5:])
+            plane = Plane(num("origin", "origin", "origin"), frame=kind[5:])
         else:
             raise CodecError(f"token {pos - 1}: expected a plane, got {kind!r}")
-        (scale,) = num()
+        (scale,) = num("scale")
         loops = []
         while True:
             t = take()
             if t == "circle":
-                *center, radius = num(3)
+                *center, radius = num("x", "y", "radius")
                 loops.append(Circle(tuple(center), radius))
             elif t == "move":
-                start, segments = num(2), []
-                while (t := take()) != "close":
+                start, segments = num("x", "y"), []
+                while (t := take()) != "close" or not segments:
                     if t == "line":
-                        segments.append(Line(num(2)))
+                        segments.append(Line(num("x", "y")))
                     elif t == "arc":
-                        *end, sweep = num(3)
+                        *end, sweep = num("x", "y", "sweep")
                         segments.append(Arc(tuple(end), sweep))
                     else:
-                        raise CodecError(f"token {pos - 1}: expected line, arc or close, got {t!r}")
+                        raise CodecError(f"token {pos - 1}: expected line, arc or (after a curve) close, got {t!r}")
                 loops.append(Path(start, tuple(segments)))
             elif t in ("extrude", "extrude_both") and loops:
-                (distance,) = num()
-                sketches.append(Sketch(op, plane, scale, tuple(loops), distance, t == "extrude_both"))
-                break
+                (distance,) = num("distance")
+                return Sketch(op, plane, scale, tuple(loops), distance, t == "extrude_both")
             else:
-                raise CodecError(f"token {pos - 1}: expected circle, move or extrude, got {t!r}")
+                raise CodecError(f"token {pos - 1}: expected circle, move{', extrude' if loops else ''}, got {t!r}")
+
+    sketches = []
+    while pos < len(tokens):
+        try:
+            sketches.append(sketch(not sketches))
+        except CodecError:
+            if strict:
+                raise
+            break
     return sketches

@@ -48,7 +48,7 @@ def _round_trip_rows(name: str, programs: list[str], executor) -> tuple[dict, li
     results = executor.map([programs[i] for i in kept] + [canonical[i] for i in kept],
                            progress=f"executing {name}", mesh=True, brep=True)
     originals, trips = results[:len(kept)], results[len(kept):]
-    ious, failures = [], []
+    ious, failures, scored = [], [], []
     for i, a, b in zip(kept, originals, trips):
         if not a.ok:
             continue
@@ -57,6 +57,8 @@ def _round_trip_rows(name: str, programs: list[str], executor) -> tuple[dict, li
             failures.append(f"{name} #{i}: {b.error_kind}: {b.message}")
             continue
         ious.append(iou_from_results(a, b, executor=executor))
+        scored.append((ious[-1], i))
+    failures += [f"{name} #{i}: IoU {iou:.4f}" for iou, i in sorted(scored)[:5]]
     ious = np.array(ious)
     exact = sum(c == p for c, p in zip(canonical, programs))
     row = {"set": name, "programs": len(programs), "outside grammar": len(outside),
@@ -105,6 +107,8 @@ def main(argv=None) -> int:
     parser.add_argument("--real", default=str(DEFAULT_REAL), help="jsonl of real GenCAD-Code programs (field cadquery)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--sketch-levels", type=int, default=None, help="measure another per-sketch grid")
+    parser.add_argument("--distance-levels", type=int, default=None,
+                        help="measure another grid for plane origins and extrusion distances (steps per unit)")
     parser.add_argument("--failures", action="store_true", help="list every failed round trip")
     args = parser.parse_args(argv)
 
@@ -114,12 +118,16 @@ def main(argv=None) -> int:
 
     if args.sketch_levels:
         codec.SKETCH_LEVELS = args.sketch_levels
+    if args.distance_levels:
+        codec.DISTANCE_LEVELS, codec.NUMBER_RANGE = args.distance_levels, 2 * args.distance_levels
+    variant = args.sketch_levels or args.distance_levels
     sets = [("sampler", _sampler_programs(args.sampler, args.seed))]
     if Path(args.real).is_file():
         sets.append(("real", [json.loads(line)["cadquery"] for line in open(args.real)]))
     else:
         print(f"note: {args.real} not found; measuring sampler programs only")
-    print(f"sketch grid: {codec.SKETCH_LEVELS} steps per sketch scale; load {os.getloadavg()[0]:.2f}")
+    print(f"sketch grid: {codec.SKETCH_LEVELS} steps per sketch scale; origins and distances: "
+          f"{codec.DISTANCE_LEVELS} steps per unit; load {os.getloadavg()[0]:.2f}")
     rows, failures = [], []
     with Executor(workers=args.workers) as ex:
         for name, programs in sets:
@@ -128,12 +136,12 @@ def main(argv=None) -> int:
             failures += fails
     print("\nround trip program -> canonical -> program")
     _print_table(rows)
-    if not args.sketch_levels:
+    if not variant:  # the shipped tokenizer holds the default grids only
         codec_tok, bpe_tok = load_codec_tokenizer(), load_tokenizer()
         print("\ntokens per program (programs inside the grammar, no bos/eos)")
         _print_table([_token_row(name, programs, codec_tok, bpe_tok) for name, programs in sets])
     if failures:
-        print(f"\n{len(failures)} failures" + (":" if args.failures else " (--failures lists them)"))
+        print(f"\n{len(failures)} failures and lowest IoUs" + (":" if args.failures else " (--failures lists them)"))
         for f in failures if args.failures else []:
             print("  " + f)
     return 0

@@ -248,7 +248,7 @@ class Img2CQ:
     def decode(self, sequences) -> list[str]:
         return [decode_program(self.tokenizer, seq) for seq in sequences]
 
-    def _constraints(self, max_new_tokens: int) -> dict:
+    def generation_constraints(self, max_new_tokens: int) -> dict:
         """Codec models decode under the grammar (one processor per call: it keeps row states)."""
         if self.grammar is None:
             return {}
@@ -269,13 +269,13 @@ class Img2CQ:
         pixels = self.pixel_values(images)
         max_new_tokens = max_new_tokens or self.max_new_tokens
         first = self.model.generate(pixel_values=pixels, num_beams=num_beams, do_sample=False,
-                                    max_new_tokens=max_new_tokens, **self._constraints(max_new_tokens))
+                                    max_new_tokens=max_new_tokens, **self.generation_constraints(max_new_tokens))
         programs = self.decode(first)
         if not best_of or best_of <= 1:
             return programs
         sampled = self.model.generate(pixel_values=pixels, do_sample=True, top_p=0.95, temperature=0.8,
                                       num_return_sequences=best_of - 1, max_new_tokens=max_new_tokens,
-                                      **self._constraints(max_new_tokens))
+                                      **self.generation_constraints(max_new_tokens))
         sampled = self.decode(sampled)
         candidates = [[programs[i]] + sampled[i * (best_of - 1):(i + 1) * (best_of - 1)] for i in range(len(images))]
         return [pick_first_valid(c, executor) for c in candidates]

@@ -176,7 +176,7 @@ def test_random_model_sequences_parse_and_close(tiny_model, decoding):
     budget = 30
     pixels = tiny_model.pixel_values(_images(3))
     out = tiny_model.model.generate(pixel_values=pixels, max_new_tokens=budget, **decoding,
-                                    **tiny_model._constraints(budget))
+                                    **tiny_model.generation_constraints(budget))
     tok = tiny_model.tokenizer
     for seq in out.tolist():
         assert tok.eos_token_id in seq[1:], "a cut sequence must be closed within max_new_tokens"

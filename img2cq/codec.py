@@ -255,7 +255,11 @@ def _loop(calls, where: str) -> tuple:
 
 
 @dataclass
-class _RawSketch:
+class FloatSketch:
+    """A sketch as float geometry, as ``parse_raw`` reads it (or a generator draws it); loops are
+    ("circle", centre, radius) or ("path", start, [(end, arc midpoint or None for a line), ...]).
+    ``to_program(canonicalise(sketches))`` prints such sketches as codec fixed points."""
+
     origin: tuple
     x_dir: tuple
     normal: tuple
@@ -277,12 +281,14 @@ def _statements(tree: ast.Module):
         yield where, stmt.targets[0].id, stmt.value
 
 
-def parse_raw(program: str) -> list[_RawSketch]:
+def parse_raw(program: str) -> list[FloatSketch]:
     """The sketches of a GenCAD-Code program, in combination order, as float geometry."""
     try:
         tree = ast.parse(program)
     except SyntaxError as e:
         raise CodecError(f"line {e.lineno}: syntax error: {e.msg}") from None
+    except (ValueError, RecursionError, MemoryError) as e:  # null bytes, absurd nesting
+        raise CodecError(f"not a parseable program: {type(e).__name__}: {e}") from None
     planes, loops, solids, order = {}, {}, {}, []
     for where, target, value in _statements(tree):
         if isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) and value.func.attr == "Workplane":
@@ -312,7 +318,7 @@ def parse_raw(program: str) -> list[_RawSketch]:
             if kwargs or not isinstance(both, ast.Constant) or not isinstance(both.value, bool):
                 raise CodecError(f"{where}: extrude takes a distance and optionally both=True")
             origin, x_dir, normal = planes[base]
-            solids[target] = _RawSketch(origin, x_dir, normal, [loops[a[0].id][1] for _, a, _ in added],
+            solids[target] = FloatSketch(origin, x_dir, normal, [loops[a[0].id][1] for _, a, _ in added],
                                         _numbers(args, 1, where)[0], both.value)
         else:
             loops[target] = (base, _loop(calls, where))
@@ -391,7 +397,7 @@ def _quantise_loops(loops, scale: int) -> tuple:
     return tuple(out)
 
 
-def canonicalise(raw: list[_RawSketch]) -> list[Sketch]:
+def canonicalise(raw: list[FloatSketch]) -> list[Sketch]:
     """Quantise float sketches onto the codec's grids."""
     out = []
     r = NUMBER_RANGE

@@ -29,6 +29,8 @@ HAND_WRITTEN = [
     "import cadquery as cq\nwp = cq.Workplane(cq.Plane(cq.Vector(0, 0, 0), cq.Vector(1, 0, 0), cq.Vector(0, 0, 1)))\n"
     "loop0=wp.moveTo(0.0, 0.0).lineTo(1.0, 0.0).lineTo(1.0, 1.0).close()\nsolid0=wp.add(loop0).extrude(1.0)\n",
     "import cadquery as cq\nsolid = (\n",
+    "import cadquery as cq\x00\n",
+    "import cadquery as cq\nsolid = " + "-" * 100000 + "1\n",
     "",
 ]
 

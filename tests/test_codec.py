@@ -187,6 +187,13 @@ def test_random_model_sequences_parse_and_close(tiny_model, decoding):
         assert codec.parse(decode_program(tok, seq))
 
 
-def test_generate_uses_the_grammar(tiny_model):
-    programs = tiny_model.generate(_images(2), max_new_tokens=25)
+def test_generate_uses_the_grammar_and_only_geometry_can_fail(tiny_model):
+    from img2cq.executor import Executor
+
+    programs = tiny_model.generate(_images(2), max_new_tokens=25) + tiny_model.generate(_images(1), num_beams=2,
+                                                                                          max_new_tokens=40)
     assert all(codec.parse(p) for p in programs)
+    with Executor(workers=1) as ex:
+        for result in ex.map(programs, mesh=False):
+            assert result.ok or result.error_kind in ("runtime", "empty", "invalid_shape"), result.message
+            assert not any(e in result.message for e in ("NameError", "TypeError", "AttributeError", "SyntaxError"))

@@ -4,12 +4,14 @@ Everything a checkpoint directory needs travels together, so any ``transformers`
 
     model_dir/
       config.json, generation_config.json, model.safetensors   (VisionEncoderDecoderModel)
-      tokenizer.json, tokenizer_config.json, ...                (AutoTokenizer)
+      tokenizer.json, tokenizer_config.json, ...                (AutoTokenizer: codec or BPE)
       preprocessor_config.json                                  (AutoImageProcessor)
       training_config.json                                      (how it was made)
       README.md                                                 (model card)
 
-``load_pretrained(dir)`` returns an ``Img2CQ`` that turns PIL images into program strings.
+``load_pretrained(dir)`` returns an ``Img2CQ`` that turns PIL images into program strings. New
+models write the program codec's tokens (``img2cq.codec``) and generate under its grammar
+(``img2cq.grammar``), so every output parses; models with the byte-level BPE still load and run.
 Model-written programs are never executed here: best-of-N goes through ``img2cq.executor``.
 """
 
@@ -28,6 +30,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     GPT2Config,
+    LogitsProcessorList,
     PreTrainedTokenizerBase,
     VisionEncoderDecoderConfig,
     VisionEncoderDecoderModel,
@@ -35,11 +38,16 @@ from transformers import (
 )
 from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
-from img2cq.tokenizer import decode_program, load_tokenizer
+from img2cq.grammar import CodecGrammar, GrammarLogitsProcessor
+from img2cq.tokenizer import decode_program, is_codec_tokenizer, load_codec_tokenizer, load_tokenizer
 
-# Longest GenCAD programs are ~4,000 characters; with the shipped tokenizer that is well under
+# Longest GenCAD programs are ~4,000 characters; with the BPE tokenizer that is well under
 # this many tokens (measured in the README, "Training").
 MAX_PROGRAM_TOKENS = 2048
+# Codec tokens (benchmarks/bench_codec.py): the longest of 131 real programs takes 150, of 3,000
+# sampler programs 205; real programs spend at least 15.6 characters per token, so GenCAD's
+# ~4,000-character maximum fits in ~260. Twice that leaves room.
+MAX_CODEC_TOKENS = 512
 
 
 class ModelError(ValueError):
@@ -104,22 +112,30 @@ def _set_special_tokens(model: VisionEncoderDecoderModel, tokenizer: PreTrainedT
     model.generation_config.max_new_tokens = model.config.decoder.n_positions - 1
 
 
-def build_model(model_size: str = "tiny", image_size: int | None = None, tokenizer=None):
-    """A freshly initialised model of a named preset, with its tokenizer and image processor."""
+def build_model(model_size: str = "tiny", image_size: int | None = None, tokenizer="codec"):
+    """A freshly initialised model of a named preset, with its tokenizer and image processor.
+
+    ``tokenizer``: "codec" (the default: GenCAD-Code programs, grammar-constrained generation),
+    "bpe" (any CadQuery text), or a tokenizer object.
+    """
     if model_size not in PRESETS:
         raise ModelError(f"unknown --model-size {model_size!r}; choose one of {', '.join(PRESETS)}")
     p = PRESETS[model_size]
     image_size = image_size or p.image_size
     if image_size % p.patch_size:
         raise ModelError(f"--image-size must be a multiple of the patch size {p.patch_size}, got {image_size}")
-    tokenizer = tokenizer or load_tokenizer()
+    if isinstance(tokenizer, str):
+        if tokenizer not in ("codec", "bpe"):
+            raise ModelError(f"unknown tokenizer {tokenizer!r}; choose codec or bpe")
+        tokenizer = load_codec_tokenizer() if tokenizer == "codec" else load_tokenizer()
+    n_positions = MAX_CODEC_TOKENS if is_codec_tokenizer(tokenizer) else MAX_PROGRAM_TOKENS
     encoder = ViTConfig(
         image_size=image_size, patch_size=p.patch_size, hidden_size=p.encoder_hidden,
         num_hidden_layers=p.encoder_layers, num_attention_heads=p.encoder_heads,
         intermediate_size=4 * p.encoder_hidden,
     )
     decoder = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=MAX_PROGRAM_TOKENS, n_embd=p.decoder_hidden,
+        vocab_size=len(tokenizer), n_positions=n_positions, n_embd=p.decoder_hidden,
         n_layer=p.decoder_layers, n_head=p.decoder_heads,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, add_cross_attention=True, is_decoder=True,
@@ -221,6 +237,7 @@ class Img2CQ:
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.processor = processor
+        self.grammar = CodecGrammar(tokenizer) if is_codec_tokenizer(tokenizer) else None
 
     @property
     def max_new_tokens(self) -> int:
@@ -233,10 +250,19 @@ class Img2CQ:
     def decode(self, sequences) -> list[str]:
         return [decode_program(self.tokenizer, seq) for seq in sequences]
 
+    def generation_constraints(self, max_new_tokens: int) -> dict:
+        """Codec models decode under the grammar (one processor per call: it keeps row states)."""
+        if self.grammar is None:
+            return {}
+        return {"logits_processor": LogitsProcessorList([GrammarLogitsProcessor(self.grammar, max_new_tokens)])}
+
     @torch.no_grad()
     def generate(self, images: list[Image.Image], num_beams: int = 1, max_new_tokens: int | None = None,
                  best_of: int | None = None, executor=None) -> list[str]:
         """One program per image: greedy (``num_beams=1``) or beam search, batched.
+
+        With the codec tokenizer, decoding is grammar-constrained: every program parses, and one
+        that would run past ``max_new_tokens`` is closed within it.
 
         ``best_of=N``: the greedy/beam program plus N-1 sampled ones per image are run through the
         executor (``executor`` or the module default) and the first that builds a valid solid is
@@ -245,12 +271,13 @@ class Img2CQ:
         pixels = self.pixel_values(images)
         max_new_tokens = max_new_tokens or self.max_new_tokens
         first = self.model.generate(pixel_values=pixels, num_beams=num_beams, do_sample=False,
-                                    max_new_tokens=max_new_tokens)
+                                    max_new_tokens=max_new_tokens, **self.generation_constraints(max_new_tokens))
         programs = self.decode(first)
         if not best_of or best_of <= 1:
             return programs
         sampled = self.model.generate(pixel_values=pixels, do_sample=True, top_p=0.95, temperature=0.8,
-                                      num_return_sequences=best_of - 1, max_new_tokens=max_new_tokens)
+                                      num_return_sequences=best_of - 1, max_new_tokens=max_new_tokens,
+                                      **self.generation_constraints(max_new_tokens))
         sampled = self.decode(sampled)
         candidates = [[programs[i]] + sampled[i * (best_of - 1):(i + 1) * (best_of - 1)] for i in range(len(images))]
         return [pick_first_valid(c, executor) for c in candidates]

@@ -1,4 +1,12 @@
-"""Byte-level BPE tokenizer for CadQuery programs.
+"""Tokenizers for CadQuery programs: the program codec's (the default) and a byte-level BPE.
+
+The codec tokenizer (``img2cq/assets/codec_tokenizer.json``) is a word-level vocabulary over the
+canonical form of ``img2cq.codec``: one token per grid number, one per piece of GenCAD
+boilerplate. It covers GenCAD-Code programs only; ``encode_program`` raises ``CodecError`` for
+anything else, and ``decode_program`` prints GenCAD-Code text. Built, not trained:
+``python -m img2cq.tokenizer --codec`` rewrites it.
+
+The byte-level BPE covers any CadQuery text (old models use it):
 
 Most of a GenCAD-style program is numbers printed with full ``repr`` precision
 (``0.24753289473684212``, ``6.123233995736766e-17``), so the tokenizer is trained on program text
@@ -23,7 +31,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 from transformers import PreTrainedTokenizerFast
 
 ASSET_PATH = Path(__file__).parent / "assets" / "tokenizer.json"
-BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
+CODEC_ASSET_PATH = Path(__file__).parent / "assets" / "codec_tokenizer.json"
+BOS, EOS, PAD, UNK = "<|bos|>", "<|eos|>", "<|pad|>", "<|unk|>"
 SPECIAL_TOKENS = [PAD, BOS, EOS]
 
 # How digit runs are pre-split before BPE merges:
@@ -63,17 +72,29 @@ def train_tokenizer(
     return wrap(tok)
 
 
+def build_codec_tokenizer() -> PreTrainedTokenizerFast:
+    """The word-level tokenizer over ``img2cq.codec``'s tokens: specials, keywords, then numbers."""
+    from img2cq.codec import KEYWORDS, NUMBERS
+
+    vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, UNK, *KEYWORDS, *NUMBERS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return wrap(tok)
+
+
 def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
     """A ``PreTrainedTokenizerFast`` that ``AutoTokenizer.from_pretrained`` can reload.
 
     ``clean_up_tokenization_spaces=False`` matters: the default would rewrite " ," and " ." in
     decoded programs and break the exact round trip.
     """
+    codec = isinstance(tok.model, models.WordLevel)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=BOS,
         eos_token=EOS,
         pad_token=PAD,
+        **({"unk_token": UNK} if codec else {}),
         clean_up_tokenization_spaces=False,
         model_max_length=1_000_000,
     )
@@ -87,13 +108,41 @@ def load_tokenizer(path: str | Path = ASSET_PATH) -> PreTrainedTokenizerFast:
     return wrap(Tokenizer.from_file(str(path)))
 
 
+def load_codec_tokenizer(path: str | Path = CODEC_ASSET_PATH) -> PreTrainedTokenizerFast:
+    """Load the shipped codec tokenizer."""
+    return load_tokenizer(path)
+
+
+def is_codec_tokenizer(tokenizer) -> bool:
+    """Whether a tokenizer is the codec's (word-level over codec tokens) rather than a text BPE."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return (backend is not None and isinstance(backend.model, models.WordLevel)
+            and backend.token_to_id("extrude_both") is not None)
+
+
 def encode_program(tokenizer, program: str) -> list[int]:
-    """Token ids of a program, without special tokens."""
+    """Token ids of a program, without special tokens (codec: ``CodecError`` outside GenCAD-Code)."""
+    if is_codec_tokenizer(tokenizer):
+        from img2cq.codec import parse, to_tokens
+
+        return tokenizer.convert_tokens_to_ids(to_tokens(parse(program)))
     return tokenizer(program, add_special_tokens=False)["input_ids"]
 
 
 def decode_program(tokenizer, ids) -> str:
-    """Program text from token ids; special tokens (bos/eos/pad) are dropped."""
+    """Program text from token ids; special tokens (bos/eos/pad) are dropped.
+
+    Codec: everything after the first eos is ignored and the program keeps the sketches complete
+    before the first token that breaks the grammar (a cut sequence still prints a program).
+    """
+    if is_codec_tokenizer(tokenizer):
+        from img2cq.codec import from_tokens, to_program
+
+        ids = [int(i) for i in ids]
+        if tokenizer.eos_token_id in ids:
+            ids = ids[:ids.index(tokenizer.eos_token_id)]
+        tokens = tokenizer.convert_ids_to_tokens([i for i in ids if i not in tokenizer.all_special_ids])
+        return to_program(from_tokens(tokens, strict=False))
     return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
@@ -151,7 +200,14 @@ def main(argv=None) -> int:
     parser.add_argument("--number-mode", choices=NUMBER_MODES, default="plain")
     parser.add_argument("--compare", action="store_true",
                         help="also measure every number mode at several vocabulary sizes")
+    parser.add_argument("--codec", action="store_true",
+                        help=f"write the codec tokenizer to {CODEC_ASSET_PATH.name} instead (built, not trained)")
     args = parser.parse_args(argv)
+    if args.codec:
+        out = CODEC_ASSET_PATH if args.out == str(ASSET_PATH) else Path(args.out)
+        build_codec_tokenizer().backend_tokenizer.save(str(out))
+        print(f"wrote {out}")
+        return 0
 
     train = _sample_programs(args.programs, args.seed)
     test = _sample_programs(args.test_programs, args.seed + 1)

@@ -8,9 +8,10 @@ from PIL import Image, ImageDraw
 from transformers import AutoImageProcessor, AutoTokenizer, GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel
 
 from img2cq.executor import Executor
-from img2cq.modeling import (PRESETS, ModelError, build_model, build_pretrained, count_parameters, load_pretrained,
-                             pick_first_valid, save_pretrained)
-from img2cq.tokenizer import load_tokenizer
+from img2cq.codec import parse
+from img2cq.modeling import (MAX_CODEC_TOKENS, MAX_PROGRAM_TOKENS, PRESETS, ModelError, build_model, build_pretrained,
+                             count_parameters, load_pretrained, pick_first_valid, save_pretrained)
+from img2cq.tokenizer import is_codec_tokenizer, load_tokenizer
 
 BOX = """import cadquery as cq
 wp_sketch0 = cq.Workplane(cq.Plane(cq.Vector(0.0, 0.0, 0.0), cq.Vector(1.0, 0.0, 0.0), cq.Vector(0.0, 0.0, 1.0)))
@@ -37,6 +38,18 @@ def test_preset_sizes(size, low, high):
     assert model.config.decoder_start_token_id == tokenizer.bos_token_id
     assert model.config.pad_token_id == tokenizer.pad_token_id
     assert model.config.decoder.eos_token_id == tokenizer.eos_token_id
+
+
+def test_codec_is_the_default_and_bpe_stays_available():
+    with torch.device("meta"):
+        codec_model, codec_tok, _ = build_model("tiny")
+        bpe_model, bpe_tok, _ = build_model("tiny", tokenizer="bpe")
+    assert is_codec_tokenizer(codec_tok) and not is_codec_tokenizer(bpe_tok)
+    assert codec_model.config.decoder.n_positions == MAX_CODEC_TOKENS
+    assert bpe_model.config.decoder.n_positions == MAX_PROGRAM_TOKENS
+    assert codec_model.config.decoder.vocab_size == len(codec_tok) < len(bpe_tok)
+    with pytest.raises(ModelError, match="unknown tokenizer"):
+        build_model("tiny", tokenizer="words")
 
 
 def test_bad_preset_and_image_size():
@@ -75,7 +88,23 @@ def test_batched_greedy_matches_one_by_one_and_beam_runs(saved):
     assert batched == [model.generate([im], max_new_tokens=12)[0] for im in ims]
     beams = model.generate(ims, num_beams=3, max_new_tokens=12)
     assert len(beams) == 3 and all(isinstance(p, str) for p in beams)
-    assert model.max_new_tokens >= 2000  # room for ~4,000-character programs
+    assert model.max_new_tokens >= 500  # room for ~4,000-character programs in codec tokens
+
+
+def test_codec_model_writes_programs_that_parse(saved):
+    model = load_pretrained(saved[0], device="cpu")
+    for program in model.generate(images(2), max_new_tokens=30) + model.generate(images(2), num_beams=2,
+                                                                                  max_new_tokens=30):
+        assert parse(program)
+
+
+def test_bpe_models_still_build_save_and_generate(tmp_path):
+    torch.manual_seed(0)
+    model, tokenizer, processor = build_model("tiny", tokenizer="bpe")
+    save_pretrained(tmp_path, model, tokenizer, processor, {"seed": 0})
+    loaded = load_pretrained(tmp_path, device="cpu")
+    assert loaded.grammar is None and not is_codec_tokenizer(loaded.tokenizer)
+    assert all(isinstance(p, str) for p in loaded.generate(images(2), max_new_tokens=6))
 
 
 def test_best_of_keeps_first_valid_candidate():

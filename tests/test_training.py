@@ -21,7 +21,8 @@ from transformers.pytorch_utils import Conv1D
 from img2cq.executor import Executor
 from img2cq.modeling import MAX_PROGRAM_TOKENS, build_model, load_pretrained
 from img2cq.sampler import sample_program
-from img2cq.tokenizer import encode_program, load_tokenizer
+from img2cq.codec import canonical_program
+from img2cq.tokenizer import encode_program, load_codec_tokenizer, load_tokenizer
 from img2cq.training import (Collator, TrainingArguments, TrainingError, augment_image, epoch_order, evaluate,
                              length_grouped_order, parameter_groups, train)
 from img2cq.training_args import BasicTrainingArguments, parse_arguments
@@ -62,7 +63,7 @@ def test_tiny_model_learns_to_reproduce_a_training_program(short_samples, tmp_pa
     train(args, train_rows=short_samples)
     model = load_pretrained(tmp_path / "model", device="cpu")
     predictions = model.generate([s["image"] for s in short_samples])
-    exact = [i for i, (p, s) in enumerate(zip(predictions, short_samples)) if p == s["cadquery"]]
+    exact = [i for i, (p, s) in enumerate(zip(predictions, short_samples)) if p == canonical_program(s["cadquery"])]
     assert exact, "no training program reproduced exactly"
     with Executor(workers=1) as ex:
         reference, predicted = ex.map([short_samples[exact[0]]["cadquery"], predictions[exact[0]]], mesh=True)
@@ -140,9 +141,9 @@ def test_missing_data_is_one_clear_line(tmp_path):
 
 
 def test_max_program_tokens_trains_only_on_short_programs(dataset, tmp_path, monkeypatch):
-    tokenizer = load_tokenizer()
+    tokenizer = load_codec_tokenizer()  # what build_model gives a new model
     rows = [json.loads(line) for line in (dataset / "train.jsonl").read_text().splitlines()]
-    lengths = sorted(len(tokenizer(r["cadquery"], add_special_tokens=False)["input_ids"]) for r in rows)
+    lengths = sorted(len(encode_program(tokenizer, r["cadquery"])) for r in rows)
     limit = lengths[len(lengths) // 2]  # keeps the shorter half (at least 4 of 8)
     seen = []
     collate = Collator.__call__
@@ -155,7 +156,7 @@ def test_max_program_tokens_trains_only_on_short_programs(dataset, tmp_path, mon
     args = dict(train_json=str(dataset / "train.jsonl"), eval_json=None, model_size="tiny", batch_size=2,
                 warmup_steps=0, save_steps=100)
     train(TrainingArguments(**args, output_dir=str(tmp_path / "short"), epochs=2, max_program_tokens=limit))
-    assert seen and all(len(tokenizer(p, add_special_tokens=False)["input_ids"]) <= limit for p in seen)
+    assert seen and all(len(encode_program(tokenizer, p)) <= limit for p in seen)
     assert len(set(seen)) == sum(n <= limit for n in lengths)
 
     with pytest.raises(TrainingError, match="cannot fill one step"):
@@ -244,7 +245,7 @@ def test_weight_decay_spares_biases_and_norms():
 
 def test_evaluation_cuts_programs_to_the_models_position_table(short_samples):
     """A decoder with 32 positions (as a small pretrained one might be) still evaluates long programs."""
-    model, tokenizer, processor = build_model("tiny")
+    model, tokenizer, processor = build_model("tiny", tokenizer="bpe")  # BPE programs run past 32 tokens
     config = model.config
     config.decoder.n_positions = 32
     model = VisionEncoderDecoderModel(config=config)

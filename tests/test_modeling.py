@@ -7,7 +7,6 @@ import torch
 from PIL import Image, ImageDraw
 from transformers import AutoImageProcessor, AutoTokenizer, GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel
 
-from img2cq.executor import Executor
 from img2cq.modeling import (PRESETS, ModelError, build_model, build_pretrained, count_parameters, load_pretrained,
                              pick_first_valid, save_pretrained)
 from img2cq.tokenizer import load_tokenizer
@@ -78,16 +77,14 @@ def test_batched_greedy_matches_one_by_one_and_beam_runs(saved):
     assert model.max_new_tokens >= 2000  # room for ~4,000-character programs
 
 
-def test_best_of_keeps_first_valid_candidate():
-    with Executor(workers=1) as ex:
-        assert pick_first_valid(["solid = (", "x = 1", BOX, BOX + "\n# second"], ex) == BOX
-        assert pick_first_valid(["solid = (", "x = 1"], ex) == "solid = ("
+def test_best_of_keeps_first_valid_candidate(executor):
+    assert pick_first_valid(["solid = (", "x = 1", BOX, BOX + "\n# second"], executor) == BOX
+    assert pick_first_valid(["solid = (", "x = 1"], executor) == "solid = ("
 
 
-def test_best_of_through_generate(saved):
+def test_best_of_through_generate(saved, executor):
     model = load_pretrained(saved[0], device="cpu")
-    with Executor(workers=1) as ex:
-        programs = model.generate(images(2), best_of=2, max_new_tokens=8, executor=ex)
+    programs = model.generate(images(2), best_of=2, max_new_tokens=8, executor=executor)
     assert len(programs) == 2
 
 

@@ -81,3 +81,10 @@ def test_valid_only_mean_leaves_out_invalid_predictions(executor, reference_prog
     assert scores["iou"] == pytest.approx((1.0 + 0.0 + pair) / 3)
     assert scores["iou_valid"] == pytest.approx((1.0 + pair) / 2)
     assert scores["per_sample"][3]["iou"] is None
+
+
+def test_exact_mode_runs_the_occ_booleans_in_the_sandbox(executor, reference_programs):
+    box, cylinder = reference_programs["box"], reference_programs["cylinder"]
+    exact = score_pair(box, cylinder, executor=executor, exact=True)
+    assert exact["metric_error"] is None
+    assert exact["iou"] == pytest.approx(score_pair(box, cylinder, executor=executor)["iou"], abs=0.01)

@@ -7,9 +7,8 @@ a constant box for every image (the seed's baseline) and the program of the near
 import argparse
 import sys
 
-from img2cq.evaluation import evaluate_baselines, run_cli
 
-if __name__ == "__main__":
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Score the constant and nearest-neighbour baselines (VSR, IoU).")
     p.add_argument("samples", type=int, nargs="?", default=50, help="test samples to score (the first N)")
     p.add_argument("--eval-json", default="data/test.jsonl", help="test split (JSONL)")
@@ -17,7 +16,19 @@ if __name__ == "__main__":
     p.add_argument("--train-samples", type=int, default=None, help="search only the first N training images")
     p.add_argument("--workers", type=int, default=2, help="sandbox processes running programs")
     p.add_argument("--results-csv", default="results.csv")
-    a = p.parse_args()
+    p.add_argument("--output-dir", default=None,
+                   help="where the per-sample predictions go (default: runs/eval/baselines)")
+    args = p.parse_args(argv)
+    for flag in ('samples', 'train_samples', 'workers'):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            p.error(f"{flag.replace('_', '-')} must be at least 1")
+    return args
+
+
+if __name__ == "__main__":
+    a = parse_args()
+    from img2cq.evaluation import evaluate_baselines, run_cli  # after parsing: --help answers at once
+
     sys.exit(run_cli(evaluate_baselines, samples=a.samples, eval_json=a.eval_json, train_json=a.train_json,
                      train_samples=a.train_samples, workers=a.workers, results_csv=a.results_csv,
-                     command=" ".join(["python", *sys.argv])))
+                     output_dir=a.output_dir, command=" ".join(["python", *sys.argv])))

@@ -7,9 +7,8 @@
 import argparse
 import sys
 
-from img2cq.evaluation import evaluate_model, run_cli
 
-if __name__ == "__main__":
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Generate programs for test images and score them (VSR, IoU).")
     p.add_argument("model_dir", help="directory written by a training script")
     p.add_argument("--samples", type=int, default=50, help="test images to evaluate (the first N)")
@@ -21,6 +20,8 @@ if __name__ == "__main__":
     p.add_argument("--workers", type=int, default=2, help="sandbox processes running programs")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the model's maximum length")
     p.add_argument("--results-csv", default="results.csv")
+    p.add_argument("--output-dir", default=None,
+                   help="where the per-sample predictions go (default: runs/eval/<model directory name>)")
     p.add_argument("--candidates", type=int, default=1,
                    help="test-time search: propose N programs per image (greedy, beam, sampled and, with "
                         "--train-json, retrieved) and keep the one whose render agrees best with the image")
@@ -28,10 +29,21 @@ if __name__ == "__main__":
                    help="test-time search: tune the numbers of the kept program for SECONDS per image")
     p.add_argument("--train-json", default=None,
                    help="training split for retrieval candidates (its index is built once and saved beside it)")
-    a = p.parse_args()
-    if a.candidates < 1 or a.refine < 0:
+    args = p.parse_args(argv)
+    for flag in ('samples', 'num_beams', 'best_of', 'batch_size', 'workers', 'max_new_tokens'):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            p.error(f"{flag.replace('_', '-')} must be at least 1")
+    if args.candidates < 1 or args.refine < 0:
         p.error("--candidates must be >= 1 and --refine >= 0")
+    return args
+
+
+if __name__ == "__main__":
+    a = parse_args()
+    from img2cq.evaluation import evaluate_model, run_cli  # after parsing: --help answers at once
+
     sys.exit(run_cli(evaluate_model, model_dir=a.model_dir, eval_json=a.eval_json, samples=a.samples,
                      num_beams=a.num_beams, best_of=a.best_of, batch_size=a.batch_size, workers=a.workers,
-                     max_new_tokens=a.max_new_tokens, results_csv=a.results_csv, command=" ".join(["python", *sys.argv]),
-                     candidates=a.candidates, refine_seconds=a.refine, train_json=a.train_json))
+                     max_new_tokens=a.max_new_tokens, results_csv=a.results_csv, output_dir=a.output_dir,
+                     command=" ".join(["python", *sys.argv]), candidates=a.candidates, refine_seconds=a.refine,
+                     train_json=a.train_json))

@@ -25,6 +25,7 @@ import regex
 SPLITS = ("train", "val", "test")
 HUB_DATASET = "CADCODER/GenCAD-Code"
 HUB_SPLITS = {"train": "train", "val": "validation", "test": "test"}
+DOWNLOAD_HINT = "python scripts/download_hf_dataset.py --source synthetic --out data"  # named in missing-data errors
 
 # Acceptance thresholds for a generated part (parts span about 1.5 units).
 MIN_VOLUME = 1e-3           # smaller parts are dust

@@ -1,12 +1,14 @@
-"""Scoring programs against references and recording the result (enhanced_eval.py, baseline_eval.py).
+"""Evaluating a model or the baselines on test images and recording the result (enhanced_eval.py, baseline_eval.py).
 
-Every program runs once, in the sandbox (``img2cq.executor``), with ``mesh=True, brep=True``; VSR is the share of
-predictions that build a valid solid and IoU comes from ``metrics.best_iou.iou_from_results`` on the
-two executed results (an invalid prediction scores 0; samples whose reference fails are left out).
+Programs are run and scored by `img2cq.scoring` (the path every metric shares): VSR is the share
+of predictions that build a valid solid; IoU averages over the samples whose reference builds, an
+invalid prediction scoring 0; IOU_valid averages over the valid predictions only.
 
-``results.csv`` keeps the seed's header ``Model,VSR,IOU,Delta`` and adds columns after it.
-``Delta`` = this row's IoU minus the IoU of the constant baseline (``CONSTANT_PROGRAM``, one fixed
-box for every image) on the same samples, so rows scored on different samples stay comparable.
+Per-sample predictions go to a run directory (default ``runs/eval/<model name>/``), never into the
+model directory, with a JSON file beside them saying how they were made. ``results.csv`` keeps the
+seed's header ``Model,VSR,IOU,Delta`` first and adds columns after it. ``Delta`` = this row's IoU
+minus the IoU of the constant baseline (``CONSTANT_PROGRAM``, one fixed box for every image) on
+the same samples, so rows scored on different samples stay comparable.
 """
 
 from __future__ import annotations
@@ -14,15 +16,22 @@ from __future__ import annotations
 import csv
 import datetime
 import json
+import platform
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm.auto import tqdm
 
-from img2cq.training import DOWNLOAD_HINT
+from img2cq.data import DOWNLOAD_HINT, load_split
+from img2cq.executor import Executor
+from img2cq.scoring import execute, executor_or_new, score_executed
 
-RESULTS_FIELDS = ["Model", "VSR", "IOU", "Delta", "samples", "decoding", "eval_json", "date", "command"]
+RESULTS_FIELDS = ["Model", "VSR", "IOU", "Delta", "IOU_valid", "samples", "decoding", "eval_json", "date", "command"]
+RUNS_DIR = Path("runs") / "eval"
+VERSIONED_PACKAGES = ("numpy", "cadquery", "manifold3d", "torch", "transformers")
 
 # The constant-prediction baseline: a 1 x 1 x 0.5 box, written in the GenCAD-Code style.
 CONSTANT_PROGRAM = """import cadquery as cq
@@ -35,13 +44,11 @@ solid=solid0
 
 
 class EvalError(ValueError):
-    """Bad input to an evaluation (missing data, unreadable image): one line for the user."""
+    """Bad input to an evaluation (missing data, unreadable image, no model): one line for the user."""
 
 
 def load_samples(eval_json: str, samples: int | None):
     """The first ``samples`` rows of a split as dicts with a decoded RGB "image"."""
-    from img2cq.data import load_split
-
     if not Path(eval_json).is_file():
         raise EvalError(f"no evaluation data at {eval_json}: create it with `{DOWNLOAD_HINT}`")
     split = load_split(eval_json)
@@ -59,45 +66,55 @@ def load_samples(eval_json: str, samples: int | None):
     return rows
 
 
-def execute_once(codes: list[str], executor, desc: str) -> list:
-    """Executor results for ``codes``, running each distinct program only once."""
-    unique = list(dict.fromkeys(codes))
-    # brep=True lets the metric fall back to exact booleans for the ~1% of meshes manifold3d refuses
-    results = dict(zip(unique, executor.map(unique, mesh=True, brep=True, progress=desc)))
-    return [results[c] for c in codes]
-
-
 def score_programs(references: list[str], predictions: list[str], executor=None, workers: int = 2) -> dict:
-    """VSR, mean IoU and per-sample scores of ``predictions`` against ``references``.
+    """`img2cq.scoring`'s scores of ``predictions`` against ``references``, plus the constant baseline.
 
-    Also scores the constant baseline on the same samples (``constant_iou``) for the Delta column.
+    Keys: "vsr", "iou", "iou_valid", the counts of `img2cq.scoring.summarise`, "per_sample", and
+    "constant_iou": the constant box's IoU on the same samples, for the Delta column. Every program
+    (references, predictions, the constant box) runs once. Training-time evaluation calls this too.
     """
-    from img2cq.executor import Executor
-    from metrics.best_iou import iou_from_results
+    with executor_or_new(executor, workers) as ex:
+        refs = execute(references, ex, "running references")
+        scores = score_executed(refs, execute(predictions, ex, "running predictions"), ex, progress="scoring")
+        constant = score_executed(refs, execute([CONSTANT_PROGRAM], ex) * len(refs), ex)
+    return {**scores, "constant_iou": constant["iou"]}
 
-    if executor is None:
-        with Executor(workers=workers) as ex:
-            return score_programs(references, predictions, ex)
-    ref_results = execute_once(references, executor, "running references")
-    pred_results = execute_once(predictions, executor, "running predictions")
-    constant = executor.run(CONSTANT_PROGRAM, mesh=True, brep=True)
-    per_sample, ious, constant_ious = [], [], []
-    for ref, pred in zip(ref_results, pred_results):
-        iou = None
-        if ref.ok:
-            iou = iou_from_results(ref, pred, executor=executor) if pred.ok else 0.0
-            ious.append(iou)
-            constant_ious.append(iou_from_results(ref, constant, executor=executor) if constant.ok else 0.0)
-        per_sample.append({"valid": pred.ok, "error": None if pred.ok else f"{pred.error_kind}: {pred.message}",
-                           "iou": iou, "reference_valid": ref.ok})
-    return {
-        "vsr": float(np.mean([s["valid"] for s in per_sample])),
-        "iou": float(np.mean(ious)) if ious else 0.0,
-        "constant_iou": float(np.mean(constant_ious)) if constant_ious else 0.0,
-        "n": len(per_sample),
-        "n_invalid_references": len(per_sample) - len(ious),
-        "per_sample": per_sample,
-    }
+
+def default_output_dir(name: str) -> Path:
+    """Where an evaluation of model ``name`` writes its predictions: ``runs/eval/<last path part>``."""
+    return RUNS_DIR / Path(name).name
+
+
+def write_predictions(out_dir: str | Path, rows: list[dict], predictions: list[str], scores: dict,
+                      how: dict) -> Path:
+    """``predictions_<split>_<decoding>.jsonl`` (one scored row per sample) and a ``.json`` saying how it was made."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"predictions_{Path(how['eval_json']).stem}_{how['decoding']}.jsonl"
+    with open(path, "w") as f:
+        for row, prediction, s in zip(rows, predictions, scores["per_sample"]):
+            f.write(json.dumps({"id": row["id"], "prediction": prediction, "valid": s["candidate_valid"],
+                                "error": s["candidate_error"], "iou": s["iou"], "metric_error": s["metric_error"]})
+                    + "\n")
+    summary = {k: v for k, v in scores.items() if k != "per_sample"}
+    path.with_suffix(".json").write_text(json.dumps(
+        {**how, "date": _now(), "python": platform.python_version(), "versions": _versions(), "scores": summary},
+        indent=2) + "\n")
+    return path
+
+
+def _versions() -> dict:
+    versions = {}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def _now() -> str:
+    return datetime.datetime.now().isoformat(timespec="seconds")
 
 
 def append_result(results_csv: str | Path, row: dict) -> None:
@@ -112,36 +129,39 @@ def append_result(results_csv: str | Path, row: dict) -> None:
 
 
 def result_row(model: str, scores: dict, decoding: str, eval_json: str, command: str) -> dict:
+    iou_valid = "" if scores["iou_valid"] is None else f"{scores['iou_valid']:.4f}"
     return {"Model": model, "VSR": f"{scores['vsr']:.4f}", "IOU": f"{scores['iou']:.4f}",
-            "Delta": f"{scores['iou'] - scores['constant_iou']:+.4f}", "samples": scores["n"],
-            "decoding": decoding, "eval_json": eval_json,
-            "date": datetime.datetime.now().isoformat(timespec="seconds"), "command": command}
+            "Delta": f"{scores['iou'] - scores['constant_iou']:+.4f}", "IOU_valid": iou_valid,
+            "samples": scores["n"], "decoding": decoding, "eval_json": eval_json, "date": _now(), "command": command}
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'Model':40s} {'VSR':>7s} {'IOU':>7s} {'Delta':>8s} {'samples':>8s}")
+    print(f"{'Model':40s} {'VSR':>7s} {'IOU':>7s} {'Delta':>8s} {'IOU_valid':>9s} {'samples':>8s}")
     for r in rows:
-        print(f"{r['Model']:40s} {r['VSR']:>7s} {r['IOU']:>7s} {r['Delta']:>8s} {r['samples']:>8d}")
+        print(f"{r['Model']:40s} {r['VSR']:>7s} {r['IOU']:>7s} {r['Delta']:>8s} {r['IOU_valid'] or '-':>9s} "
+              f"{r['samples']:>8}")
 
 
 def evaluate_model(model_dir: str, eval_json: str = "data/test.jsonl", samples: int | None = 50,
                    num_beams: int = 1, best_of: int | None = None, batch_size: int = 8, workers: int = 2,
                    max_new_tokens: int | None = None, results_csv: str = "results.csv",
-                   command: str = "", device=None, candidates: int = 1, refine_seconds: float = 0.0,
-                   train_json: str | None = None) -> dict:
+                   output_dir: str | None = None, command: str = "", device=None, candidates: int = 1,
+                   refine_seconds: float = 0.0, train_json: str | None = None) -> dict:
     """Generate for the first ``samples`` test images, score, write predictions JSONL, append results.csv.
 
     ``candidates > 1`` or ``refine_seconds > 0``: test-time search (``img2cq.search``; retrieval
     candidates from ``train_json``) instead of plain decoding.
     """
-    from img2cq.executor import Executor
-    from img2cq.modeling import load_pretrained
+    from img2cq.modeling import ModelError, load_pretrained  # torch: only model evaluation pays for it
 
     searching = candidates > 1 or refine_seconds > 0
     if searching and (num_beams > 1 or (best_of or 1) > 1):
         raise EvalError("--candidates/--refine replace --num-beams/--best-of: pass one or the other")
     rows = load_samples(eval_json, samples)  # bad data fails before the (slower) model load
-    model = load_pretrained(model_dir, device=device)
+    try:
+        model = load_pretrained(model_dir, device=device)
+    except ModelError as e:
+        raise EvalError(str(e)) from e
     decoding = f"beam{num_beams}" if num_beams > 1 else "greedy"
     if best_of and best_of > 1:
         decoding += f"+best_of{best_of}"
@@ -161,11 +181,10 @@ def evaluate_model(model_dir: str, eval_json: str = "data/test.jsonl", samples: 
                                           max_new_tokens=max_new_tokens, executor=ex)
         scores = score_programs([r["cadquery"] for r in rows], predictions, ex)
 
-    out = Path(model_dir) / f"predictions_{Path(eval_json).stem}_{decoding}.jsonl"
-    with open(out, "w") as f:
-        for row, pred, s in zip(rows, predictions, scores["per_sample"]):
-            f.write(json.dumps({"id": row["id"], "prediction": pred, "valid": s["valid"], "error": s["error"],
-                                "iou": s["iou"]}) + "\n")
+    how = {"command": command, "model": str(model_dir), "eval_json": eval_json, "samples": len(rows),
+           "decoding": decoding, "num_beams": num_beams, "best_of": best_of, "max_new_tokens": max_new_tokens,
+           "candidates": candidates, "refine_seconds": refine_seconds, "train_json": train_json}
+    out = write_predictions(output_dir or default_output_dir(model_dir), rows, predictions, scores, how)
     result = result_row(str(model_dir), scores, decoding, eval_json, command)
     append_result(results_csv, result)
     print_table([result])
@@ -175,8 +194,6 @@ def evaluate_model(model_dir: str, eval_json: str = "data/test.jsonl", samples: 
 
 def _thumbnail(image) -> np.ndarray:
     """A 32 x 32 grey thumbnail as a unit-free float vector (for nearest-neighbour look-up)."""
-    from PIL import Image
-
     return np.asarray(image.convert("L").resize((32, 32), Image.Resampling.BILINEAR), np.float32).ravel() / 255.0
 
 
@@ -193,36 +210,35 @@ def nearest_neighbour_programs(train_json: str, test_rows: list[dict], train_sam
 
 def evaluate_baselines(samples: int = 50, eval_json: str = "data/test.jsonl", train_json: str = "data/train.jsonl",
                        train_samples: int | None = None, workers: int = 2, results_csv: str = "results.csv",
-                       command: str = "") -> list[dict]:
+                       output_dir: str | None = None, command: str = "") -> list[dict]:
     """Score the constant box and the nearest-training-image baselines on the same test samples."""
-    from img2cq.executor import Executor
-
     rows = load_samples(eval_json, samples)
     references = [r["cadquery"] for r in rows]
     candidates = {
-        "baseline-constant-box": [CONSTANT_PROGRAM] * len(rows),
-        "baseline-nearest-train-image": nearest_neighbour_programs(train_json, rows, train_samples),
+        ("baseline-constant-box", "fixed"): [CONSTANT_PROGRAM] * len(rows),
+        ("baseline-nearest-train-image", "nearest"): nearest_neighbour_programs(train_json, rows, train_samples),
     }
-    results = []
+    results, paths = [], []
     with Executor(workers=workers) as ex:
-        for name, predictions in candidates.items():
+        for (name, decoding), predictions in candidates.items():
             scores = score_programs(references, predictions, ex)
-            results.append(result_row(name, scores, "fixed" if "constant" in name else "nearest",
-                                      eval_json, command))
+            how = {"command": command, "model": name, "eval_json": eval_json, "samples": len(rows),
+                   "decoding": decoding, "train_json": train_json, "train_samples": train_samples}
+            paths.append(write_predictions(output_dir or default_output_dir("baselines"), rows, predictions,
+                                           scores, how))
+            results.append(result_row(name, scores, decoding, eval_json, command))
     for r in results:
         append_result(results_csv, r)
     print_table(results)
-    print(f"appended to {results_csv}")
+    print("predictions: " + ", ".join(map(str, paths)) + f"\nappended to {results_csv}")
     return results
 
 
 def run_cli(fn, **kwargs) -> int:
     """Call an evaluation, turning bad input into one error line and exit code 2."""
-    from img2cq.modeling import ModelError
-
     try:
         fn(**kwargs)
-    except (EvalError, ModelError, FileNotFoundError) as e:
+    except (EvalError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -284,10 +284,14 @@ class Img2CQ:
 
 
 def pick_first_valid(candidates: list[str], executor=None) -> str:
-    """The first candidate that runs to a valid solid in the sandbox, else the first candidate."""
-    from img2cq.executor import run_programs
+    """The first candidate that runs to a valid solid in the sandbox, else the first candidate.
 
-    results = executor.map(candidates, mesh=False) if executor else run_programs(candidates, mesh=False)
+    Validity is judged as every score is (``img2cq.scoring.execute``), so a kept program counts valid there too.
+    """
+    from img2cq.scoring import execute, executor_or_new
+
+    with executor_or_new(executor) as ex:
+        results = execute(candidates, ex)
     for code, result in zip(candidates, results):
         if result.ok:
             return code

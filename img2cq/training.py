@@ -41,14 +41,14 @@ from PIL import Image, ImageEnhance, ImageFilter
 from torch.utils.data import DataLoader, IterableDataset, Subset
 from tqdm.auto import tqdm
 
-from img2cq.modeling import build_model, build_pretrained, count_parameters, save_pretrained
+from img2cq.data import DOWNLOAD_HINT
+from img2cq.modeling import ModelError, build_model, build_pretrained, count_parameters, save_pretrained
 from img2cq.tokenizer import encode_program
 from img2cq.training_args import TrainingArguments, TrainingError
 
 __all__ = ["TrainingArguments", "TrainingError", "Collator", "make_collator", "augment_image", "train", "evaluate"]
 
 logger = logging.getLogger("img2cq.training")
-DOWNLOAD_HINT = "python scripts/download_hf_dataset.py --source synthetic --out data"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -552,3 +552,18 @@ def train(args: TrainingArguments, command: str | None = None, train_rows=None, 
         save_pretrained(out, accelerator.unwrap_model(model), tokenizer, processor, record, last_metrics)
         accelerator.print(f"saved the final model to {out}")
     return last_metrics
+
+
+def main(args: TrainingArguments, argv: list[str] | None = None) -> int:
+    """Run the training scripts' job: one clear error line and exit code 2 on bad input."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        train(args, command=" ".join(["python", Path(sys.argv[0]).name, *argv]))
+    except (TrainingError, ModelError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: continue with the same command plus --resume ({args.output_dir}/checkpoints)",
+              file=sys.stderr)
+        return 130
+    return 0

@@ -125,26 +125,12 @@ def parse_arguments(arguments_class, description: str, argv: list[str]):
     return args
 
 
-def main(arguments_class, description: str, argv: list[str] | None = None) -> int:
-    """Entry point of both training scripts: one clear error line and exit code 2 on bad input."""
+def parse_cli(arguments_class, description: str, argv: list[str] | None = None) -> TrainingArguments:
+    """The training scripts' arguments (every option, the basic script's subset at its values);
+    bad input is one error line and exit code 2."""
     argv = sys.argv[1:] if argv is None else argv
     try:
-        args = parse_arguments(arguments_class, description, argv)
-        args = TrainingArguments(**asdict(args))  # the basic script's subset, the rest at defaults
+        return TrainingArguments(**asdict(parse_arguments(arguments_class, description, argv)))
     except TrainingError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-
-    from img2cq.modeling import ModelError
-    from img2cq.training import train
-
-    try:
-        train(args, command=" ".join(["python", Path(sys.argv[0]).name, *argv]))
-    except (TrainingError, ModelError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: continue with the same command plus --resume ({args.output_dir}/checkpoints)",
-              file=sys.stderr)
-        return 130
-    return 0
+        raise SystemExit(2) from None

@@ -2,8 +2,10 @@
 
 A program counts as valid when the sandboxed executor runs it without error and its result
 (`solid`, else the other usual names, else the last assigned shape) holds at least one solid
-that passes the B-rep validity check and has a positive volume. Every failure is reported as
-"kind: message" with the executor's error kind (syntax, runtime, timeout, empty, ...).
+that passes the B-rep validity check and has a positive volume. Programs run through
+`img2cq.scoring` with the same executor options as the IoU and every evaluation, so a program
+valid here is valid everywhere. Every failure is reported as "kind: message" with the
+executor's error kind (syntax, runtime, timeout, empty, ...).
 
     python -m metrics.valid_syntax_rate predictions.jsonl --field prediction
 """
@@ -17,6 +19,7 @@ import sys
 from pathlib import Path
 
 from img2cq.executor import Executor
+from img2cq.scoring import execute, executor_or_new
 
 CODE_FIELDS = ("cadquery", "code", "prediction")
 
@@ -73,7 +76,7 @@ def _read_text(path: Path) -> str:
 
 def evaluate_syntax_rate(codes: dict[str, str], verbose: bool = False, executor: Executor | None = None,
                          workers: int | None = None, timeout: float | None = None) -> dict:
-    """Run every program in the sandbox; count those that build a valid solid.
+    """Run every program in the sandbox (as `img2cq.scoring` does for IoU); count those that build a valid solid.
 
     Uses `executor` if given, else a temporary one with `workers` (default: CPU count) and
     `timeout` seconds per program (default: the executor's).
@@ -81,15 +84,8 @@ def evaluate_syntax_rate(codes: dict[str, str], verbose: bool = False, executor:
     ids = list(codes)
     results = []
     if ids:
-        own = executor is None
-        if own:
-            n = max(1, min(workers or os.cpu_count() or 1, len(ids)))
-            executor = Executor(workers=n, **({"timeout": timeout} if timeout else {}))
-        try:
-            results = executor.map([codes[i] for i in ids], progress="VSR" if verbose else False, mesh=False)
-        finally:
-            if own:
-                executor.close()
+        with executor_or_new(executor, min(workers or os.cpu_count() or 1, len(ids)), timeout) as ex:
+            results = execute([codes[i] for i in ids], ex, progress="VSR" if verbose else False)
     failures = {i: r.reason for i, r in zip(ids, results) if not r.ok}
     total, invalid = len(ids), len(failures)
     return {"total": total, "valid": total - invalid, "invalid": invalid,

@@ -22,4 +22,4 @@ python enhanced_eval.py "$MODEL" --samples "$SAMPLES" --eval-json "$DEMO/data/te
 echo "model: $SAMPLES images generated, run and scored in $(( $(date +%s) - started )) s"
 echo
 echo "results.csv (last 3 rows: constant box, nearest training image, the shipped model):"
-tail -n 3 results.csv | cut -d, -f1-5 | column -t -s,
+tail -n 3 results.csv | cut -d, -f1-6 | column -t -s,

@@ -8,10 +8,10 @@ import pytest
 import trimesh
 from scipy.spatial.transform import Rotation
 
-from img2cq.executor import ExecResult, Executor
-from metrics import best_iou
-from metrics.best_iou import (PROPER_ROTATIONS, evaluate_codes, exact_iou_from_results, get_iou_best,
-                              iou_from_results, score_pair)
+from img2cq import iou
+from img2cq.executor import ExecResult
+from img2cq.iou import PROPER_ROTATIONS
+from metrics.best_iou import evaluate_codes, exact_iou_from_results, get_iou_best, iou_from_results, score_pair
 from tests.fixtures.metrics import corpus
 
 # A chiral GenCAD-style part: an L-profile with unequal legs, a hole in one leg and a boss on top.
@@ -58,14 +58,8 @@ def moved(code, rotation=np.eye(3), shift=(0.0, 0.0, 0.0), scale=1.0):
                    f".rotate((0, 0, 0), {axis!r}, {angle!r}).translate({tuple(map(float, shift))!r})\n")
 
 
-@pytest.fixture(scope="module")
-def ex():
-    with Executor(workers=2) as executor:
-        yield executor
-
-
-def run(ex, *codes):
-    results = ex.map(list(codes), mesh=True)
+def run(executor, *codes):
+    results = executor.map(list(codes), mesh=True)
     assert all(r.ok for r in results), [r.reason for r in results]
     return results
 
@@ -75,27 +69,27 @@ def normalised_volume(volume, second_moment):
     return volume / (second_moment / volume) ** 1.5
 
 
-def test_identical_programs_score_one(ex):
-    a, b = run(ex, L_PART, L_PART)
+def test_identical_programs_score_one(executor):
+    a, b = run(executor, L_PART, L_PART)
     assert iou_from_results(a, b) == pytest.approx(1.0, abs=1e-9)
-    assert get_iou_best(L_PART, L_PART, executor=ex) == pytest.approx(1.0, abs=1e-9)
+    assert get_iou_best(L_PART, L_PART, executor=executor) == pytest.approx(1.0, abs=1e-9)
 
 
-def test_invariant_to_translation_scale_and_all_24_rotations(ex):
+def test_invariant_to_translation_scale_and_all_24_rotations(executor):
     variants = [moved(L_PART, q, shift=(0.3, -0.2, 0.7), scale=1.7) for q in PROPER_ROTATIONS]
-    reference, *others = run(ex, L_PART, *variants)
+    reference, *others = run(executor, L_PART, *variants)
     scores = [iou_from_results(reference, other) for other in others]
     assert min(scores) >= 0.99, scores
 
 
-def test_mirror_image_is_not_the_same_part(ex):
+def test_mirror_image_is_not_the_same_part(executor):
     mirrored = L_PART + "solid = solid.mirror('YZ')\n"
-    a, b = run(ex, L_PART, mirrored)
+    a, b = run(executor, L_PART, mirrored)
     assert iou_from_results(a, b) < 0.9
     assert iou_from_results(a, b, allow_mirror=True) >= 0.99
 
 
-def test_box_with_through_hole_matches_closed_form(ex):
+def test_box_with_through_hole_matches_closed_form(executor):
     a, b, c, r = 1.0, 0.625, 0.25, 0.15625
     box_v, box_m = a * b * c, a * b * c * (a * a + b * b + c * c) / 12
     cyl_v = math.pi * r * r * c
@@ -105,21 +99,21 @@ def test_box_with_through_hole_matches_closed_form(ex):
     plain = normalised_volume(box_v, box_m)
     holed = normalised_volume(box_v - cyl_v, box_m - cyl_m)
     expected = min(plain, holed) / max(plain, holed)
-    results = run(ex, box_program(a, b, c), box_program(a, b, c, hole=r))
+    results = run(executor, box_program(a, b, c), box_program(a, b, c, hole=r))
     assert iou_from_results(*results) == pytest.approx(expected, abs=0.01)
 
 
-def test_two_boxes_match_closed_form(ex):
+def test_two_boxes_match_closed_form(executor):
     sides = np.array([[1.0, 0.5, 0.25], [0.8, 0.6, 0.2]])
     # normalised boxes are centred and matched longest side to longest side
     scaled = [s / math.sqrt((s @ s) / 12) for s in sides]
     inter = np.prod(np.minimum(*scaled))
     expected = inter / (np.prod(scaled[0]) + np.prod(scaled[1]) - inter)
-    results = run(ex, box_program(*sides[0].tolist()), box_program(*sides[1][[2, 0, 1]].tolist()))
+    results = run(executor, box_program(*sides[0].tolist()), box_program(*sides[1][[2, 0, 1]].tolist()))
     assert iou_from_results(*results) == pytest.approx(expected, abs=0.01)
 
 
-def test_two_discs_match_closed_form(ex):
+def test_two_discs_match_closed_form(executor):
     (r1, h1), (r2, h2) = (0.5, 0.2), (0.4, 0.3)
     scaled = []
     for r, h in ((r1, h1), (r2, h2)):
@@ -128,7 +122,7 @@ def test_two_discs_match_closed_form(ex):
     vol = [math.pi * r * r * h for r, h in scaled]
     inter = math.pi * min(scaled[0][0], scaled[1][0]) ** 2 * min(scaled[0][1], scaled[1][1])
     expected = inter / (vol[0] + vol[1] - inter)
-    results = run(ex, cylinder_program(r1, h1), cylinder_program(r2, h2))
+    results = run(executor, cylinder_program(r1, h1), cylinder_program(r2, h2))
     assert iou_from_results(*results) == pytest.approx(expected, abs=0.01)
 
 
@@ -147,60 +141,60 @@ def test_mesh_rejected_by_manifold3d_falls_back_to_grid_estimate():
     broken = trimesh.Trimesh(part.vertices, part.faces.copy(), process=False)
     broken.faces[::3] = broken.faces[::3, ::-1]
     other = trimesh.creation.box((1.8, 1.4, 0.9))
-    assert best_iou._Solid(mesh_result(part)).is_manifold
-    assert not best_iou._Solid(mesh_result(broken, like=part)).is_manifold
+    assert iou._Solid(mesh_result(part)).is_manifold
+    assert not iou._Solid(mesh_result(broken, like=part)).is_manifold
     assert iou_from_results(mesh_result(broken, like=part), mesh_result(broken, like=part)) == 1.0
     fallback = iou_from_results(mesh_result(broken, like=part), mesh_result(other))
     booleans = iou_from_results(mesh_result(part), mesh_result(other))
     assert fallback == pytest.approx(booleans, abs=0.03)
 
 
-def test_score_pair_and_evaluate_codes_count_invalid_programs(ex):
+def test_score_pair_and_evaluate_codes_count_invalid_programs(executor):
     good = box_program(1.0, 0.5, 0.25)
     broken = "import cadquery as cq\nsolid = cq.Workplane().box(1, 1,\n"
-    out = score_pair(good, broken, executor=ex)
+    out = score_pair(good, broken, executor=executor)
     assert out["reference_valid"] and not out["candidate_valid"]
     assert out["candidate_error"].startswith("syntax")
     assert out["iou"] == 0.0
-    assert score_pair(broken, good, executor=ex)["iou"] is None
+    assert score_pair(broken, good, executor=executor)["iou"] is None
 
     gt = {"same": good, "broken": good, "missing": good, "bad_gt": broken}
     pred = {"same": good, "broken": broken, "bad_gt": good, "extra": good}
-    report = evaluate_codes(gt, pred, executor=ex)
+    report = evaluate_codes(gt, pred, executor=executor)
     assert report["ious"] == {"same": pytest.approx(1.0), "broken": 0.0, "missing": 0.0}
     assert report["mean_iou"] == pytest.approx(1 / 3)
     assert (report["n_pairs"], report["n_invalid_pred"], report["n_invalid_gt"]) == (3, 2, 1)
     assert set(report["errors"]) == {"broken", "missing", "bad_gt"}
 
 
-def per_rotation_ious(ex, a, b):
+def per_rotation_ious(executor, a, b):
     """IoU for each of the 24 rotations, by mesh booleans and by OCC booleans."""
-    sa, sb = best_iou._Solid(a), best_iou._Solid(b)
+    sa, sb = iou._Solid(a), iou._Solid(b)
     mesh = []
     for q in PROPER_ROTATIONS:
         inter = (sa.manifold ^ sb.manifold.transform(np.hstack([q, np.zeros((3, 1))]))).volume()
         mesh.append(inter / (sa.volume + sb.volume - inter))
-    frames = [best_iou.canonical_frame(r.volume, r.center, r.inertia) for r in (a, b)]
-    occ = ex.call("metrics.best_iou:occ_ious", a.brep, b.brep, *frames, np.array(PROPER_ROTATIONS), timeout=300)
+    frames = [iou.canonical_frame(r.volume, r.center, r.inertia) for r in (a, b)]
+    occ = executor.call("img2cq.iou:occ_ious", a.brep, b.brep, *frames, np.array(PROPER_ROTATIONS), timeout=300)
     return mesh, occ.extras["value"], frames
 
 
 @pytest.mark.slow
-def test_fast_path_agrees_with_exact_booleans(ex):
+def test_fast_path_agrees_with_exact_booleans(executor):
     pairs = corpus.gencad_pairs(130, seed=7)
-    results = ex.map([c for pair in pairs for c in pair], mesh=True, brep=True)
+    results = executor.map([c for pair in pairs for c in pair], mesh=True, brep=True)
     valid = [(a, b) for a, b in zip(results[::2], results[1::2]) if a.ok and b.ok][:100]
     assert len(valid) == 100
     with ThreadPoolExecutor(2) as threads:  # one exact call per executor worker
-        exact = list(threads.map(lambda pair: exact_iou_from_results(*pair, executor=ex), valid))
-    fast = [iou_from_results(a, b, executor=ex) for a, b in valid]
+        exact = list(threads.map(lambda pair: exact_iou_from_results(*pair, executor=executor), valid))
+    fast = [iou_from_results(a, b, executor=executor) for a, b in valid]
     disputed = [i for i in range(100) if abs(fast[i] - exact[i]) > 0.01]
     # OCC's own booleans are wrong on a few near-coincident configurations (seen: nearly coaxial
     # cylinders); an independent point-classification estimate settles each disagreement
     assert len(disputed) <= 3, [(fast[i], exact[i]) for i in disputed]
     for i in disputed:
-        mesh, occ, frames = per_rotation_ious(ex, *valid[i])
+        mesh, occ, frames = per_rotation_ious(executor, *valid[i])
         q = int(np.argmax(occ))
-        referee = ex.call("tests.fixtures.metrics.referee:point_iou", valid[i][0].brep, valid[i][1].brep,
+        referee = executor.call("tests.fixtures.metrics.referee:point_iou", valid[i][0].brep, valid[i][1].brep,
                           *frames, PROPER_ROTATIONS[q], 20000, timeout=300).extras["value"]
         assert abs(mesh[q] - referee) < min(0.02, abs(occ[q] - referee)), (mesh[q], occ[q], referee)

@@ -6,30 +6,21 @@ import sys
 
 import pytest
 
-from img2cq.executor import Executor
 from metrics import best_iou, valid_syntax_rate
 from metrics.valid_syntax_rate import ProgramFileError, evaluate_syntax_rate, load_programs
 
-BOX = "import cadquery as cq\nsolid = cq.Workplane().box(1, 0.5, 0.25)\n"
-MIXED = {
-    "box": BOX,
-    "fenced": "```python\n" + BOX + "```",
-    "cylinder": "import cadquery as cq\nresult = cq.Workplane().circle(0.5).extrude(0.2)\n",
-    "syntax": "import cadquery as cq\nsolid = cq.Workplane().box(1, 1,\n",
-    "runtime": "import cadquery as cq\nsolid = cq.Workplane().box(1, 1, 1).fillet(5)\n",
-    "no_solid": "import cadquery as cq\nsolid = cq.Workplane().rect(1, 1)\n",
-    "not_a_shape": "solid = 5\n",
-}
+
+@pytest.fixture
+def mixed(reference_programs):
+    """Three programs that build a solid (one in a Markdown fence) and four that fail, each its own way."""
+    p = reference_programs
+    return {"box": p["box"], "fenced": "```python\n" + p["box"] + "```", "cylinder": p["cylinder"],
+            "syntax": p["syntax_error"], "runtime": p["runtime_error"], "no_solid": p["no_solid"],
+            "not_a_shape": p["not_a_shape"]}
 
 
-@pytest.fixture(scope="module")
-def ex():
-    with Executor(workers=2) as executor:
-        yield executor
-
-
-def test_mixed_batch_gives_exact_rate(ex):
-    report = evaluate_syntax_rate(MIXED, executor=ex)
+def test_mixed_batch_gives_exact_rate(executor, mixed):
+    report = evaluate_syntax_rate(mixed, executor=executor)
     assert (report["total"], report["valid"], report["invalid"]) == (7, 3, 4)
     assert report["vsr"] == 3 / 7
     assert set(report["failures"]) == {"syntax", "runtime", "no_solid", "not_a_shape"}
@@ -42,14 +33,15 @@ def test_empty_batch_has_zero_rate():
                                                      "failures": {}}
 
 
-def test_load_programs_from_py_folder_and_jsonl(tmp_path):
-    (tmp_path / "a.py").write_text(BOX)
+def test_load_programs_from_py_folder_and_jsonl(tmp_path, reference_programs):
+    box = reference_programs["box"]
+    (tmp_path / "a.py").write_text(box)
     (tmp_path / "b.py").write_text("solid = 5\n")
-    assert load_programs(tmp_path) == {"a": BOX, "b": "solid = 5\n"}
-    assert load_programs(tmp_path / "a.py") == {"a": BOX}
+    assert load_programs(tmp_path) == {"a": box, "b": "solid = 5\n"}
+    assert load_programs(tmp_path / "a.py") == {"a": box}
     rows = tmp_path / "rows.jsonl"
-    rows.write_text(json.dumps({"id": "x", "prediction": BOX}) + "\n\n" + json.dumps({"code": "y"}) + "\n")
-    assert load_programs(rows) == {"x": BOX, "3": "y"}
+    rows.write_text(json.dumps({"id": "x", "prediction": box}) + "\n\n" + json.dumps({"code": "y"}) + "\n")
+    assert load_programs(rows) == {"x": box, "3": "y"}
     with pytest.raises(ProgramFileError, match=r"rows.jsonl:1: no string field 'cadquery'"):
         load_programs(rows, field="cadquery")
 
@@ -90,17 +82,20 @@ def test_cli_malformed_jsonl_is_one_line_and_exit_2(tmp_path, module):
     assert out.stderr.count("\n") == 1 and f"{path}:2: malformed JSON" in out.stderr
 
 
-def test_vsr_cli_reports_rate(tmp_path, capsys):
+@pytest.mark.integration
+def test_vsr_cli_reports_rate(tmp_path, capsys, mixed):
     path = tmp_path / "preds.jsonl"
-    path.write_text("".join(json.dumps({"id": k, "prediction": v}) + "\n" for k, v in MIXED.items()))
+    path.write_text("".join(json.dumps({"id": k, "prediction": v}) + "\n" for k, v in mixed.items()))
     assert valid_syntax_rate.main([str(path), "--workers", "1"]) == 0
     out = capsys.readouterr().out
     assert "valid: 3/7  VSR: 0.4286" in out
     assert "syntax: syntax: line" in out
 
 
-def test_iou_cli_scores_two_files(tmp_path, capsys):
-    (tmp_path / "gt.py").write_text(BOX)
-    (tmp_path / "pred.py").write_text(BOX)
+@pytest.mark.integration
+def test_iou_cli_scores_two_files(tmp_path, capsys, reference_programs):
+    (tmp_path / "gt.py").write_text(reference_programs["box"])
+    (tmp_path / "pred.py").write_text(reference_programs["box"])
     assert best_iou.main([str(tmp_path / "gt.py"), str(tmp_path / "pred.py"), "--workers", "1"]) == 0
-    assert "mean IoU: 1.0000" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "mean IoU: 1.0000" in out and "mean IoU over valid predictions: 1.0000" in out

@@ -7,7 +7,6 @@ import torch
 from PIL import Image, ImageDraw
 from transformers import AutoImageProcessor, AutoTokenizer, GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel
 
-from img2cq.executor import Executor
 from img2cq.codec import parse
 from img2cq.modeling import (MAX_CODEC_TOKENS, MAX_PROGRAM_TOKENS, PRESETS, ModelError, build_model, build_pretrained,
                              count_parameters, load_pretrained, pick_first_valid, save_pretrained)
@@ -107,16 +106,14 @@ def test_bpe_models_still_build_save_and_generate(tmp_path):
     assert all(isinstance(p, str) for p in loaded.generate(images(2), max_new_tokens=6))
 
 
-def test_best_of_keeps_first_valid_candidate():
-    with Executor(workers=1) as ex:
-        assert pick_first_valid(["solid = (", "x = 1", BOX, BOX + "\n# second"], ex) == BOX
-        assert pick_first_valid(["solid = (", "x = 1"], ex) == "solid = ("
+def test_best_of_keeps_first_valid_candidate(executor):
+    assert pick_first_valid(["solid = (", "x = 1", BOX, BOX + "\n# second"], executor) == BOX
+    assert pick_first_valid(["solid = (", "x = 1"], executor) == "solid = ("
 
 
-def test_best_of_through_generate(saved):
+def test_best_of_through_generate(saved, executor):
     model = load_pretrained(saved[0], device="cpu")
-    with Executor(workers=1) as ex:
-        programs = model.generate(images(2), best_of=2, max_new_tokens=8, executor=ex)
+    programs = model.generate(images(2), best_of=2, max_new_tokens=8, executor=executor)
     assert len(programs) == 2
 
 

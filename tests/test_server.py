@@ -10,7 +10,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 import pytest
@@ -22,8 +21,6 @@ from img2cq import db
 from img2cq.serving import model_api
 from tests.postgres import database_url, postgres  # noqa: F401  (fixtures)
 
-REPO = Path(__file__).resolve().parents[1]
-BOX = "import cadquery as cq\nresult = cq.Workplane().box(1, 1, 1)\n"
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +234,7 @@ def test_import_is_all_or_nothing(client):
     assert len(client.get("/projects", params={"limit": 1000}).json()) == before + 1
 
 
-def test_concurrent_writer_processes_lose_nothing(tmp_path):
+def test_concurrent_writer_processes_lose_nothing(tmp_path, repo_root):
     """Three processes insert 100 tasks each into one SQLite file at the same time."""
     path = tmp_path / "shared.db"
     engine = db.make_engine(f"sqlite:///{path}")
@@ -255,7 +252,7 @@ def test_concurrent_writer_processes_lose_nothing(tmp_path):
         "        s.add(db.Task(project_id=int(sys.argv[2]), name=f'{sys.argv[3]}-{i}', duration=i))\n"
         "        s.commit()\n"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", writer, f"sqlite:///{path}", str(pid), f"w{k}"], cwd=REPO)
+    procs = [subprocess.Popen([sys.executable, "-c", writer, f"sqlite:///{path}", str(pid), f"w{k}"], cwd=repo_root)
              for k in range(3)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
     with db.Session(engine) as s:
@@ -294,8 +291,9 @@ HOSTILE = {
 }
 
 
-def test_score_and_hostile_programs_leave_the_server_up(model_client):
+def test_score_and_hostile_programs_leave_the_server_up(model_client, reference_programs):
     pytest.importorskip("metrics.best_iou")
+    BOX = reference_programs["box"]
     r = model_client.post("/score", json={"reference": BOX, "candidate": BOX})
     assert r.status_code == 200, r.text
     assert r.json()["reference_valid"] and r.json()["candidate_valid"] and r.json()["iou"] == pytest.approx(1.0, abs=1e-3)

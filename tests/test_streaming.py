@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -13,9 +12,6 @@ from img2cq import training
 from img2cq.modeling import load_pretrained
 from img2cq.tokenizer import encode_program, load_tokenizer
 from img2cq.training import TrainingArguments, train
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -58,14 +54,14 @@ def test_stream_trains_on_fresh_programs_and_resumes_with_new_ones(tmp_path, bat
     assert load_pretrained(out, device="cpu").model.config.decoder.n_layer == 2  # the saved model loads
 
 
-def test_max_minutes_checkpoints_saves_and_stops(tmp_path):
+def test_max_minutes_checkpoints_saves_and_stops(tmp_path, repo_root):
     """A spent budget stops after the first step with a checkpoint and a loadable model."""
     out = tmp_path / "model"
     code = subprocess.run(
         [sys.executable, "enhanced_train.py", "--stream", "--model-size", "tiny", "--max-steps", "1000",
          "--batch-size", "2", "--eval-json", "none", "--max-minutes", "0", "--no-group-by-length",
          "--output-dir", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        cwd=repo_root, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert code.returncode == 0, code.stderr[-2000:]
     assert "spent at step 1/1000" in code.stdout + code.stderr
     assert (out / "checkpoints" / "step-1" / "trainer_state.json").is_file()

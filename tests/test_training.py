@@ -57,7 +57,7 @@ def dataset(tmp_path_factory):
     return out
 
 
-def test_tiny_model_learns_to_reproduce_a_training_program(short_samples, tmp_path):
+def test_tiny_model_learns_to_reproduce_a_training_program(short_samples, tmp_path, executor):
     args = TrainingArguments(output_dir=str(tmp_path / "model"), model_size="tiny", eval_json=None, batch_size=8,
                              max_steps=150, learning_rate=3e-3, warmup_steps=10, save_steps=1000, log_steps=50)
     train(args, train_rows=short_samples)
@@ -65,8 +65,7 @@ def test_tiny_model_learns_to_reproduce_a_training_program(short_samples, tmp_pa
     predictions = model.generate([s["image"] for s in short_samples])
     exact = [i for i, (p, s) in enumerate(zip(predictions, short_samples)) if p == canonical_program(s["cadquery"])]
     assert exact, "no training program reproduced exactly"
-    with Executor(workers=1) as ex:
-        reference, predicted = ex.map([short_samples[exact[0]]["cadquery"], predictions[exact[0]]], mesh=True)
+    reference, predicted = executor.map([short_samples[exact[0]]["cadquery"], predictions[exact[0]]], mesh=True)
     assert predicted.ok and iou_from_results(reference, predicted) == pytest.approx(1.0, abs=1e-6)
     log = (tmp_path / "model" / "logs" / "train_log.csv").read_text().splitlines()
     assert log[0].startswith("step,epoch,loss")

@@ -18,6 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from PIL import Image
 from pydantic import BaseModel, Field
 
+from img2cq.scoring import execute, score_pair
 from img2cq.serving.batching import Batcher
 
 MAX_PROGRAM_CHARS = 100_000
@@ -34,6 +35,7 @@ class ScoreResult(BaseModel):
     candidate_valid: bool
     candidate_error: str | None
     iou: float | None = Field(description="0 when the candidate fails; null when the reference itself fails")
+    metric_error: str | None = Field(None, description="why the metric could not score two valid solids (iou is 0)")
 
 
 class Generated(BaseModel):
@@ -148,9 +150,14 @@ async def generate(request: Request, image: UploadFile,
         program = await state.model_service.batcher.submit(
             (picture, GenerateOptions(max_new_tokens=max_new_tokens)), timeout=_time_left(deadline),
             disconnected=disconnected)
-        result = await state.sandbox.call(state.executor.run, program, mesh=False, admit=False,
+        result = await state.sandbox.call(_run_one, program, state.executor, admit=False,
                                           timeout=_time_left(deadline), disconnected=disconnected)
     return Generated(program=program, valid=result.ok, error=result.reason or None)
+
+
+def _run_one(program: str, executor):
+    """One program run as every score runs it, so /generate's `valid` agrees with /score and the metrics."""
+    return execute([program], executor)[0]
 
 
 @router.post("/score", response_model=ScoreResult,
@@ -158,8 +165,6 @@ async def generate(request: Request, image: UploadFile,
                         504: {"description": "not answered within the request timeout"}})
 async def score(request: Request, body: ScoreRequest) -> ScoreResult:
     """IoU of the candidate's solid against the reference's, both run in the sandbox."""
-    from metrics.best_iou import score_pair
-
     state = request.app.state
     async with client_gone(request) as disconnected:
         result = await state.sandbox.call(score_pair, body.reference, body.candidate, executor=state.executor,

@@ -1,0 +1,46 @@
+"""The import graph: `lint-imports` keeps the contracts of pyproject.toml ([tool.importlinter]).
+
+The second test plants a breach in a copy of the packages, so the check is seen to fail when it should.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def lint_imports(root: Path) -> subprocess.CompletedProcess:
+    if not LINT_IMPORTS.exists():
+        pytest.skip("lint-imports is not installed (pip install -e '.[dev]')")
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_import_graph_keeps_every_contract(repo_root):
+    out = lint_imports(repo_root)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "0 broken" in out.stdout
+
+
+@pytest.mark.parametrize("module, planted, contract", [
+    ("executor.py", "from img2cq import evaluation", "img2cq layers"),      # a low layer reaching up
+    ("render.py", "from img2cq import sampler", "img2cq layers"),          # independent siblings
+    ("iou.py", "import metrics.best_iou", "builds on img2cq, never the reverse"),
+    ("db.py", "import torch", "never import torch"),
+])
+def test_a_planted_breach_is_reported(repo_root, tmp_path, module, planted, contract):
+    for package in ("img2cq", "metrics"):
+        shutil.copytree(repo_root / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(repo_root / "pyproject.toml", tmp_path)
+    target = tmp_path / "img2cq" / module
+    target.write_text(target.read_text() + f"\n{planted}  # planted by the test\n")
+    out = lint_imports(tmp_path)
+    assert out.returncode != 0
+    broken = [line for line in out.stdout.splitlines() if line.endswith("BROKEN")]
+    assert any(contract in line for line in broken), out.stdout[-3000:]

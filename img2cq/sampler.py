@@ -117,7 +117,8 @@ class Pad:
     z0: float
     z1: float
     circle: tuple | None = None
-    holed: bool = False      # the first sketch has holes here: a centred boss could sit over one
+    holed: bool = False      # it has holes or pockets: a centred boss could sit over one
+    covered: bool = False    # something stands on its top: cuts from there would hide under it
 
     @property
     def size(self) -> tuple[int, int]:
@@ -412,7 +413,7 @@ def _profile_in(rng, rect, round_pad, kinds: dict) -> tuple[list[Loop], tuple | 
         return [Loop(c, radius=r)] + ([Loop(c, radius=inner)] if inner else []), (c[0], c[1], r, inner)
     if kind == "rounded_rect" and min(x1 - x0, y1 - y0) >= 9:
         return [_rounded_rect(rng, x0, y0, x1, y1)[0]], None
-    if kind == "slot" and min(x1 - x0, y1 - y0) >= 4:
+    if kind == "slot" and min(x1 - x0, y1 - y0) >= 4 and abs((x1 - x0) - (y1 - y0)) >= 4:
         return [_slot(x0, y0, x1, y1)], None
     return [_rect(x0, y0, x1, y1)], None
 
@@ -453,9 +454,10 @@ def _boss(rng, part: _Part, stack: bool) -> list[tuple]:
         s = made[2] * 0.7
         rect = (made[0] - s, made[1] - s, made[0] + s, made[1] + s)
     h = _height(rng, pad)
-    z = pad.z1 if on_top else pad.z0
-    z0, z1 = (z, z + h) if on_top else (z - h, z)
-    return [(_on_top(loops, z, h if on_top else -h, "union"), Pad(tuple(rect), z0, z1, made))]
+    if not on_top:  # under the first body: nothing is referenced to its face later
+        return [(_on_top(loops, pad.z0, -h, "union"), None)]
+    pad.covered = True
+    return [(_on_top(loops, pad.z1, h, "union"), Pad(tuple(rect), pad.z1, pad.z1 + h, made))]
 
 
 def _extend(rng, part: _Part) -> list[tuple]:
@@ -483,13 +485,20 @@ def _extend(rng, part: _Part) -> list[tuple]:
     return [(sketch, Pad(tuple(rect), pad.z0, pad.z0 + height))]
 
 
+def _free_pad(rng, part: _Part) -> Pad:
+    """A pad whose top face is free (cuts start there)."""
+    free = [pad for pad in part.pads if not pad.covered] or part.pads[-1:]
+    return free[int(rng.integers(len(free)))]
+
+
 def _hole(rng, part: _Part, budget: int, split_prob: float) -> list[tuple]:
     """Holes in a symmetric pattern (or concentric) drilled from a pad's top exactly through the
     part, or exactly onto the face below; a pattern is drawn one sketch per hole where it fits."""
-    pad = part.pads[int(rng.integers(len(part.pads)))]
+    pad = _free_pad(rng, part)
     loops = _hole_pattern(rng, pad.rect, pad.circle)
     if not loops:
         return []
+    pad.holed = True
     through = rng.random() < 0.75
     bottom = part.z_min if through and pad in part.base_pads or rng.random() < 0.5 else pad.z0
     depth = pad.z1 - bottom if through else max(1, int((pad.z1 - pad.z0) * rng.uniform(0.2, 0.8)))
@@ -503,7 +512,8 @@ def _hole(rng, part: _Part, budget: int, split_prob: float) -> list[tuple]:
 def _pocket(rng, part: _Part, notch: bool) -> list[tuple]:
     """A pocket centred in a pad, or a notch (step) flush with its edge, as deep as a related share of
     the pad or exactly onto the layer below."""
-    pad = part.pads[int(rng.integers(len(part.pads)))]
+    pad = _free_pad(rng, part)
+    pad.holed = True
     t = pad.z1 - pad.z0
     if notch and pad.circle is None:
         rect = _flush(rng, pad.rect, 0.15, 0.45)

@@ -29,9 +29,9 @@ DEFAULT_WEIGHTS: dict[str, dict] = {
     # world normal of the first sketch (the part's "up"); tilted planes are rare and single-sketch
     "base_normal": {"+Z": 0.53, "-Y": 0.31, "+X": 0.12, "+Y": 0.02, "tilted": 0.02},
     # profile of the first sketch
-    "base_profile": {"rect": 0.25, "rounded_rect": 0.12, "circle": 0.13, "ring": 0.07, "disc_holes": 0.02,
-                     "slot": 0.05, "L": 0.1, "T": 0.05, "U": 0.06, "polygon": 0.04, "arc_profile": 0.06,
-                     "stepped": 0.06},
+    "base_profile": {"rect": 0.22, "rounded_rect": 0.1, "circle": 0.12, "ring": 0.07, "disc_holes": 0.02,
+                     "slot": 0.04, "L": 0.09, "T": 0.04, "U": 0.06, "polygon": 0.03, "arc_profile": 0.05,
+                     "stepped": 0.05, "frame": 0.04, "chamfered": 0.07},
     # what a later sketch does: unions (boss, stack, extend, side_boss) and cuts (the rest)
     "feature": {"boss": 0.17, "stack": 0.2, "extend": 0.15, "side_boss": 0.11,
                 "hole": 0.15, "pocket": 0.08, "notch": 0.08, "side_hole": 0.06},
@@ -184,7 +184,8 @@ def _polygon(rng, x0, y0, x1, y1) -> Loop:
 def _letter(rng, kind, x0, y0, x1, y1) -> tuple[Loop, list]:
     """L, T and U sections with arm thickness t; returns the loop and its arms (material rectangles)."""
     w, h = x1 - x0, y1 - y0
-    t = int(rng.integers(max(4, min(w, h) // 6), max(5, min(w, h) // 2)))
+    thin = rng.random() < 0.35  # sheet-metal sections
+    t = int(rng.integers(2, max(3, min(w, h) // 10))) if thin else int(rng.integers(max(4, min(w, h) // 6), max(5, min(w, h) // 2)))
     if kind == "L":
         pts = [(x0, y0), (x1, y0), (x1, y0 + t), (x0 + t, y0 + t), (x0 + t, y1), (x0, y1)]
         arms = [(x0, y0, x1, y0 + t), (x0, y0 + t, x0 + t, y1)]
@@ -208,6 +209,19 @@ def _stepped(rng, x0, y0, x1, y1) -> tuple[Loop, list]:
     for i in reversed(range(n)):
         pts += [(xs[i + 1], tops[i]), (xs[i], tops[i])]
     return _poly(pts), [(xs[i], y0, xs[i + 1], tops[i]) for i in range(n)]
+
+
+def _chamfered(rng, x0, y0, x1, y1) -> Loop:
+    """A rectangle with one or two top corners chamfered, or a trapezoid (wedges, ramps)."""
+    w, h = x1 - x0, y1 - y0
+    a, b = _frac(rng, 0.2, 0.6, w), _frac(rng, 0.2, 0.9, h)
+    kind = _pick(rng, {"one": 0.5, "two": 0.3, "trapezoid": 0.2})
+    if kind == "one":
+        return _poly([(x0, y0), (x1, y0), (x1, y1 - b), (x1 - a, y1), (x0, y1)])
+    if kind == "two":
+        a, b = min(a, w // 2 - 1), b
+        return _poly([(x0, y0), (x1, y0), (x1, y1 - b), (x1 - a, y1), (x0 + a, y1), (x0, y1 - b)])
+    return _poly([(x0, y0), (x1, y0), (x1 - a // 2, y1), (x0 + a // 2, y1)])
 
 
 def _arc_profile(rng, x0, y0, x1, y1) -> Loop:
@@ -298,7 +312,7 @@ def _base(rng, w) -> tuple[Sketch, list[Pad], bool]:
         loops = [Loop(c, radius=r)]
         r_in = 0
         if kind == "ring":
-            r_in = _frac(rng, 0.35, 0.85, r)
+            r_in = _frac(rng, 0.35, 0.95, r)
             loops.append(Loop(c, radius=r_in))
         round_pad = (c[0], c[1], r, r_in)
         s = r * 0.7
@@ -317,6 +331,13 @@ def _base(rng, w) -> tuple[Sketch, list[Pad], bool]:
     elif kind == "stepped":
         loop, rects = _stepped(rng, *region)
         loops = [loop]
+    elif kind == "frame":  # a thin-walled rectangular tube or open box
+        t = int(rng.integers(2, max(3, min(x1, y1) // 8)))
+        loops = [_rect(*region), _rect(t, t, x1 - t, y1 - t)]
+        rects = [(0, 0, x1, t), (0, y1 - t, x1, y1), (0, t, t, y1 - t), (x1 - t, t, x1, y1 - t)]
+    elif kind == "chamfered":
+        loops = [_chamfered(rng, *region)]
+        rects = [(x1 * 0.3, y1 * 0.3, x1 * 0.7, y1 * 0.7)]
     elif kind == "polygon":
         loops = [_polygon(rng, *region)]
         rects = [(x1 * 0.3, y1 * 0.3, x1 * 0.7, y1 * 0.7)]
@@ -453,7 +474,8 @@ def _boss(rng, part: _Part, stack: bool) -> list[tuple]:
     if made is not None:  # the new pad of a round boss: the square inscribed in it
         s = made[2] * 0.7
         rect = (made[0] - s, made[1] - s, made[0] + s, made[1] + s)
-    h = _height(rng, pad)
+    pts = np.array([p for loop in loops for p in loop.points()])
+    h = min(_height(rng, pad), max(3, int(3 * np.ptp(pts, axis=0).max())))  # no needles on small bosses
     if not on_top:  # under the first body: nothing is referenced to its face later
         return [(_on_top(loops, pad.z0, -h, "union"), None)]
     pad.covered = True

@@ -291,7 +291,9 @@ def _base_depth(rng, kind) -> int:
     thin, thick, long = {"rect": (0.45, 0.4, 0.15), "circle": (0.4, 0.45, 0.15), "L": (0.3, 0.45, 0.25),
                          "T": (0.3, 0.45, 0.25), "U": (0.3, 0.45, 0.25), "ring": (0.3, 0.6, 0.1)}.get(kind, (0.6, 0.4, 0.0))
     choice = _pick(rng, {"thin": thin, "thick": thick, "long": long})
-    lo, hi = {"thin": (4, 40), "thick": (40, 220), "long": (256, 900)}[choice]
+    if choice == "long":  # rods and beams up to ten times longer than their section (log-uniform)
+        return int(round(math.exp(rng.uniform(math.log(256), math.log(2500)))))
+    lo, hi = {"thin": (4, 40), "thick": (40, 220)}[choice]
     return int(rng.integers(lo, hi))
 
 

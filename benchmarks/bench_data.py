@@ -4,8 +4,10 @@
 
 Prints two tables: milliseconds per stage, each draw run in a freshly forked child of a warm
 process exactly as the executor runs it (so per-process set-up, such as GL context creation, shows
-where it is paid), and end-to-end samples/s through the executor with N workers. Numbers depend on
-machine load: say what else was running.
+where it is paid), with the CPU time of those children (user + system), and end-to-end samples/s
+through the executor with N workers. Wall-clock numbers depend on machine load: say what else was
+running. The CPU time per accepted draw gives the throughput one free core would reach, which a
+loaded machine does not change much.
 """
 from __future__ import annotations
 
@@ -54,8 +56,9 @@ def _stages(code: str) -> dict:
     return times
 
 
-def _in_fork(code: str) -> dict:
-    """_stages(code) in a forked child, as the executor's workers run each program."""
+def _in_fork(code: str) -> tuple[dict, float]:
+    """_stages(code) in a forked child, as the executor's workers run each program, and the child's
+    CPU seconds (user + system)."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -69,8 +72,8 @@ def _in_fork(code: str) -> dict:
     os.close(write_fd)
     with os.fdopen(read_fd, "rb") as f:
         out = json.loads(f.read() or b"{}")
-    os.waitpid(pid, 0)
-    return out
+    _, _, usage = os.wait4(pid, 0)
+    return out, usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -96,8 +99,11 @@ def main() -> None:
 
     _warm_up()  # the executor worker's state before it forks
     t = time.perf_counter()
-    stages = [_in_fork(code) for code in codes]
+    forked = [_in_fork(code) for code in codes]
     t_fork = (time.perf_counter() - t) / args.n
+    stages = [times for times, _ in forked]
+    cpu = np.array([seconds for _, seconds in forked])
+    finished = np.array(["png" in times for times in stages])  # accepted and rendered
 
     with Executor(workers=args.workers, preload=("img2cq.render",)) as ex:
         ex.run("import cadquery as cq\nsolid = cq.Workplane().box(1, 1, 1)\n")  # workers warm
@@ -113,6 +119,11 @@ def main() -> None:
         if len(ms):
             print(f"{name:<34} {len(ms):>5} {ms.mean():>8.1f} {np.median(ms):>8.1f} {np.percentile(ms, 90):>8.1f}")
     print(f"{'fork + all stages, per draw':<34} {args.n:>5} {t_fork * 1e3:>8.1f}")
+    print(f"{'CPU of the forked child, per draw':<34} {args.n:>5} {cpu.mean() * 1e3:>8.1f} "
+          f"{np.median(cpu) * 1e3:>8.1f} {np.percentile(cpu, 90) * 1e3:>8.1f}")
+    if finished.any():
+        print(f"accepted samples per CPU-second of the children (one free core): "
+              f"{finished.sum() / cpu.sum():.1f}")
     print()
     print(f"{f'executor end-to-end, {args.workers} workers':<44} {'value':>10}")
     print(f"{'draws/s':<44} {args.n / wall:>10.1f}")

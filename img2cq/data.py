@@ -339,8 +339,8 @@ def stream_samples(seed: int, workers: int = 2, split: str = "train", start: int
             executor.close()
 
 
-def make_contact_sheet(jsonl_path: str | Path, out_path: str | Path, n: int = 16, seed: int = 0,
-                       tile: int = 224, columns: int = 4) -> None:
+def make_contact_sheet(jsonl_path: str | Path, out_path: str | Path, n: int = 48, seed: int = 0,
+                       tile: int = 224, columns: int = 8) -> None:
     """Grid of n random rows' images, each captioned with its program's first plane and loop lines."""
     from PIL import Image, ImageDraw
 

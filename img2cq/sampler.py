@@ -1,16 +1,19 @@
 """Procedural sampler of GenCAD-Code style CadQuery programs (DeepCAD sketch-and-extrude).
 
-The real dataset cannot be downloaded here, so training data is drawn from this sampler. A part is
-designed in the frame of its first sketch (that sketch's normal is local +Z); later sketches sit on
-faces of the part's bounding box (bosses, pockets, through holes, trims) with axis-aligned local
-normals; bosses are placed only where they meet the first body's material, not over its holes or
-notches. The whole part is then rotated into the world by the first sketch's plane, centred and
-scaled into about [-0.75, 0.75], and printed exactly in the GenCAD-Code style:
-plane vectors come from DeepCAD's polar rotations (and keep their float noise), sketch coordinates
-are integers on a 256-level grid times the sketch scale, numbers are Python float reprs.
+The model is trained on programs drawn here, so parts are designed the way DeepCAD (Onshape) parts
+are: a first sketch (plate, block, rounded rectangle, cylinder, ring, bolt-circle disc, slot, L/T/U
+section, ...) defines the part; every later sketch is referenced to what exists. It sits flush on a
+face of the body (the top or bottom of a pad of material, or a side face of the part's box), its
+profile is centred, concentric, flush with an edge or in a symmetric pattern, and its extrusion goes
+exactly through the part, exactly onto the face below, or a height related to the body's. Parts
+are built on an integer grid in the first sketch's frame (normal local +Z), rotated into the world
+by that sketch's plane, normalised as DeepCAD does (the first sketch plane through the origin, the
+part within [-0.75, 0.75]) and printed exactly in the GenCAD-Code style: plane vectors come from
+DeepCAD's polar rotations (and keep their float noise), every sketch's origin is the corner of its
+own profile, numbers are Python float reprs. As in the real data, sketch normals are +Z, -Y, +X or
++Y (the direction of an extrusion is its sign), and intersect is not used.
 
-See /work/shared/reference/gencad-code.md for the style this matches, and DATASET.md for measured
-statistics.
+DATASET.md has the statistics of this sampler next to the real dataset's (`python -m img2cq.fidelity`).
 """
 from __future__ import annotations
 
@@ -21,30 +24,29 @@ import numpy as np
 
 # Tunable weights. Every key can be overridden through sample_program(rng, weights={...}).
 DEFAULT_WEIGHTS: dict[str, dict] = {
-    # number of sketches (a little over half the parts are one sketch + one extrude)
-    "n_sketches": {1: 0.57, 2: 0.17, 3: 0.1, 4: 0.07, 5: 0.04, 6: 0.025, 7: 0.0125, 8: 0.0125},
-    # normal of the first sketch in the world (the part's "up"); +Z most, then -Y, then +X
-    "base_normal": {"+Z": 0.46, "-Y": 0.2, "+X": 0.12, "-Z": 0.05, "+Y": 0.05, "-X": 0.04, "tilted": 0.08},
+    # number of sketches (about 63% of real parts are one sketch + one extrude)
+    "n_sketches": {1: 0.63, 2: 0.17, 3: 0.08, 4: 0.06, 5: 0.03, 6: 0.015, 7: 0.0075, 8: 0.0075},
+    # world normal of the first sketch (the part's "up"); tilted planes are rare and single-sketch
+    "base_normal": {"+Z": 0.53, "-Y": 0.31, "+X": 0.12, "+Y": 0.02, "tilted": 0.02},
     # profile of the first sketch
-    "base_profile": {"plate": 0.24, "block": 0.1, "rounded_plate": 0.06, "cylinder": 0.1, "ring": 0.08,
-                     "disc_holes": 0.05, "slot": 0.06, "polygon": 0.05, "L": 0.07, "T": 0.04, "U": 0.04,
-                     "arc_profile": 0.06, "bracket": 0.04},
-    # what a later sketch does to the part
-    "feature": {"boss": 0.62, "pocket": 0.08, "through": 0.16, "intersect": 0.02, "stack": 0.12},
-    # profile of a later sketch (bosses, pockets, holes)
-    "feature_profile": {"rect": 0.25, "circle": 0.45, "ring": 0.05, "rounded_rect": 0.06, "slot": 0.07,
-                        "polygon": 0.04, "holes": 0.08},
-    # face of the part's box a later sketch sits on, in the part frame
-    "face": {"+Z": 0.6, "-Z": 0.12, "+X": 0.07, "-X": 0.07, "+Y": 0.07, "-Y": 0.07},
-    "both_prob": 0.2,        # share of symmetric extrusions, extrude(d, both=True)
+    "base_profile": {"rect": 0.22, "rounded_rect": 0.1, "circle": 0.12, "ring": 0.07, "disc_holes": 0.02,
+                     "slot": 0.04, "L": 0.09, "T": 0.04, "U": 0.06, "polygon": 0.03, "arc_profile": 0.05,
+                     "stepped": 0.05, "frame": 0.04, "chamfered": 0.07},
+    # what a later sketch does: unions (boss, stack, extend, side_boss) and cuts (the rest)
+    "feature": {"boss": 0.17, "stack": 0.2, "extend": 0.15, "side_boss": 0.11,
+                "hole": 0.15, "pocket": 0.08, "notch": 0.08, "side_hole": 0.06},
+    # world normal of a sketch on a side face, among those perpendicular to the first sketch's
+    "side_normal": {"+Z": 0.5, "-Y": 0.3, "+X": 0.15, "+Y": 0.05},
+    "both_prob": 0.1,         # share of symmetric first extrusions, extrude(d, both=True)
+    "negative_prob": 0.08,    # share of first extrusions with a negative depth
+    "split_pattern_prob": 0.3,  # a hole pattern drawn one sketch per hole, where the sketch budget allows
 }
 
 # DeepCAD polar angles (theta, phi) of each axis-aligned normal.
 _AXIS_ANGLES = {"+Z": (0.0, 0.0), "-Z": (math.pi, 0.0), "+X": (math.pi / 2, 0.0), "-X": (math.pi / 2, math.pi),
                 "+Y": (math.pi / 2, math.pi / 2), "-Y": (math.pi / 2, -math.pi / 2)}
-_AXIS_VECTORS = {"+Z": (0, 0, 1), "-Z": (0, 0, -1), "+X": (1, 0, 0), "-X": (-1, 0, 0),
-                 "+Y": (0, 1, 0), "-Y": (0, -1, 0)}
-GRID = 256  # DeepCAD quantises sketches to 256 levels
+ALLOWED_NORMALS = ("+Z", "-Y", "+X", "+Y")  # the only sketch normals of real GenCAD-Code parts
+GRID = 256  # DeepCAD quantises sketches to 256 levels: the first sketch's longer side spans GRID
 
 
 def polar_frame(theta: float, phi: float, gamma: float) -> tuple[np.ndarray, np.ndarray]:
@@ -58,12 +60,19 @@ def polar_frame(theta: float, phi: float, gamma: float) -> tuple[np.ndarray, np.
     return normal, ref_x * math.cos(gamma) + ref_y * math.sin(gamma)
 
 
+def axis_key(v) -> str:
+    """'+Z', '-Y', ... for an axis-aligned vector, else 'tilted'."""
+    v = np.asarray(v, dtype=float)
+    axis = int(np.argmax(np.abs(v)))
+    return ("+" if v[axis] > 0 else "-") + "XYZ"[axis] if abs(abs(v[axis]) - 1) < 1e-6 else "tilted"
+
+
 # ----------------------------------------------------------------------------------------------
-# Intermediate representation: loops on the integer sketch grid, sketches on planes.
+# Intermediate representation: loops on the integer grid, sketches on planes (part frame, grid units).
 
 @dataclass
 class Loop:
-    """A closed loop on the sketch grid: a circle, or a path of ("line", p) / ("arc", mid, end)."""
+    """A closed loop: a circle, or a path of ("line", p) / ("arc", mid, end) segments."""
     start: tuple[float, float]
     segments: list = field(default_factory=list)
     radius: float | None = None   # set for circles (start is then the centre)
@@ -74,29 +83,46 @@ class Loop:
             return [(x - r, y - r), (x + r, y + r)]
         return [self.start] + [p for seg in self.segments for p in seg[1:]]
 
+    def shifted(self, dx: float, dy: float) -> "Loop":
+        move = lambda p: (p[0] + dx, p[1] + dy)
+        return Loop(move(self.start), [(seg[0], *map(move, seg[1:])) for seg in self.segments], self.radius)
+
 
 @dataclass
 class Sketch:
-    origin: np.ndarray      # part frame
-    x_dir: np.ndarray       # part frame
-    normal: np.ndarray      # part frame
-    angles: tuple           # (theta, phi, gamma) of the plane in the part frame
-    scale: float            # part units per GRID grid steps
+    """One sketch and its extrusion, in the part frame (grid units); depth is signed along the normal."""
+    origin: np.ndarray
+    x_dir: np.ndarray
+    normal: np.ndarray
     loops: list[Loop]
-    depth: int              # extrusion depth in grid steps
-    both: bool
-    op: str                 # "union" | "cut" | "intersect" (ignored for the first sketch)
-    embed: float = 0.0      # how far the sketch plane lies inside the body (bosses), part units
+    depth: float
+    both: bool = False
+    op: str = "union"        # "union" | "cut" (ignored for the first sketch)
 
     def corners(self) -> np.ndarray:
-        """Part-frame points bounding the extruded sketch (used for the part's box)."""
+        """Part-frame points bounding the extruded sketch."""
         y_dir = np.cross(self.normal, self.x_dir)
-        unit = self.scale / GRID
-        pts2 = np.array([p for loop in self.loops for p in loop.points()], dtype=float) * unit
+        pts2 = np.array([p for loop in self.loops for p in loop.points()], dtype=float)
         base = self.origin + pts2[:, :1] * self.x_dir + pts2[:, 1:] * y_dir
-        d = self.depth * unit
-        lo = -d if self.both else 0.0
-        return np.concatenate([base + lo * self.normal, base + d * self.normal])
+        lo, hi = (-abs(self.depth), abs(self.depth)) if self.both else sorted((0.0, self.depth))
+        return np.concatenate([base + lo * self.normal, base + hi * self.normal])
+
+
+@dataclass
+class Pad:
+    """A flat-topped block of material that later sketches sit on: a rectangle of the first sketch's
+    grid, its bottom and top heights along the first sketch's normal, and, for round pads, the
+    circle (cx, cy, r, inner r) its features are concentric with."""
+    rect: tuple[int, int, int, int]
+    z0: float
+    z1: float
+    circle: tuple | None = None
+    holed: bool = False      # it has holes or pockets: a centred boss could sit over one
+    covered: bool = False    # something stands on its top: cuts from there would hide under it
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.rect[2] - self.rect[0], self.rect[3] - self.rect[1]
 
 
 def _pick(rng: np.random.Generator, table: dict):
@@ -105,363 +131,534 @@ def _pick(rng: np.random.Generator, table: dict):
     return keys[rng.choice(len(keys), p=p / p.sum())]
 
 
+def _frac(rng, lo: float, hi: float, n: float) -> int:
+    """An integer fraction of n, at least 1."""
+    return max(1, int(round(n * rng.uniform(lo, hi))))
+
+
 # ----------------------------------------------------------------------------------------------
-# 2D profiles on an integer grid region (x0, y0, x1, y1). Each returns (loops, safe) where safe is a
-# list of grid rectangles inside the solid area, usable for holes.
+# 2D profiles on a grid region (x0, y0, x1, y1)
 
 def _poly(points) -> Loop:
     """Closed polyline; close() draws the last edge back to the start, as in GenCAD-Code."""
     return Loop(tuple(points[0]), [("line", tuple(p)) for p in points[1:]])
 
 
-def _rect(x0, y0, x1, y1):
-    return [_poly([(x1, y0), (x1, y1), (x0, y1), (x0, y0)])], [(x0, y0, x1, y1)]
+def _rect(x0, y0, x1, y1) -> Loop:
+    return _poly([(x0, y0), (x1, y0), (x1, y1), (x0, y1)])
 
 
-def _rounded_rect(rng, x0, y0, x1, y1):
-    r = int(rng.integers(4, max(5, min(x1 - x0, y1 - y0) // 3)))  # r >= 4 keeps rounded arc midpoints off the chord
+def _rounded_rect(rng, x0, y0, x1, y1) -> tuple[Loop, int]:
+    """Rectangle with equal rounded corners; returns the loop and the corner radius."""
+    r = int(rng.integers(2, max(3, min(x1 - x0, y1 - y0) // 3)))
     c = r * (1 - math.sqrt(0.5))  # arc midpoint offset from the corner
-    m = lambda v: float(round(v))
     loop = Loop((x0 + r, y0), [
-        ("line", (x1 - r, y0)), ("arc", (m(x1 - c), m(y0 + c)), (x1, y0 + r)),
-        ("line", (x1, y1 - r)), ("arc", (m(x1 - c), m(y1 - c)), (x1 - r, y1)),
-        ("line", (x0 + r, y1)), ("arc", (m(x0 + c), m(y1 - c)), (x0, y1 - r)),
-        ("line", (x0, y0 + r)), ("arc", (m(x0 + c), m(y0 + c)), (x0 + r, y0))])
-    return [loop], [(x0 + r // 2, y0 + r // 2, x1 - r // 2, y1 - r // 2)]
+        ("line", (x1 - r, y0)), ("arc", (x1 - c, y0 + c), (x1, y0 + r)),
+        ("line", (x1, y1 - r)), ("arc", (x1 - c, y1 - c), (x1 - r, y1)),
+        ("line", (x0 + r, y1)), ("arc", (x0 + c, y1 - c), (x0, y1 - r)),
+        ("line", (x0, y0 + r)), ("arc", (x0 + c, y0 + c), (x0 + r, y0))])
+    return loop, r
 
 
-def _slot(x0, y0, x1, y1):
+def _slot(x0, y0, x1, y1) -> Loop:
+    """Stadium along the region's longer side."""
     w, h = x1 - x0, y1 - y0
     if w >= h:
-        r, cy = h // 2, y0 + h // 2
-        loop = Loop((x0 + r, y0 + 0), [("line", (x1 - r, y0)), ("arc", (x1, cy), (x1 - r, y0 + 2 * r)),
-                                        ("line", (x0 + r, y0 + 2 * r)), ("arc", (x0, cy), (x0 + r, y0))])
-        return [loop], [(x0 + r, y0, x1 - r, y0 + 2 * r)]
-    r, cx = w // 2, x0 + w // 2
-    loop = Loop((x0 + 2 * r, y0 + r), [("line", (x0 + 2 * r, y1 - r)), ("arc", (cx, y1), (x0, y1 - r)),
-                                        ("line", (x0, y0 + r)), ("arc", (cx, y0), (x0 + 2 * r, y0 + r))])
-    return [loop], [(x0, y0 + r, x0 + 2 * r, y1 - r)]
+        r, cy = h / 2, y0 + h / 2
+        return Loop((x0 + r, y0), [("line", (x1 - r, y0)), ("arc", (x1, cy), (x1 - r, y1)),
+                                   ("line", (x0 + r, y1)), ("arc", (x0, cy), (x0 + r, y0))])
+    r, cx = w / 2, x0 + w / 2
+    return Loop((x1, y0 + r), [("line", (x1, y1 - r)), ("arc", (cx, y1), (x0, y1 - r)),
+                               ("line", (x0, y0 + r)), ("arc", (cx, y0), (x1, y0 + r))])
 
 
-def _circle(x0, y0, x1, y1):
-    r = min(x1 - x0, y1 - y0) // 2
-    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
-    s = int(r * 0.7)
-    return [Loop((cx, cy), radius=r)], [(cx - s, cy - s, cx + s, cy + s)]
-
-
-def _ring(rng, x0, y0, x1, y1):
-    loops, _ = _circle(x0, y0, x1, y1)
-    r = loops[0].radius
-    loops.append(Loop(loops[0].start, radius=int(r * rng.uniform(0.3, 0.8))))
-    return loops, []
-
-
-def _polygon(rng, x0, y0, x1, y1):
-    n = int(rng.integers(3, 9))
+def _polygon(rng, x0, y0, x1, y1) -> Loop:
+    n = int(rng.choice([3, 5, 6, 6, 8]))
     r = min(x1 - x0, y1 - y0) / 2
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    a0 = rng.choice([0.0, math.pi / n, math.pi / 2])
-    pts = [(round(cx + r * math.cos(a0 + 2 * math.pi * i / n)), round(cy + r * math.sin(a0 + 2 * math.pi * i / n)))
-           for i in range(n)]
-    s = int(r * 0.45)
-    return [_poly(pts)], [(int(cx) - s, int(cy) - s, int(cx) + s, int(cy) + s)]
+    a0 = float(rng.choice([0.0, math.pi / n, math.pi / 2]))
+    return _poly([(round(cx + r * math.cos(a0 + 2 * math.pi * i / n)), round(cy + r * math.sin(a0 + 2 * math.pi * i / n)))
+                  for i in range(n)])
 
 
-def _letter(rng, kind, x0, y0, x1, y1):
-    """L, T and U profiles with arm thickness t."""
+def _letter(rng, kind, x0, y0, x1, y1) -> tuple[Loop, list]:
+    """L, T and U sections with arm thickness t; returns the loop and its arms (material rectangles)."""
     w, h = x1 - x0, y1 - y0
-    t = int(rng.integers(max(4, min(w, h) // 6), max(5, min(w, h) // 2)))
+    thin = rng.random() < 0.35  # sheet-metal sections
+    t = int(rng.integers(2, max(3, min(w, h) // 10))) if thin else int(rng.integers(max(4, min(w, h) // 6), max(5, min(w, h) // 2)))
     if kind == "L":
-        pts = [(x1, y0), (x1, y0 + t), (x0 + t, y0 + t), (x0 + t, y1), (x0, y1), (x0, y0)]
-        safe = [(x0 + t, y0, x1, y0 + t), (x0, y0 + t, x0 + t, y1)]
+        pts = [(x0, y0), (x1, y0), (x1, y0 + t), (x0 + t, y0 + t), (x0 + t, y1), (x0, y1)]
+        arms = [(x0, y0, x1, y0 + t), (x0, y0 + t, x0 + t, y1)]
     elif kind == "T":
         a, b = x0 + (w - t) // 2, x0 + (w + t) // 2
-        pts = [(x1, y1 - t), (x1, y1), (x0, y1), (x0, y1 - t), (a, y1 - t), (a, y0), (b, y0), (b, y1 - t)]
-        safe = [(x0, y1 - t, x1, y1), (a, y0, b, y1 - t)]
+        pts = [(a, y0), (b, y0), (b, y1 - t), (x1, y1 - t), (x1, y1), (x0, y1), (x0, y1 - t), (a, y1 - t)]
+        arms = [(x0, y1 - t, x1, y1), (a, y0, b, y1 - t)]
     else:
-        pts = [(x1, y0), (x1, y1), (x1 - t, y1), (x1 - t, y0 + t), (x0 + t, y0 + t), (x0 + t, y1), (x0, y1), (x0, y0)]
-        safe = [(x0, y0, x1, y0 + t), (x0, y0 + t, x0 + t, y1), (x1 - t, y0 + t, x1, y1)]
-    return [_poly(pts)], safe
+        pts = [(x0, y0), (x1, y0), (x1, y1), (x1 - t, y1), (x1 - t, y0 + t), (x0 + t, y0 + t), (x0 + t, y1), (x0, y1)]
+        arms = [(x0, y0, x1, y0 + t), (x0, y0 + t, x0 + t, y1), (x1 - t, y0 + t, x1, y1)]
+    return _poly(pts), arms
 
 
-def _arc_profile(rng, x0, y0, x1, y1):
-    """Rectangle-like outline with one or two sides bulged into arcs (lines and arcs)."""
+def _stepped(rng, x0, y0, x1, y1) -> tuple[Loop, list]:
+    """A staircase section: 2-3 steps of equal rise; returns the loop and the steps (rectangles)."""
+    n = int(rng.integers(2, 4))
+    w, h = x1 - x0, y1 - y0
+    xs = [x0] + [x0 + round(w * (i + 1) / n) for i in range(n - 1)] + [x1]
+    tops = [y1 - round(h * i / n) for i in range(n)]
+    pts = [(x0, y0), (x1, y0)]
+    for i in reversed(range(n)):
+        pts += [(xs[i + 1], tops[i]), (xs[i], tops[i])]
+    return _poly(pts), [(xs[i], y0, xs[i + 1], tops[i]) for i in range(n)]
+
+
+def _chamfered(rng, x0, y0, x1, y1) -> Loop:
+    """A rectangle with one or two top corners chamfered, or a trapezoid (wedges, ramps)."""
+    w, h = x1 - x0, y1 - y0
+    a, b = _frac(rng, 0.2, 0.6, w), _frac(rng, 0.2, 0.9, h)
+    kind = _pick(rng, {"one": 0.5, "two": 0.3, "trapezoid": 0.2})
+    if kind == "one":
+        return _poly([(x0, y0), (x1, y0), (x1, y1 - b), (x1 - a, y1), (x0, y1)])
+    if kind == "two":
+        a, b = min(a, w // 2 - 1), b
+        return _poly([(x0, y0), (x1, y0), (x1, y1 - b), (x1 - a, y1), (x0 + a, y1), (x0, y1 - b)])
+    return _poly([(x0, y0), (x1, y0), (x1 - a // 2, y1), (x0 + a // 2, y1)])
+
+
+def _arc_profile(rng, x0, y0, x1, y1) -> Loop:
+    """A rectangle with its top side bulged into an arc (a tombstone), sometimes the bottom too."""
     w, h = x1 - x0, y1 - y0
     b = int(rng.integers(max(2, h // 8), max(3, h // 3)))
-    top = [("arc", ((x0 + x1) // 2, y1), (x0, y1 - b))]
-    segs = [("line", (x1, y1 - b))] + top + [("line", (x0, y0 + b))]
-    if rng.random() < 0.5:
-        segs.append(("arc", ((x0 + x1) // 2, y0), (x1, y0 + b)))
-    else:
-        segs += [("line", (x0 + w // 4, y0)), ("line", (x1 - w // 4, y0))]
-    return [Loop((x1, y0 + b), segs)], [(x0 + w // 4, y0 + b, x1 - w // 4, y1 - b)]
+    segs = [("line", (x1, y1 - b)), ("arc", ((x0 + x1) / 2, y1), (x0, y1 - b)), ("line", (x0, y0 + b))]
+    if rng.random() < 0.4:
+        segs.append(("arc", ((x0 + x1) / 2, y0), (x1, y0 + b)))
+        return Loop((x1, y0 + b), segs)
+    return Loop((x1, y0), segs + [("line", (x0, y0))])
 
 
-def _holes(rng, safe) -> list[Loop]:
-    """Holes inside one safe rectangle: one, a row, four corners or a grid."""
-    if not safe:
-        return []
-    x0, y0, x1, y1 = safe[rng.integers(len(safe))]
+def _hole_pattern(rng, rect, round_pad=None, max_r: float | None = None) -> list[Loop]:
+    """Holes of equal radius in a symmetric pattern: one centred (concentric on a round pad), a row
+    of two, four in the corners with equal margins, or a bolt circle on a round pad."""
+    if round_pad is not None:
+        cx, cy, r, r_in = round_pad
+        if rng.random() < 0.3 or r_in:
+            n = int(rng.choice([3, 4, 4, 6, 6, 8]))
+            rr = (r + r_in) / 2 if r_in else r * rng.uniform(0.55, 0.72)
+            hole = min((r - rr) * 0.6, rr * math.sin(math.pi / n) * 0.6, max_r or 1e9)
+            if hole < 2:
+                return []
+            hole = _frac(rng, 0.5, 1.0, hole)
+            a0 = float(rng.choice([0.0, math.pi / n]))
+            return [Loop((cx + rr * math.cos(a0 + 2 * math.pi * i / n), cy + rr * math.sin(a0 + 2 * math.pi * i / n)),
+                         radius=hole) for i in range(n)]
+        return [Loop((cx, cy), radius=_frac(rng, 0.15, 0.5, min(r, max_r or r)))]
+    x0, y0, x1, y1 = rect
     w, h = x1 - x0, y1 - y0
-    if min(w, h) < 8:
-        return []
-    pattern = _pick(rng, {"one": 0.5, "row": 0.2, "corners": 0.22, "grid": 0.08})
-    nx, ny = {"one": (1, 1), "corners": (2, 2), "grid": (int(rng.integers(2, 4)), 2)}.get(
-        pattern, (int(rng.integers(2, 4)), 1) if w >= h else (1, int(rng.integers(2, 4))))
-    pitch = min(w / nx, h / ny)
-    r = int(rng.integers(1, max(2, int(pitch * 0.35))) + 1)
-    if r * 2 + 2 > pitch:
-        return []
-    xs = [round(x0 + w * (i + 0.5) / nx) for i in range(nx)]
-    ys = [round(y0 + h * (j + 0.5) / ny) for j in range(ny)]
-    return [Loop((x, y), radius=r) for x in xs for y in ys]
-
-
-def _profile(rng, kind, region):
-    x0, y0, x1, y1 = region
-    if kind in ("plate", "block", "rect"):
-        loops, safe = _rect(*region)
-    elif kind in ("rounded_plate", "rounded_rect"):
-        loops, safe = _rounded_rect(rng, *region)
-    elif kind == "slot":
-        loops, safe = _slot(*region)
-    elif kind in ("cylinder", "circle", "disc_holes"):
-        loops, safe = _circle(*region)
-    elif kind == "holes":
-        loops, safe = _holes(rng, [region]) or _circle(*region)[0], []
-    elif kind == "ring":
-        loops, safe = _ring(rng, *region)
-    elif kind == "polygon":
-        loops, safe = _polygon(rng, *region)
-    elif kind in ("L", "T", "U", "bracket"):
-        loops, safe = _letter(rng, "L" if kind == "bracket" else kind, *region)
-    elif kind == "arc_profile":
-        loops, safe = _arc_profile(rng, *region)
+    short = min(w, h)
+    pattern = _pick(rng, {"one": 0.62, "row": 0.2, "corners": 0.16, "grid": 0.02})
+    if pattern == "one" or short < 12:
+        r = short * rng.uniform(0.1, 0.35)
+        centres = [(x0 + w / 2, y0 + h / 2)]
     else:
-        raise ValueError(f"unknown profile kind {kind!r}")
-    if kind == "disc_holes":
-        c, r = loops[0].start, loops[0].radius
-        n, rr = int(rng.integers(3, 7)), r * rng.uniform(0.55, 0.75)
-        hole = max(2, int(min(r * 0.15, rr * math.sin(math.pi / n) * 0.6)))
-        a0 = rng.choice([0.0, math.pi / n])
-        loops += [Loop((round(c[0] + rr * math.cos(a0 + 2 * math.pi * i / n)),
-                        round(c[1] + rr * math.sin(a0 + 2 * math.pi * i / n))), radius=hole) for i in range(n)]
-        if rng.random() < 0.5:
-            loops.append(Loop(c, radius=max(2, int(r * rng.uniform(0.15, 0.35)))))
-    elif kind in ("plate", "rounded_plate", "bracket", "polygon") and rng.random() < 0.3 or \
-            kind in ("L", "T", "U", "arc_profile", "block", "slot") and rng.random() < 0.2:
-        loops += _holes(rng, safe)
-    elif kind == "rect" and rng.random() < 0.1:
-        loops += _holes(rng, safe)
-    return loops
+        m = short * rng.uniform(0.15, 0.3)
+        r = m * rng.uniform(0.35, 0.7)
+        if pattern == "row":
+            centres = [(x0 + m, y0 + h / 2), (x1 - m, y0 + h / 2)] if w >= h else [(x0 + w / 2, y0 + m), (x0 + w / 2, y1 - m)]
+        elif pattern == "corners":
+            centres = [(x0 + m, y0 + m), (x1 - m, y0 + m), (x0 + m, y1 - m), (x1 - m, y1 - m)]
+        else:
+            xs = np.linspace(x0 + m, x1 - m, 3 if w >= h else 2)
+            ys = np.linspace(y0 + m, y1 - m, 2 if w >= h else 3)
+            centres = [(float(x), float(y)) for y in ys for x in xs]
+    r = int(min(r, max_r or r))
+    return [Loop(c, radius=r) for c in centres] if r >= 2 else []
 
 
 # ----------------------------------------------------------------------------------------------
-# Where a profile has material: used to put bosses only on the first body's material (a boss over a
-# hole or a notch would float free and the draw would be rejected as disconnected).
+# The first sketch
 
-def _loop_polygon(loop: Loop) -> np.ndarray:
-    """A loop as a closed polygon on the grid; an arc becomes its two chords through the midpoint.
-    Every arc this sampler draws bulges outwards, so this only shrinks the material a little."""
-    if loop.radius is not None:
-        a = np.linspace(0.0, 2 * math.pi, 16, endpoint=False)
-        return np.column_stack([loop.start[0] + loop.radius * np.cos(a), loop.start[1] + loop.radius * np.sin(a)])
-    return np.array([loop.start] + [p for seg in loop.segments for p in seg[1:]], dtype=float)
-
-
-def _material(loops: list[Loop], pts: np.ndarray) -> np.ndarray:
-    """Boolean per grid point (n, 2): inside the profile's material (even-odd over all its loops)."""
-    count = np.zeros(len(pts), dtype=int)
-    x, y = pts[:, :1], pts[:, 1:]
-    for loop in loops:
-        a = _loop_polygon(loop)
-        b = np.roll(a, -1, axis=0)
-        crosses = (a[:, 1] > y) != (b[:, 1] > y)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            x_cross = a[:, 0] + (y - a[:, 1]) * (b[:, 0] - a[:, 0]) / (b[:, 1] - a[:, 1])
-        count += (crosses & (x < x_cross)).sum(axis=1)
-    return count % 2 == 1
-
-
-def _material_points(loops: list[Loop], n: int = 9) -> np.ndarray:
-    """Grid points (k, 2) on an n x n lattice over the loops' box that lie in the profile's material."""
-    pts = np.array([p for loop in loops for p in loop.points()], dtype=float)
-    (x0, y0), (x1, y1) = pts.min(axis=0), pts.max(axis=0)
-    lattice = np.array([(x, y) for x in np.linspace(x0, x1, n + 2)[1:-1] for y in np.linspace(y0, y1, n + 2)[1:-1]])
-    return lattice[_material(loops, lattice)]
-
-
-def _attached(base: Sketch, feat: Sketch, min_share: float = 0.25) -> bool:
-    """Whether at least min_share of the feature's footprint, halfway through the layer where it is
-    embedded in the part, lies in the first body's material."""
-    uv = _material_points(feat.loops) * (feat.scale / GRID)
-    if not len(uv):
-        return False
-    y_dir = np.cross(feat.normal, feat.x_dir)
-    pts = feat.origin + uv[:, :1] * feat.x_dir + uv[:, 1:] * y_dir + feat.embed / 2 * feat.normal - base.origin
-    unit = base.scale / GRID
-    base_y = np.cross(base.normal, base.x_dir)
-    height = pts @ base.normal
-    depth = base.depth * unit
-    in_height = (height > (-depth if base.both else 0.0)) & (height < depth)
-    in_profile = _material(base.loops, np.column_stack([pts @ base.x_dir, pts @ base_y]) / unit)
-    return bool(np.mean(in_height & in_profile) >= min_share)
-
-
-# ----------------------------------------------------------------------------------------------
-# Part assembly
-
-def _aspect_region(rng, kind) -> tuple[int, int, int, int]:
+def _base_region(rng, kind) -> tuple[int, int, int, int]:
     """Grid region of the first sketch; its longer side spans the whole grid."""
-    if kind in ("cylinder", "ring", "disc_holes", "polygon"):
+    if kind in ("circle", "ring", "disc_holes", "polygon"):
         return (0, 0, GRID, GRID)
-    short = int(GRID * rng.uniform(0.25, 1.0)) if kind != "slot" else int(GRID * rng.uniform(0.2, 0.5))
+    lo = {"slot": (0.2, 0.5), "L": (0.4, 1.0), "T": (0.4, 1.0), "U": (0.4, 1.0)}.get(kind, (0.2, 1.0))
+    short = 2 * (int(GRID * rng.uniform(*lo)) // 2)
     return (0, 0, GRID, short) if rng.random() < 0.7 else (0, 0, short, GRID)
 
 
 def _base_depth(rng, kind) -> int:
-    """Extrusion depth of the first sketch, in grid steps: plates are thin, cylinders tall."""
-    lo, hi = {"plate": (6, 40), "rounded_plate": (6, 40), "disc_holes": (10, 60), "bracket": (10, 60),
-              "cylinder": (30, 400), "ring": (20, 200), "block": (60, 260)}.get(kind, (15, 160))
+    """Extrusion depth of the first sketch in grid steps: plates thin, blocks and cylinders thick,
+    and some long extruded sections (rods, beams) as in the real data."""
+    thin, thick, long = {"rect": (0.45, 0.4, 0.15), "circle": (0.4, 0.45, 0.15), "L": (0.3, 0.45, 0.25),
+                         "T": (0.3, 0.45, 0.25), "U": (0.3, 0.45, 0.25), "ring": (0.3, 0.6, 0.1)}.get(kind, (0.6, 0.4, 0.0))
+    choice = _pick(rng, {"thin": thin, "thick": thick, "long": long})
+    if choice == "long":  # rods and beams up to ten times longer than their section (log-uniform)
+        return int(round(math.exp(rng.uniform(math.log(256), math.log(2500)))))
+    lo, hi = {"thin": (4, 40), "thick": (40, 220)}[choice]
     return int(rng.integers(lo, hi))
 
 
-def _face_plane(box_lo, box_hi, axis: str, at_max: bool, rng, offset: float | None = None):
-    """Plane with an axis-aligned part-frame normal, its origin at the box face, and the box's
-    extent in the plane's (u, v) coordinates."""
-    theta, phi = _AXIS_ANGLES[axis]
-    gamma = float(rng.choice([0.0, 0.0, 0.0, math.pi / 2, math.pi, -math.pi / 2]))
-    normal, x_dir = polar_frame(theta, phi, gamma)
-    y_dir = np.cross(normal, x_dir)
-    corners = np.array([[a, b, c] for a in (box_lo[0], box_hi[0]) for b in (box_lo[1], box_hi[1])
-                        for c in (box_lo[2], box_hi[2])])
-    n_proj, u, v = corners @ normal, corners @ x_dir, corners @ y_dir
-    h = (n_proj.max() if at_max else n_proj.min()) if offset is None else offset
-    origin = h * normal + u.min() * x_dir + v.min() * y_dir
-    return normal, x_dir, (theta, phi, gamma), origin, (u.max() - u.min(), v.max() - v.min()), (n_proj.min(), n_proj.max())
-
-
-def _sub_region(rng, W, H, frac_lo, frac_hi):
-    """Random grid sub-rectangle of [0, W] x [0, H], 2 grid steps at least from the border."""
-    w = max(6, int(W * rng.uniform(frac_lo, frac_hi)))
-    h = max(6, int(H * rng.uniform(frac_lo, frac_hi)))
-    w, h = min(w, max(6, W - 4)), min(h, max(6, H - 4))
-    if rng.random() < 0.75:  # centred features are the common case
-        x0, y0 = (W - w) // 2, (H - h) // 2
-    else:
-        x0 = int(rng.integers(2, max(3, W - w - 1)))
-        y0 = int(rng.integers(2, max(3, H - h - 1)))
-    return (x0, y0, x0 + w, y0 + h)
-
-
-def _feature(rng, w, base: Sketch, box_lo, box_hi, tries: int = 6) -> Sketch | None:
-    """A later sketch acting on the first body's box. Bosses are redrawn (same kind, new face and
-    placement) until they sit on the first body's material; None if `tries` draws all miss."""
-    kind = _pick(rng, w["feature"])
-    for _ in range(tries):
-        feat = _placed_feature(rng, w, kind, _pick(rng, w["face"]), box_lo, box_hi)
-        if feat is not None and (feat.op != "union" or _attached(base, feat)):
-            return feat
-    return None
-
-
-def _placed_feature(rng, w, kind: str, face: str, box_lo, box_hi) -> Sketch | None:
-    """A feature of the given kind on one face of the box."""
-    embed = 0.0
-    axis, at_max = face[1], face[0] == "+"
-    if kind in ("intersect", "through"):
-        axis_key = "+" + axis
-        normal, x_dir, ang, origin, (U, V), (n0, n1) = _face_plane(box_lo, box_hi, axis_key, True, rng, offset=0.0)
-        ext = n1 - n0
-        if kind == "through":
-            origin = origin + normal * (n0 + n1) / 2
-        else:
-            origin = origin + normal * (n0 - 0.05 * ext)
-    elif kind == "pocket":
-        # normal points into the part, origin on the face
-        inward = ("-" if at_max else "+") + axis
-        normal, x_dir, ang, origin, (U, V), (n0, n1) = _face_plane(box_lo, box_hi, inward, False, rng)
-        ext = n1 - n0
-    else:  # boss / stack: normal points out of the face; embedded so it fuses with the body
-        outward = ("+" if at_max else "-") + axis
-        normal, x_dir, ang, origin, (U, V), (n0, n1) = _face_plane(box_lo, box_hi, outward, True, rng)
-        ext = n1 - n0
-        embed = (0.02 if axis == "Z" else 0.3) * ext  # side faces of the box may touch round bodies only at a line
-        origin = origin - normal * embed
-    scale = max(U, V)
-    if scale <= 1e-9 or ext <= 1e-9:
-        return None
-    W, H = max(8, round(GRID * U / scale)), max(8, round(GRID * V / scale))
-    unit = scale / GRID
-    both = False
-    if kind == "intersect":
-        region = (0, 0, W, H)
-        prof = _pick(rng, {"circle": 0.5, "rounded_rect": 0.5})
-        if prof == "circle":
-            r = int(math.hypot(W, H) / 2 * rng.uniform(0.8, 0.95))
-            loops = [Loop((W // 2, H // 2), radius=r)]
-        else:
-            loops = _rounded_rect(rng, *region)[0]
-        depth, op = math.ceil(ext * 1.1 / unit), "intersect"
-    elif kind == "through":
-        prof = _pick(rng, {k: v for k, v in w["feature_profile"].items() if k != "ring"})
-        loops = _profile(rng, prof, _sub_region(rng, W, H, 0.1, 0.45))
-        loops = loops[:1] if prof != "holes" else loops
-        depth, op, both = math.ceil(ext * 0.6 / unit), "cut", True
-    elif kind == "pocket":
-        prof = _pick(rng, w["feature_profile"])
-        loops = _profile(rng, prof, _sub_region(rng, W, H, 0.15, 0.6))
-        loops = loops[:1] if prof != "holes" else loops
-        depth, op = max(1, int(ext / unit * rng.uniform(0.15, 0.7))), "cut"
-    elif kind == "stack":
-        prof = _pick(rng, {"rect": 1, "rounded_rect": 1, "circle": 1})
-        loops = _profile(rng, prof, _sub_region(rng, W, H, 0.6, 0.95))
-        depth, op = max(2, int(ext / unit * rng.uniform(0.2, 1.0))), "union"
-    else:
-        prof = _pick(rng, {k: v for k, v in w["feature_profile"].items() if k != "holes"})
-        loops = _profile(rng, prof, _sub_region(rng, W, H, 0.15, 0.55))
-        depth, op = max(2, int(GRID * rng.uniform(0.05, 0.4) + embed / unit)), "union"
-        if rng.random() < w["both_prob"] * 0.5:
-            both = True
-    return Sketch(origin, x_dir, normal, ang, scale, loops, depth, both, op, embed)
-
-
-def sample_sketches(rng: np.random.Generator, weights: dict | None = None) -> list[Sketch]:
-    """Sketches of one part in its own frame (first sketch on local z = 0, normal +Z)."""
-    w = {**DEFAULT_WEIGHTS, **(weights or {})}
+def _base(rng, w) -> tuple[Sketch, list[Pad], bool]:
+    """The first sketch on local z = 0 (normal +Z, x_dir +X, origin at its profile's corner), the pads
+    of material it offers, and whether its box's side faces are flat material (side bosses fit)."""
     kind = _pick(rng, w["base_profile"])
-    region = _aspect_region(rng, kind)
-    gamma = float(rng.choice([0.0, 0.0, math.pi / 2, -math.pi / 2, math.pi]))
-    normal, x_dir = polar_frame(0.0, 0.0, gamma)
-    scale = 1.0
-    unit = scale / GRID
+    region = _base_region(rng, kind)
+    x0, y0, x1, y1 = region
+    rects, round_pad, flat_sides = [region], None, False
+    if kind == "rect":
+        loops, flat_sides = [_rect(*region)], True
+    elif kind == "rounded_rect":
+        loop, r = _rounded_rect(rng, *region)
+        loops, rects = [loop], [(x0 + r, y0 + r, x1 - r, y1 - r)]
+    elif kind in ("circle", "ring", "disc_holes"):
+        c, r = (x1 / 2, y1 / 2), x1 / 2
+        loops = [Loop(c, radius=r)]
+        r_in = 0
+        if kind == "ring":
+            r_in = _frac(rng, 0.35, 0.95, r)
+            loops.append(Loop(c, radius=r_in))
+        round_pad = (c[0], c[1], r, r_in)
+        s = r * 0.7
+        rects = [(c[0] - s, c[1] - s, c[0] + s, c[1] + s)]
+    elif kind == "slot":
+        loops = [_slot(*region)]
+        r = min(x1, y1) / 2
+        rects = [(r, 0, x1 - r, y1)] if x1 >= y1 else [(0, r, x1, y1 - r)]
+        if rng.random() < 0.4:  # a hole at each end, concentric with the arcs
+            hole = _frac(rng, 0.25, 0.6, r)
+            ends = [(r, r), (x1 - r, r)] if x1 >= y1 else [(r, r), (r, y1 - r)]
+            loops += [Loop(e, radius=hole) for e in ends]
+    elif kind in ("L", "T", "U"):
+        loop, rects = _letter(rng, kind, *region)
+        loops = [loop]
+    elif kind == "stepped":
+        loop, rects = _stepped(rng, *region)
+        loops = [loop]
+    elif kind == "frame":  # a thin-walled rectangular tube or open box
+        t = int(rng.integers(2, max(3, min(x1, y1) // 8)))
+        loops = [_rect(*region), _rect(t, t, x1 - t, y1 - t)]
+        rects = [(0, 0, x1, t), (0, y1 - t, x1, y1), (0, t, t, y1 - t), (x1 - t, t, x1, y1 - t)]
+    elif kind == "chamfered":
+        loops = [_chamfered(rng, *region)]
+        rects = [(x1 * 0.3, y1 * 0.3, x1 * 0.7, y1 * 0.7)]
+    elif kind == "polygon":
+        loops = [_polygon(rng, *region)]
+        rects = [(x1 * 0.3, y1 * 0.3, x1 * 0.7, y1 * 0.7)]
+    else:
+        loops = [_arc_profile(rng, *region)]
+        rects = [(x1 * 0.2, y1 * 0.2, x1 * 0.8, y1 * 0.7)]
+    if kind == "disc_holes" or kind == "ring" and rng.random() < 0.2:
+        loops += _hole_pattern(rng, rects[0], round_pad)
+    elif kind in ("rect", "rounded_rect", "L", "U", "T", "polygon") and rng.random() < 0.1:
+        loops += _hole_pattern(rng, rects[int(rng.integers(len(rects)))])
+    elif kind == "circle" and rng.random() < 0.12:
+        loops.append(Loop(loops[0].start, radius=_frac(rng, 0.15, 0.5, loops[0].radius)))
+    depth = _base_depth(rng, kind)
     both = rng.random() < w["both_prob"]
-    origin = -(region[2] * unit / 2) * x_dir - (region[3] * unit / 2) * np.cross(normal, x_dir)
-    base = Sketch(origin, x_dir, normal, (0.0, 0.0, gamma), scale, _profile(rng, kind, region),
-                  _base_depth(rng, kind), both, "union")
-    sketches = [base]
-    n = _pick(rng, w["n_sketches"])
-    pts = base.corners()  # later sketches act on the first body, so they stay attached to it
-    while len(sketches) < n:
-        feat = _feature(rng, w, base, pts.min(axis=0), pts.max(axis=0))
-        if feat is not None:
-            sketches.append(feat)
-    return sketches
+    sign = -1 if rng.random() < w["negative_prob"] else 1
+    z0, z1 = (-depth, depth) if both else sorted((0, sign * depth))
+    base = Sketch(np.zeros(3), np.array([1.0, 0.0, 0.0]), np.array([0.0, 0.0, 1.0]), loops, sign * depth, both)
+    if kind == "circle" and len(loops) == 2:  # a disc with a concentric hole is a ring
+        round_pad = (*round_pad[:3], loops[1].radius)
+    holed = len(loops) > (2 if round_pad and round_pad[3] else 1)
+    pads = [Pad(tuple(r), z0, z1, round_pad, holed) for r in rects]
+    return base, pads, flat_sides
 
 
-def _part_rotation(rng, w) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """World rotation of the part frame, from the first sketch's world plane angles."""
+# ----------------------------------------------------------------------------------------------
+# Later sketches
+
+def _on_top(loops: list[Loop], z: float, depth: float, op: str, both: bool = False) -> Sketch:
+    """A sketch parallel to the first (normal local +Z) at height z, its origin at its profile's corner."""
+    pts = np.array([p for loop in loops for p in loop.points()], dtype=float)
+    mx, my = pts.min(axis=0)
+    return Sketch(np.array([mx, my, z]), np.array([1.0, 0.0, 0.0]), np.array([0.0, 0.0, 1.0]),
+                  [loop.shifted(-mx, -my) for loop in loops], depth, both, op)
+
+
+def _on_plane(normal, x_dir, h: float, lo3, hi3, make_loops, depth: float, op: str, both: bool = False) -> Sketch:
+    """A sketch on the plane {p . normal = h} whose profile fills the projection of the part-frame
+    box lo3..hi3; make_loops(w, h) draws the profile on (0, 0, w, h)."""
+    y_dir = np.cross(normal, x_dir)
+    corners = np.array([[a, b, c] for a in (lo3[0], hi3[0]) for b in (lo3[1], hi3[1]) for c in (lo3[2], hi3[2])])
+    u, v = corners @ x_dir, corners @ y_dir
+    origin = h * normal + u.min() * x_dir + v.min() * y_dir
+    return Sketch(origin, x_dir, normal, make_loops(round(u.max() - u.min()), round(v.max() - v.min())), depth, both, op)
+
+
+def _centred(rng, rect, lo: float, hi: float) -> tuple:
+    """A sub-rectangle centred in rect (equal margins), sides lo..hi of rect's."""
+    x0, y0, x1, y1 = rect
+    w, h = _frac(rng, lo, hi, x1 - x0), _frac(rng, lo, hi, y1 - y0)
+    if rng.random() < 0.5:  # same margin on all sides
+        m = min((x1 - x0 - w) / 2, (y1 - y0 - h) / 2)
+        return (x0 + m, y0 + m, x1 - m, y1 - m)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    return (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+
+
+def _flush(rng, rect, lo: float, hi: float) -> tuple:
+    """A sub-rectangle sharing one edge (the full side) or a corner with rect."""
+    x0, y0, x1, y1 = rect
+    w, h = x1 - x0, y1 - y0
+    side = int(rng.integers(4))
+    f = rng.uniform(lo, hi)
+    if rng.random() < 0.7:  # a full-width step along one edge
+        return [(x0, y0, x1, y0 + h * f), (x0, y1 - h * f, x1, y1), (x0, y0, x0 + w * f, y1), (x1 - w * f, y0, x1, y1)][side]
+    g = rng.uniform(lo, hi)
+    cx, cy = [(x0, y0), (x1 - w * f, y0), (x0, y1 - h * g), (x1 - w * f, y1 - h * g)][side]
+    return (cx, cy, cx + w * f, cy + h * g)
+
+
+def _height(rng, pad: Pad) -> int:
+    """A boss height related to the pad's thickness: equal, half, double or free."""
+    t = pad.z1 - pad.z0
+    choice = _pick(rng, {"equal": 0.3, "half": 0.15, "double": 0.15, "free": 0.4})
+    h = {"equal": t, "half": t / 2, "double": 2 * t}.get(choice, GRID * rng.uniform(0.04, 0.5))
+    return max(3, int(round(min(h, 2.5 * GRID))))
+
+
+def _profile_in(rng, rect, round_pad, kinds: dict) -> tuple[list[Loop], tuple | None]:
+    """A boss or pocket profile in rect (concentric on a round pad) and the round pad it makes."""
+    kind = _pick(rng, kinds)
+    if round_pad is not None and round_pad[3]:  # on a ring only round profiles have material under them
+        kind = "ring" if kind == "ring" else "circle"
+    if round_pad is not None and kind in ("circle", "ring"):
+        cx, cy, r, r_in = round_pad
+        rr = _frac(rng, 0.3, 0.9, r) if not r_in else int(rng.uniform(r_in + 2, r)) if r - r_in > 4 else r
+        inner = r_in if r_in and rr > r_in else (_frac(rng, 0.3, 0.7, rr) if kind == "ring" else 0)
+        loops = [Loop((cx, cy), radius=rr)] + ([Loop((cx, cy), radius=inner)] if inner else [])
+        return loops, (cx, cy, rr, inner)
+    x0, y0, x1, y1 = rect
+    if kind in ("circle", "ring"):
+        r = min(x1 - x0, y1 - y0) / 2
+        c = ((x0 + x1) / 2, (y0 + y1) / 2)
+        inner = _frac(rng, 0.3, 0.7, r) if kind == "ring" else 0
+        return [Loop(c, radius=r)] + ([Loop(c, radius=inner)] if inner else []), (c[0], c[1], r, inner)
+    if kind == "rounded_rect" and min(x1 - x0, y1 - y0) >= 9:
+        return [_rounded_rect(rng, x0, y0, x1, y1)[0]], None
+    if kind == "slot" and min(x1 - x0, y1 - y0) >= 4 and abs((x1 - x0) - (y1 - y0)) >= 4:
+        return [_slot(x0, y0, x1, y1)], None
+    return [_rect(x0, y0, x1, y1)], None
+
+
+class _Part:
+    """The part being designed: its sketches, its pads, its box (grid units, part frame)."""
+
+    def __init__(self, base: Sketch, pads: list[Pad], flat_sides: bool):
+        self.sketches, self.pads, self.flat_sides = [base], pads, flat_sides
+        self.base_pads = list(pads)
+        self.z_min, self.z_max = pads[0].z0, pads[0].z1
+
+    def box(self) -> tuple[np.ndarray, np.ndarray]:
+        pts = np.concatenate([s.corners() for s in self.sketches if s.op == "union"])
+        return pts.min(axis=0), pts.max(axis=0)
+
+    def add(self, sketch: Sketch, pad: Pad | None = None) -> None:
+        self.sketches.append(sketch)
+        if pad is not None:
+            self.pads.append(pad)
+            self.z_min, self.z_max = min(self.z_min, pad.z0), max(self.z_max, pad.z1)
+
+
+def _boss(rng, part: _Part, stack: bool) -> list[tuple]:
+    """A boss centred (or concentric) on a pad, or a stack flush with its edges, on its top (or, on
+    the first body, its bottom) face; stacks build on the latest pad, so steps climb."""
+    pad = part.pads[-1] if stack and rng.random() < 0.6 else part.pads[int(rng.integers(len(part.pads)))]
+    on_top = pad not in part.base_pads or rng.random() < 0.85
+    if pad.holed or stack and pad.circle is None:  # flush with the pad's edges: on material for sure
+        rect = _flush(rng, pad.rect, 0.3, 0.7) if pad.holed or rng.random() < 0.6 else _centred(rng, pad.rect, 0.5, 0.9)
+        loops, made = [_rect(*rect)], None
+    elif stack:
+        loops, made = _profile_in(rng, pad.rect, pad.circle, {"circle": 1})
+    else:
+        rect = _centred(rng, pad.rect, 0.25, 0.7)
+        loops, made = _profile_in(rng, rect, pad.circle, {"circle": 0.3, "rect": 0.35, "rounded_rect": 0.25, "ring": 0.1})
+    if made is not None:  # the new pad of a round boss: the square inscribed in it
+        s = made[2] * 0.7
+        rect = (made[0] - s, made[1] - s, made[0] + s, made[1] + s)
+    pts = np.array([p for loop in loops for p in loop.points()])
+    h = min(_height(rng, pad), max(3, int(3 * np.ptp(pts, axis=0).max())))  # no needles on small bosses
+    if not on_top:  # under the first body: nothing is referenced to its face later
+        return [(_on_top(loops, pad.z0, -h, "union"), None)]
+    pad.covered = True
+    return [(_on_top(loops, pad.z1, h, "union"), Pad(tuple(rect), pad.z1, pad.z1 + h, made))]
+
+
+def _extend(rng, part: _Part) -> list[tuple]:
+    """A block beside a rectangular pad of the first body, sharing its full edge (or a centred part
+    of it), extruded from the same plane: a composite profile made of several sketches."""
+    pad = part.base_pads[int(rng.integers(len(part.base_pads)))]
+    if pad.circle is not None:
+        return _boss(rng, part, stack=True)
+    x0, y0, x1, y1 = pad.rect
+    w, h = x1 - x0, y1 - y0
+    f = rng.uniform(0.2, 0.8)
+    lo_f, hi_f = (0.0, 1.0) if rng.random() < 0.6 else (0.25, 0.75)
+    side = int(rng.integers(4))
+    if side < 2:
+        length = max(3, GRID * f * 0.6)
+        a, b = x0 + w * lo_f, x0 + w * hi_f
+        rect = (a, y1, b, y1 + length) if side == 0 else (a, y0 - length, b, y0)
+    else:
+        length = max(3, GRID * f * 0.6)
+        a, b = y0 + h * lo_f, y0 + h * hi_f
+        rect = (x1, a, x1 + length, b) if side == 2 else (x0 - length, a, x0, b)
+    t = pad.z1 - pad.z0
+    height = t if rng.random() < 0.6 else _height(rng, pad)
+    sketch = _on_top([_rect(*rect)], pad.z0, height, "union")
+    return [(sketch, Pad(tuple(rect), pad.z0, pad.z0 + height))]
+
+
+def _free_pad(rng, part: _Part) -> Pad:
+    """A pad whose top face is free (cuts start there)."""
+    free = [pad for pad in part.pads if not pad.covered] or part.pads[-1:]
+    return free[int(rng.integers(len(free)))]
+
+
+def _hole(rng, part: _Part, budget: int, split_prob: float) -> list[tuple]:
+    """Holes in a symmetric pattern (or concentric) drilled from a pad's top exactly through the
+    part, or exactly onto the face below; a pattern is drawn one sketch per hole where it fits."""
+    pad = _free_pad(rng, part)
+    loops = _hole_pattern(rng, pad.rect, pad.circle)
+    if not loops:
+        return []
+    pad.holed = True
+    through = rng.random() < 0.75
+    bottom = part.z_min if through and pad in part.base_pads or rng.random() < 0.5 else pad.z0
+    depth = pad.z1 - bottom if through else max(1, int((pad.z1 - pad.z0) * rng.uniform(0.2, 0.8)))
+    from_below = through and pad in part.base_pads and rng.random() < 0.25
+    z, d = (pad.z0, depth) if from_below else (pad.z1, -depth)
+    if 1 < len(loops) <= budget and rng.random() < split_prob:
+        return [(_on_top([loop], z, d, "cut"), None) for loop in loops]
+    return [(_on_top(loops, z, d, "cut"), None)]
+
+
+def _pocket(rng, part: _Part, notch: bool) -> list[tuple]:
+    """A pocket centred in a pad, or a notch (step) flush with its edge, as deep as a related share of
+    the pad or exactly onto the layer below."""
+    pad = _free_pad(rng, part)
+    pad.holed = True
+    t = pad.z1 - pad.z0
+    if notch and pad.circle is None:
+        rect = _flush(rng, pad.rect, 0.15, 0.45)
+        loops = [_rect(*rect)]
+    else:
+        rect = _centred(rng, pad.rect, 0.3, 0.75)
+        loops, _ = _profile_in(rng, rect, pad.circle, {"rect": 0.3, "rounded_rect": 0.3, "circle": 0.25, "slot": 0.15})
+    depth = t if pad not in part.base_pads and rng.random() < 0.5 else max(1, int(t * rng.choice([0.25, 0.5, 0.5, 0.75])))
+    return [(_on_top(loops, pad.z1, -depth, "cut"), None)]
+
+
+def _side_axis(rng, w, rotation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(normal, x_dir) of a side-face sketch: a local X or Y axis, its sign chosen so that its world
+    normal is one that real parts use."""
+    options = {}
+    for key in ("+X", "-X", "+Y", "-Y"):
+        normal, _ = polar_frame(*_AXIS_ANGLES[key], 0.0)
+        world = axis_key(rotation @ normal)
+        if world in ALLOWED_NORMALS:
+            options[key] = w["side_normal"][world]
+    key = _pick(rng, options)
+    return polar_frame(*_AXIS_ANGLES[key], float(rng.choice([0.0, 0.0, math.pi / 2, -math.pi / 2])))
+
+
+def _side_hole(rng, w, part: _Part, rotation) -> list[tuple]:
+    """A cross hole through a pad of the first body from a side face of the part's box, centred on
+    the pad's mid-height, exactly through the whole part (or symmetric from the mid-plane)."""
+    normal, x_dir = _side_axis(rng, w, rotation)
+    pad = part.base_pads[int(rng.integers(len(part.base_pads)))]
+    lo, hi = part.box()
+    axis = int(np.argmax(np.abs(normal)))       # 0 or 1: the drill axis in the part frame
+    other = 1 - axis
+    t, span = pad.z1 - pad.z0, pad.size[other]
+    r = min(t, span) * rng.uniform(0.12, 0.32)
+    if r < 2:
+        return []
+    centre = np.zeros(3)
+    centre[other] = (pad.rect[other] + pad.rect[other + 2]) / 2
+    centre[2] = (pad.z0 + pad.z1) / 2
+    box_lo, box_hi = centre - r, centre + r
+    n_lo, n_hi = sorted((lo @ normal, hi @ normal))
+    extent = n_hi - n_lo
+    circle = lambda a, b: [Loop((a / 2, b / 2), radius=min(a, b) / 2)]
+    if rng.random() < 0.4:
+        return [(_on_plane(normal, x_dir, (n_lo + n_hi) / 2, box_lo, box_hi, circle, -extent / 2, "cut", True), None)]
+    at_max = rng.random() < 0.6
+    return [(_on_plane(normal, x_dir, n_hi if at_max else n_lo, box_lo, box_hi, circle,
+                       -extent if at_max else extent, "cut"), None)]
+
+
+def _side_boss(rng, w, part: _Part, rotation) -> list[tuple]:
+    """A flange on a flat side face of a rectangular first body: as wide as the face (or centred on
+    it), standing on the body's bottom, extruded outwards (brackets, L and T blocks)."""
+    if not part.flat_sides:
+        return _boss(rng, part, stack=rng.random() < 0.5)
+    normal, x_dir = _side_axis(rng, w, rotation)
+    base_lo, base_hi = part.sketches[0].corners().min(axis=0), part.sketches[0].corners().max(axis=0)
+    axis = int(np.argmax(np.abs(normal)))
+    other = 1 - axis
+    plus_face = rng.random() < 0.5                  # the base's face at +axis or at -axis
+    sign = 1.0 if normal[axis] > 0 else -1.0
+    face = (base_hi if plus_face else base_lo)[axis] * sign
+    outward = sign if plus_face else -sign
+    box_lo, box_hi = base_lo.copy(), base_hi.copy()
+    if rng.random() < 0.4:  # centred part of the face
+        c, half = (base_lo[other] + base_hi[other]) / 2, (base_hi[other] - base_lo[other]) * rng.uniform(0.15, 0.4)
+        box_lo[other], box_hi[other] = c - half, c + half
+    t = base_hi[2] - base_lo[2]
+    box_hi[2] = base_lo[2] + max(t, t * rng.choice([1.0, 2.0, 4.0]) if t < GRID / 4 else t)
+    length = max(3, int(min(t, GRID / 2) * rng.choice([1.0, 1.0, 0.5, 2.0])))
+    box_lo[axis] = box_hi[axis] = 0.0
+    rect = lambda a, b: [_rect(0, 0, a, b)]
+    return [(_on_plane(normal, x_dir, face, box_lo, box_hi, rect, outward * length, "union"), None)]
+
+
+def _features(rng, w, part: _Part, rotation, budget: int) -> list[tuple]:
+    kind = _pick(rng, w["feature"])
+    if kind.startswith("side") and axis_key(rotation[:, 2]) == "tilted":  # side faces of a tilted part are tilted
+        kind = "boss"
+    if kind in ("boss", "stack"):
+        return _boss(rng, part, stack=kind == "stack")
+    if kind == "extend":
+        return _extend(rng, part)
+    if kind == "hole":
+        return _hole(rng, part, budget, w["split_pattern_prob"])
+    if kind in ("pocket", "notch"):
+        return _pocket(rng, part, notch=kind == "notch")
+    if kind == "side_hole":
+        return _side_hole(rng, w, part, rotation)
+    return _side_boss(rng, w, part, rotation)
+
+
+def _part_rotation(rng, w) -> tuple[np.ndarray, bool]:
+    """World rotation of the part frame (columns: the first sketch's world x, y and normal), and
+    whether the first sketch is tilted."""
     choice = _pick(rng, w["base_normal"])
     if choice == "tilted":
         theta = float(rng.choice([1, 2, 3, 4, 5]) * math.pi / 12)
         phi = float(rng.choice(np.arange(-6, 6)) * math.pi / 6)
     else:
         theta, phi = _AXIS_ANGLES[choice]
-    gamma = float(rng.choice([0.0, 0.0, math.pi / 2, -math.pi / 2, math.pi]))
+    gamma = float(rng.choice([0.0, 0.0, 0.0, math.pi / 2, -math.pi / 2, math.pi]))
     n, x = polar_frame(theta, phi, gamma)
-    return np.column_stack([x, np.cross(n, x), n]), (theta, phi, gamma)
+    return np.column_stack([x, np.cross(n, x), n]), choice == "tilted"
 
+
+def sample_sketches(rng: np.random.Generator, weights: dict | None = None) -> tuple[list[Sketch], np.ndarray]:
+    """Sketches of one part in its own frame (first sketch on local z = 0, normal +Z) and the part's
+    world rotation."""
+    w = {**DEFAULT_WEIGHTS, **(weights or {})}
+    rotation, tilted = _part_rotation(rng, w)
+    part = _Part(*_base(rng, w))
+    n = 1 if tilted and "n_sketches" not in (weights or {}) else _pick(rng, w["n_sketches"])
+    while len(part.sketches) < n:
+        for sketch, pad in _features(rng, w, part, rotation, n - len(part.sketches))[: n - len(part.sketches)]:
+            part.add(sketch, pad)
+    return part.sketches, rotation
+
+
+# ----------------------------------------------------------------------------------------------
+# Printing
 
 def _fmt(v) -> str:
     return repr(float(v))
@@ -472,24 +669,27 @@ def _vec(v) -> str:
 
 
 def render_program(sketches: list[Sketch], rotation: np.ndarray, rng: np.random.Generator) -> str:
-    """Rotate, centre and scale the part into about [-0.75, 0.75], then print GenCAD-Code."""
+    """Normalise the part as DeepCAD does and print GenCAD-Code: the first sketch plane through the
+    origin, the part centred across it, the farthest point at 0.75 (sometimes a little less)."""
     pts = np.concatenate([s.corners() for s in sketches if s.op == "union"]) @ rotation.T
     lo, hi = pts.min(axis=0), pts.max(axis=0)
     centre = (lo + hi) / 2
-    k = 1.5 * rng.uniform(0.9, 1.0) / (hi - lo).max()
+    up = axis_key(rotation[:, 2])
+    if up != "tilted":
+        centre["XYZ".index(up[1])] = 0.0
+    k = 0.75 / np.abs(pts - centre).max() * (1.0 if rng.random() < 0.6 else rng.uniform(0.85, 1.0))
     lines = ["import cadquery as cq"]
     loop_id = 0
     for i, s in enumerate(sketches):
         origin = (rotation @ s.origin - centre) * k
-        x_dir, normal = rotation @ s.x_dir, rotation @ s.normal
         lines.append(f"# Generating a workplane for sketch {i}")
-        lines.append(f"wp_sketch{i} = cq.Workplane(cq.Plane({_vec(origin)}, {_vec(x_dir)}, {_vec(normal)}))")
-        unit = s.scale * k / GRID
-        q = lambda p: f"{_fmt(p[0] * unit)}, {_fmt(p[1] * unit)}"
+        lines.append(f"wp_sketch{i} = cq.Workplane(cq.Plane({_vec(origin)}, {_vec(rotation @ s.x_dir)}, "
+                     f"{_vec(rotation @ s.normal)}))")
+        q = lambda p: f"{_fmt(p[0] * k)}, {_fmt(p[1] * k)}"
         names = []
         for loop in s.loops:
             if loop.radius is not None:
-                body = f".moveTo({q(loop.start)}).circle({_fmt(loop.radius * unit)})"
+                body = f".moveTo({q(loop.start)}).circle({_fmt(loop.radius * k)})"
             else:
                 body = f".moveTo({q(loop.start)})" + "".join(
                     f".lineTo({q(seg[1])})" if seg[0] == "line" else f".threePointArc(({q(seg[1])}), ({q(seg[2])}))"
@@ -499,14 +699,12 @@ def render_program(sketches: list[Sketch], rotation: np.ndarray, rng: np.random.
             loop_id += 1
         adds = "".join(f".add({n})" for n in names)
         both = ", both=True" if s.both else ""
-        lines.append(f"solid{i}=wp_sketch{i}{adds}.extrude({_fmt(s.depth * unit)}{both})")
+        lines.append(f"solid{i}=wp_sketch{i}{adds}.extrude({_fmt(s.depth * k)}{both})")
         lines.append("solid=solid0" if i == 0 else f"solid=solid.{s.op}(solid{i})")
     return "\n".join(lines) + "\n"
 
 
 def sample_program(rng: np.random.Generator, weights: dict | None = None) -> str:
     """One GenCAD-Code style program; the same generator state gives the same program."""
-    w = {**DEFAULT_WEIGHTS, **(weights or {})}
-    sketches = sample_sketches(rng, w)
-    rotation, _ = _part_rotation(rng, w)
+    sketches, rotation = sample_sketches(rng, weights)
     return render_program(sketches, rotation, rng)

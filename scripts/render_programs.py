@@ -1,0 +1,89 @@
+"""Render a jsonl of CadQuery programs (field `cadquery`) into a split in the dataset layout.
+
+    python scripts/render_programs.py PROGRAMS.jsonl OUT_DIR [--split test] [--workers 2]
+
+Writes OUT_DIR/<split>.jsonl (rows `id`, `image`, `cadquery`, `token_count`, `source`, and the input
+row's other fields) and OUT_DIR/images/*.png, so programs without images (e.g. a sample of real
+GenCAD-Code programs) can be used as an evaluation or training split. Every program runs only in
+the sandboxed executor, which also renders it; programs that fail are skipped and counted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def read_programs(path: Path) -> list[dict]:
+    """Rows of a jsonl file that carry a `cadquery` string; raises ValueError on a bad file."""
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("cadquery"), str):
+            raise ValueError(f"{path}:{number}: no `cadquery` string")
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no programs")
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("programs", type=Path, help="jsonl with a `cadquery` field per row")
+    parser.add_argument("out", type=Path, help="output folder")
+    parser.add_argument("--split", default="test", help="split name: writes OUT/<split>.jsonl (default: test)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--size", type=int, default=448, help="image size in pixels")
+    args = parser.parse_args(argv)
+    if args.workers < 1 or args.size < 16:
+        parser.error("need --workers >= 1 and --size >= 16")
+    try:
+        rows = read_programs(args.programs)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    from collections import Counter
+
+    from img2cq.data import count_tokens, provenance
+    from img2cq.executor import Executor
+
+    (args.out / "images").mkdir(parents=True, exist_ok=True)
+    failed: Counter = Counter()
+    written = 0
+    stem = args.programs.stem
+    with Executor(workers=args.workers, preload=("img2cq.render",)) as ex:
+        results = ex.map([r["cadquery"] for r in rows], progress="rendering", mesh=False,
+                         postprocess="img2cq.render:render_png", postprocess_kwargs={"size": args.size})
+    with (args.out / f"{args.split}.jsonl").open("w") as f:
+        for i, (row, result) in enumerate(zip(rows, results)):
+            if not result.ok or not isinstance(result.extras.get("value"), bytes):
+                failed[result.error_kind or "no_image"] += 1
+                continue
+            sample_id = f"{stem}-{i:05d}"
+            image = f"images/{sample_id}.png"
+            (args.out / image).write_bytes(result.extras["value"])
+            out_row = {k: v for k, v in row.items() if k not in ("id", "image")}
+            out_row.update(id=sample_id, image=image, token_count=count_tokens(row["cadquery"]),
+                           source=f"rendered from {args.programs.name}")
+            f.write(json.dumps(out_row) + "\n")
+            written += 1
+    card = {"source": f"scripts/render_programs.py on {args.programs.name}", "rows_in": len(rows),
+            "written": written, "failed": dict(failed), "size": args.size, "provenance": provenance()}
+    (args.out / f"{args.split}.card.json").write_text(json.dumps(card, indent=2))
+    print(f"wrote {written} of {len(rows)} rows to {args.out / (args.split + '.jsonl')}"
+          + (f"; failed: {dict(failed)}" if failed else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

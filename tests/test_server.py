@@ -271,6 +271,20 @@ def test_generate_with_a_model(model_client):
     assert out["valid"] == (out["error"] is None)
 
 
+def test_generate_with_test_time_search_keeps_a_program_that_builds(model_client, reference_programs):
+    """With candidates, the kept program is the proposal whose render agrees best with the picture;
+    one that builds beats any that does not (the tiny untrained model's own proposals rarely build)."""
+    png = io.BytesIO()
+    Image.new("RGB", (64, 64), "white").save(png, format="PNG")
+    r = model_client.post("/generate", params={"max_new_tokens": 24, "candidates": 2},
+                          files={"image": ("part.png", png.getvalue(), "image/png")})
+    assert r.status_code == 200, r.text
+    assert isinstance(r.json()["program"], str)
+    for bad in ({"candidates": 0}, {"refine": -1}, {"candidates": 65}):
+        r = model_client.post("/generate", params=bad, files={"image": ("part.png", png.getvalue(), "image/png")})
+        assert r.status_code == 422, (bad, r.text)
+
+
 def test_generate_refusals(model_client):
     r = model_client.post("/generate", files={"image": ("part.png", b"\x89PNG\r\n\x1a\n not really", "image/png")})
     assert r.status_code == 400 and "not a readable image" in r.json()["detail"]

@@ -49,11 +49,20 @@ class GenerateOptions:
     """How to generate; requests with equal options share one batched call."""
 
     max_new_tokens: int | None = None
+    candidates: int = 1            # > 1: test-time search over this many proposals (img2cq.search)
+    refine_seconds: float = 0.0    # > 0: then tune the kept program's numbers for this long
 
 
-def generate_programs(model, images: list, options: GenerateOptions) -> list[str]:
-    """The one call into the model: a batch of images generated with the same options."""
-    return model.generate(images, max_new_tokens=options.max_new_tokens)
+def generate_programs(model, images: list, options: GenerateOptions, executor=None, index=None) -> list[str]:
+    """The one call into the model: a batch of images generated with the same options; with search
+    options, each image's program is the proposal whose render agrees best with it (``executor``
+    must preload ``img2cq.search.PRELOAD``; ``index``: retrieval candidates, or None)."""
+    if options.candidates <= 1 and options.refine_seconds <= 0:
+        return model.generate(images, max_new_tokens=options.max_new_tokens)
+    from img2cq.search import search
+
+    return [search(model, image, options.candidates, options.refine_seconds, executor=executor, index=index,
+                   max_new_tokens=options.max_new_tokens).program for image in images]
 
 
 class ModelUnavailable(Exception):
@@ -65,9 +74,10 @@ class ModelService:
     that thread runs torch, so one intra-op thread count serves the process (set at load)."""
 
     def __init__(self, model_dir: str | None, *, torch_threads: int, max_batch: int, max_wait_s: float,
-                 max_queue: int):
+                 max_queue: int, executor=None, search_train_json: str | None = None):
         self.model_dir, self.torch_threads = model_dir, torch_threads
-        self.model = None
+        self.executor, self.search_train_json = executor, search_train_json
+        self.model = self._index = None
         self._load_lock = threading.Lock()
         self.batcher = Batcher(self._run_batch, max_batch=max_batch, max_wait_s=max_wait_s,
                                max_queue=max_queue, name="generate")
@@ -86,6 +96,14 @@ class ModelService:
                     raise ModelUnavailable(f"model in {self.model_dir} could not be loaded: {e}") from None
             return self.model
 
+    def _search_index(self):
+        """The retrieval index of ``search_train_json`` (loaded, or built and saved, on first search)."""
+        if self._index is None and self.search_train_json:
+            from img2cq.search import load_or_build_index
+
+            self._index = load_or_build_index(self.search_train_json, progress=False)
+        return self._index
+
     def _run_batch(self, items: list[tuple[Image.Image, GenerateOptions]]) -> list[str]:
         """One generate call per distinct set of options in the batch (usually one)."""
         model = self._load()
@@ -94,8 +112,10 @@ class ModelService:
         for i, (_, options) in enumerate(items):
             groups.setdefault(options, []).append(i)
         for options, indices in groups.items():
-            for i, program in zip(indices, generate_programs(model, [items[i][0] for i in indices], options),
-                                  strict=True):
+            searching = options.candidates > 1 or options.refine_seconds > 0
+            index = self._search_index() if searching else None
+            for i, program in zip(indices, generate_programs(model, [items[i][0] for i in indices], options,
+                                                             self.executor, index), strict=True):
                 programs[i] = program
         return programs
 
@@ -136,6 +156,11 @@ router = APIRouter(tags=["model"])
 async def generate(request: Request, image: UploadFile,
                    max_new_tokens: Annotated[int | None, Query(ge=1, le=4096, description="cap on generated tokens "
                                                                 "(default: the model's context length)")] = None,
+                   candidates: Annotated[int, Query(ge=1, le=64, description="test-time search: propose N "
+                                                    "programs and keep the one whose render agrees best with "
+                                                    "the picture (1: plain greedy decoding)")] = 1,
+                   refine: Annotated[float, Query(ge=0, le=120, description="test-time search: seconds spent "
+                                                  "tuning the kept program's numbers (0: none)")] = 0.0,
                    ) -> Generated:
     """Write a CadQuery program for an uploaded picture, and check that it builds a solid."""
     state = request.app.state
@@ -148,7 +173,8 @@ async def generate(request: Request, image: UploadFile,
     picture = await run_in_threadpool(read_image, data)
     async with client_gone(request) as disconnected:
         program = await state.model_service.batcher.submit(
-            (picture, GenerateOptions(max_new_tokens=max_new_tokens)), timeout=_time_left(deadline),
+            (picture, GenerateOptions(max_new_tokens=max_new_tokens, candidates=candidates, refine_seconds=refine)),
+            timeout=_time_left(deadline),
             disconnected=disconnected)
         result = await state.sandbox.call(_run_one, program, state.executor, admit=False,
                                           timeout=_time_left(deadline), disconnected=disconnected)

@@ -36,7 +36,11 @@ class Settings(BaseSettings):
                                description="torch intra-op threads of the one generation thread; more help "
                                            "only on idle cores (on shared ones they wait for each other)")
 
-    @field_validator("database_url", "model", mode="before")
+    search_train_json: str | None = Field(None, description="training split (jsonl) whose retrieval index "
+                                          "/generate?candidates=N draws candidates from (built beside it once); "
+                                          "unset: model candidates only")
+
+    @field_validator("database_url", "model", "search_train_json", mode="before")
     @classmethod
     def _empty_is_unset(cls, value):
         return value or None

@@ -259,3 +259,16 @@ def test_the_weaker_mode_is_an_explicit_choice(monkeypatch):
         r = weak.call("os:listdir", "/proc")
         assert r.ok and "self" in r.extras["value"]
         assert weak.run("import cadquery as cq\nsolid = cq.Workplane().box(1, 2, 3)").volume == pytest.approx(6.0)
+
+
+def test_a_child_that_cannot_enter_its_sandbox_runs_nothing(tmp_path):
+    """Fail closed: should the kernel refuse the sandbox at run time, the program does not run."""
+    marker = tmp_path / "ran.db"
+    code = (f"import sqlite3\nsqlite3.connect({str(marker)!r}).execute('create table t (x)')\n"
+            "import cadquery as cq\nsolid = cq.Workplane().box(1, 1, 1)")
+    with Executor(workers=1, preload=("tests.fixtures.broken_sandbox",)) as broken:
+        r = broken.run(code)
+        assert (r.ok, r.error_kind) == (False, "worker"), r.reason
+        assert "could not fence itself in" in r.message
+        assert not broken.call("os:getcwd").ok
+    assert not marker.exists()

@@ -13,6 +13,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -123,7 +124,7 @@ PROGRAMS = {
                                "assert not os.path.exists('{outside}/occ.brep'), 'written'\nsolid = 1",
                                "no_result", "no Workplane or Shape result"),
     "write_into_the_project": ("import sqlite3, img2cq, os\n"
-                               "sqlite3.connect(os.path.join(os.path.dirname(img2cq.__file__), 'x.db')).execute('create table t (x)')",
+                               "sqlite3.connect(os.path.join(os.path.dirname(img2cq.__file__), 'probe-{caller}.db')).execute('create table t (x)')",
                                "runtime", "unable to open database file"),
     "inherited_descriptors": (
         "import os, stat\nfds = []\nfor fd in range(4096):\n    try:\n        os.fstat(fd)\n        fds.append(fd)\n"
@@ -171,6 +172,7 @@ def test_hostile_programs_are_contained(ex, victim_db, bystander, listener, tmp_
         assert_nothing_leaked(r)
     assert wrong == []
     assert list(tmp_path.iterdir()) == []
+    assert not (Path(executor_module.__file__).parent / f"probe-{os.getpid()}.db").exists()
     assert select.select([listener], [], [], 0)[0] == [], "the listener saw a connection"
     assert bystander.poll() is None
     # the pool survives, with the same workers

@@ -2,9 +2,12 @@
 
 Both metrics score the same GenCAD-style pairs (the project sampler's, else the test corpus's),
 with both programs of a pair run in parallel by one 2-worker Executor. Reported per pair:
-execution alone, our metric on top of it, and the seed's metric on top of it.
+execution alone, our metric on top of it, and the seed's metric on top of it; and per program,
+one program run on its own (the executor's per-program cost, sandbox included), and the CPU time
+the executor's workers and their children spent per program, which a loaded machine does not inflate.
 
     python benchmarks/bench_metrics.py --pairs 40
+    python benchmarks/bench_metrics.py --pairs 40 --skip-seed --isolation trusted   # without the kernel sandbox
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import trimesh
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -28,6 +32,12 @@ from tests.fixtures.metrics.corpus import gencad_pairs  # noqa: E402
 SEED_PITCH = 0.05
 # identity and the three single-axis flips: three of the four are mirror images
 SEED_SIGNS = (np.diag([1, 1, 1]), np.diag([-1, 1, 1]), np.diag([1, -1, 1]), np.diag([1, 1, -1]))
+
+
+def executor_cpu_s(worker: "psutil.Process") -> float:
+    """CPU seconds of an executor worker and of the children it has reaped."""
+    t = worker.cpu_times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def seed_iou(a, b) -> float:
@@ -65,16 +75,27 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--skip-seed", action="store_true", help="time only our metric")
+    parser.add_argument("--isolation", choices=("strict", "trusted"),
+                        help="the executor's isolation (default: its own default)")
     args = parser.parse_args()
 
     pairs = gencad_pairs(args.pairs, args.seed)
     rows = {"execute both programs": [], "ours (execute + IoU)": [], "seed (execute + IoU)": []}
     metric_only = {"ours": [], "seed": []}
     scores = {"ours": [], "seed": []}
+    one_program = []
     skipped = 0
-    with Executor(workers=2) as ex:
+    with Executor(workers=2, **({"isolation": args.isolation} if args.isolation else {})) as ex:
         ex.map([pairs[0][0]] * 2)  # start both workers before timing
+        workers = psutil.Process().children()
+        cpu_before = sum(executor_cpu_s(w) for w in workers)
+        programs = 0
         for reference, candidate in pairs:
+            programs += 3
+            t0 = time.perf_counter()
+            ex.run(reference, mesh=True, brep=True)
+            one_program.append(time.perf_counter() - t0)
+            time.sleep(0.05)  # let the worker fork its next spare children, as between requests
             t0 = time.perf_counter()
             a, b = ex.map([reference, candidate], mesh=True, brep=True)  # as score_pair runs them
             t1 = time.perf_counter()
@@ -92,10 +113,16 @@ def main() -> None:
             if not args.skip_seed:
                 rows["seed (execute + IoU)"].append(t1 - t0 + t3 - t2)
                 metric_only["seed"].append(t3 - t2)
+        time.sleep(0.5)  # the last spare children are forked
+        cpu_per_program = (sum(executor_cpu_s(w) for w in workers) - cpu_before) / programs
 
     load = os.getloadavg()[0]
     print(f"# {len(rows['ours (execute + IoU)'])} scored pairs ({skipped} skipped: a program failed), "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average {load:.1f}")
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average {load:.1f}, "
+          f"isolation {getattr(ex, 'isolation', 'n/a')}")
+    print(f"{'per program':<28}{'median ms':>10}{'p90 ms':>10}")
+    print(f"{'execute one program':<28}{np.median(one_program) * 1e3:10.1f}{np.percentile(one_program, 90) * 1e3:10.1f}")
+    print(f"{'executor CPU per program':<28}{cpu_per_program * 1e3:10.1f}{'(mean)':>10}")
     print(f"{'per pair':<28}{'median ms':>10}{'p90 ms':>10}{'mean IoU':>10}")
     for name, times in rows.items():
         if times:

@@ -38,7 +38,7 @@ def test_gencad_program_gives_exact_volume_and_watertight_mesh(ex):
     assert len({tuple(e) for e in edges}) == len(edges)
     assert {tuple(e) for e in edges} == {tuple(e[::-1]) for e in edges}
     assert r.brep.startswith(b"DBRep_DrawableShape") or b"CASCADE Topology" in r.brep
-    assert "exec" in r.timings and "total" in r.timings
+    assert {"exec", "measure", "total"} <= set(r.timings)
 
 
 def test_markdown_fences_and_indentation_are_stripped(ex):
@@ -108,11 +108,12 @@ def test_hostile_corpus_is_refused_with_the_right_reason(ex, tmp_path):
     assert elapsed < 60  # two timeouts of 3 s each, everything else fast
     # the pool survives all of it and still works
     assert ex.run(BOX_WITH_HOLE).ok
-    # nothing left behind: only the two workers are our children, each with at most its idle
-    # spare child (forked ahead of the next job), which has no children of its own
+    # nothing left behind: only the two workers are our children, each with at most its two idle
+    # spare children (program and measuring child, forked ahead of the next job), which have no
+    # children of their own
     workers = psutil.Process().children()
     assert len([w for w in workers if "img2cq.executor" in " ".join(w.cmdline())]) == 2
-    assert all(len(w.children()) <= 1 and len(w.children(recursive=True)) == len(w.children()) for w in workers)
+    assert all(len(w.children()) <= 2 and len(w.children(recursive=True)) == len(w.children()) for w in workers)
 
 
 def test_private_workdir_and_scrubbed_environment(ex, monkeypatch):
@@ -155,16 +156,16 @@ def test_non_string_program_is_invalid_not_an_exception(ex):
 
 
 def test_close_leaves_no_process_and_no_working_directory(tmp_path, monkeypatch):
-    """Workers keep one spare child forked ahead of the next job: close() must take it away too."""
+    """Workers keep two spare children forked ahead of the next job: close() must take them away too."""
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # the workers' temporary directories go here
     others = set(psutil.Process().children())
     with Executor(workers=2) as executor:
         assert executor.run(BOX_WITH_HOLE).ok
         workers = [p for p in psutil.Process().children() if p not in others]
         deadline = time.monotonic() + 10
-        while len(spares := [c for w in workers for c in w.children()]) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)  # each worker forks its next spare right after answering
-        assert len(spares) == 2 and len(list(tmp_path.glob("img2cq-run-*"))) == 2
+        while len(spares := [c for w in workers for c in w.children()]) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)  # each worker forks its next spares right after answering
+        assert len(spares) == 4 and len(list(tmp_path.glob("img2cq-run-*"))) == 4
     psutil.wait_procs(workers + spares, timeout=10)
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers + spares)
     assert not list(tmp_path.glob("img2cq-run-*"))

@@ -1,0 +1,276 @@
+"""Hostile programs against the kernel sandbox: each tries to reach something outside its private
+directory and must come back invalid, with a clear kind and no byte of what it went for, while the
+database a test owns stays unchanged.
+
+Several cases go around the Python audit hook (C libraries such as sqlite3 and OCC, pidfds), and
+the `Executor.call` cases run in a child with no audit hook at all: what stops them is the kernel.
+"""
+
+import hashlib
+import os
+import select
+import socket
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import trimesh
+
+import img2cq.executor as executor_module
+from img2cq.executor import Executor, SandboxUnavailable, strict_isolation_problem
+
+SECRET = "hunter2-sandbox-secret"
+PASSWD_LINES = [line for line in open("/etc/passwd").read().splitlines() if line.strip()]
+
+pytestmark = pytest.mark.skipif(
+    strict_isolation_problem() is not None,
+    reason=f"the kernel cannot enforce strict isolation here: {strict_isolation_problem()}")
+
+
+@pytest.fixture(scope="module")
+def victim_db(tmp_path_factory):
+    """A SQLite database the tests own, in a directory only the tests' process knows about."""
+    path = tmp_path_factory.mktemp("victim") / "projects.db"
+    with sqlite3.connect(path) as db:
+        db.execute("create table projects (id integer primary key, name text)")
+        db.execute("insert into projects (name) values ('kept')")
+    return path
+
+
+def fingerprint(path) -> tuple[str, list]:
+    with sqlite3.connect(path) as db:
+        rows = db.execute("select id, name from projects").fetchall()
+    return hashlib.sha256(path.read_bytes()).hexdigest(), rows
+
+
+@pytest.fixture(scope="module")
+def ex():
+    with Executor(workers=2, timeout=5.0, memory_mb=3072) as executor:
+        yield executor
+
+
+@pytest.fixture(scope="module")
+def bystander():
+    """Another process of this user, holding a secret in its environment."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                            env={**os.environ, "IMG2CQ_DB_PASSWORD": SECRET})
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def listener():
+    """A TCP server on the loopback interface that must never see a connection."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def database_is_never_touched(victim_db):
+    before = fingerprint(victim_db)
+    yield
+    assert fingerprint(victim_db) == before
+    assert before[1] == [(1, "kept")]
+
+
+def assert_nothing_leaked(result):
+    text = result.message
+    assert not any(line in text for line in PASSWD_LINES), "a line of /etc/passwd leaked"
+    assert SECRET not in text, "the secret leaked"
+    assert "kept" not in text and "CREATE TABLE" not in text.upper(), "database content leaked"
+
+
+BOX_BREP = ("import io, cadquery as cq\nbuf = io.BytesIO()\ncq.Workplane().box(2, 2, 2).val().exportBrep(buf)\n"
+            "brep = buf.getvalue()\n")
+FORGE = "import os\nfrom img2cq.executor import _encode\nos.write(3, {payload})\nos._exit(0)\n"
+
+def fill(code: str, values: dict) -> str:
+    """The program with its {placeholders} (and only those) replaced."""
+    for key, value in values.items():
+        code = code.replace("{" + key + "}", str(value))
+    return code
+
+
+# name: (program, expected kind, text the message must contain); {db}, {pid}, ... filled in per run
+PROGRAMS = {
+    "read_etc_passwd": ("print(open('/etc/passwd').read())", "forbidden", "Permission denied: '/etc/passwd'"),
+    "read_etc_passwd_through_sqlite": (
+        "import sqlite3\nsqlite3.connect('file:/etc/passwd?mode=ro', uri=True).execute('select 1 from x')",
+        "runtime", "unable to open database file"),
+    "list_proc": ("import os\nraise RuntimeError(os.listdir('/proc'))", "forbidden", "Permission denied: '/proc'"),
+    "read_own_memory": ("open('/proc/self/mem', 'rb')", "forbidden", "Permission denied"),
+    "read_bystander_environ": ("raise RuntimeError(open('/proc/{pid}/environ', 'rb').read())", "forbidden",
+                               "Permission denied: '/proc/"),
+    "read_worker_environ": ("import os\nraise RuntimeError(open(f'/proc/{os.getppid()}/environ', 'rb').read())",
+                            "forbidden", "Permission denied"),
+    "list_tmp": ("import os\nraise RuntimeError(os.listdir('/tmp'))", "forbidden", "Permission denied: '/tmp'"),
+    "list_home": ("import os\nraise RuntimeError(os.listdir('{home}'))", "forbidden", "Permission denied"),
+    "update_database_by_path": (
+        "import sqlite3\nc = sqlite3.connect('{db}')\nc.execute(\"update projects set name='pwned'\")\nc.commit()",
+        "runtime", "unable to open database file"),
+    "read_database_by_path": (
+        "raise RuntimeError(open('{db}', 'rb').read())", "forbidden", "Permission denied"),
+    "write_outside_with_python": ("open('{outside}/python.txt', 'w').write('x')", "forbidden", "outside the sandbox"),
+    "write_outside_with_sqlite": ("import sqlite3\nsqlite3.connect('{outside}/new.db').execute('create table t (x)')",
+                                  "runtime", "unable to open database file"),
+    "write_outside_with_occ": (BOX_BREP + "import os\ncq.Workplane().box(1, 1, 1).val().exportBrep('{outside}/occ.brep')\n"
+                               "assert not os.path.exists('{outside}/occ.brep'), 'written'\nsolid = 1",
+                               "no_result", "no Workplane or Shape result"),
+    "write_into_the_project": ("import sqlite3, img2cq, os\n"
+                               "sqlite3.connect(os.path.join(os.path.dirname(img2cq.__file__), 'probe-{caller}.db')).execute('create table t (x)')",
+                               "runtime", "unable to open database file"),
+    "inherited_descriptors": (
+        "import os, stat\nfds = []\nfor fd in range(4096):\n    try:\n        os.fstat(fd)\n        fds.append(fd)\n"
+        "    except OSError:\n        pass\n"
+        "null = os.stat('/dev/null').st_rdev\nstdio = all(os.fstat(fd).st_rdev == null for fd in (0, 1, 2))\n"
+        "pipe = stat.S_ISFIFO(os.fstat(3).st_mode)\nraise RuntimeError(f'open {fds} stdio-null {stdio} pipe {pipe}')",
+        "runtime", "open [0, 1, 2, 3] stdio-null True pipe True"),
+    "write_to_worker_pipes": (
+        "import os, pickle\nhit = 0\nfor fd in range(4, 1024):\n    try:\n"
+        "        os.write(fd, pickle.dumps(('forged', None)))\n        hit += 1\n    except OSError:\n        pass\n"
+        "raise RuntimeError(f'wrote to {hit} descriptors')", "runtime", "wrote to 0 descriptors"),
+    "forge_a_measured_result": (FORGE.format(payload="_encode({'ok': True, 'volume': 123.0, 'center': [0, 0, 0]})"),
+                                "crash", "malformed output"),
+    "forge_garbage": (FORGE.format(payload="b'\\x00' * 100"), "crash", "malformed output"),
+    "forge_bad_name": (BOX_BREP + FORGE.format(payload="_encode({'ok': True, 'name': 'x; y', 'brep': brep})"),
+                       "crash", "malformed output"),
+    "forge_worker_error": (FORGE.format(payload="_encode({'ok': False, 'error_kind': 'worker', 'message': 'restart me'})"),
+                           "crash", "malformed output"),
+    "forge_unreadable_brep": (FORGE.format(payload="_encode({'ok': True, 'name': 'solid', 'brep': b'not a brep'})"),
+                              "invalid_shape", "`solid` is not a readable B-rep"),
+    "forge_a_face": ("import io, cadquery as cq\nbuf = io.BytesIO()\ncq.Face.makePlane(1, 1).exportBrep(buf)\n"
+                     "brep = buf.getvalue()\n" + FORGE.format(payload="_encode({'ok': True, 'name': 'solid', 'brep': brep})"),
+                     "empty", "`solid` holds no solid"),
+    "forge_huge_output": ("import os\nchunk = b'x' * (1 << 20)\nwhile True:\n    os.write(3, chunk)",
+                          "invalid_shape", "exceeds 64 MiB"),
+    "connect_loopback": ("import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)", "forbidden",
+                         "socket"),
+    "signal_worker": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", "forbidden", "os.kill"),
+    "signal_worker_by_pidfd": ("import os, signal\nsignal.pidfd_send_signal(os.pidfd_open(os.getppid()), signal.SIGKILL)",
+                               "forbidden", "Operation not permitted"),
+    "signal_caller_by_pidfd": ("import os, signal\nsignal.pidfd_send_signal(os.pidfd_open({caller}), 0)",
+                               "forbidden", "Operation not permitted"),
+}
+
+
+def test_hostile_programs_are_contained(ex, victim_db, bystander, listener, tmp_path):
+    workers = {p.pid for p in psutil.Process().children() if "img2cq.executor" in " ".join(p.cmdline())}
+    values = {"db": victim_db, "pid": bystander.pid, "port": listener.getsockname()[1], "outside": tmp_path,
+              "caller": os.getpid(), "home": os.path.expanduser("~")}
+    codes = [fill(code, values) for code, _, _ in PROGRAMS.values()]
+    wrong = []
+    for (name, (_, kind, expected)), r in zip(PROGRAMS.items(), ex.map(codes, mesh=False)):
+        if r.ok or r.error_kind != kind or expected not in r.message:
+            wrong.append(f"{name}: {r.reason or 'ok'}")
+        assert_nothing_leaked(r)
+    assert wrong == []
+    assert list(tmp_path.iterdir()) == []
+    assert not (Path(executor_module.__file__).parent / f"probe-{os.getpid()}.db").exists()
+    assert select.select([listener], [], [], 0)[0] == [], "the listener saw a connection"
+    assert bystander.poll() is None
+    # the pool survives, with the same workers
+    assert ex.run("import cadquery as cq\nsolid = cq.Workplane().box(1, 1, 1)").ok
+    assert {p.pid for p in psutil.Process().children() if "img2cq.executor" in " ".join(p.cmdline())} == workers
+
+
+def test_a_forged_brep_is_measured_not_believed(ex):
+    """The program builds a 1x1x1 box, then hands over a 2x2x2 one with a made-up volume: the caller
+    gets what the trusted child measured on that BREP (a solid the program could have built)."""
+    code = ("import cadquery as cq\nsolid = cq.Workplane().box(1, 1, 1)\n" + BOX_BREP
+            + FORGE.format(payload="_encode({'ok': True, 'name': 'solid', 'brep': brep, 'volume': 1e6})"))
+    r = ex.run(code, brep=True)
+    assert r.ok, r.reason
+    assert r.volume == pytest.approx(8.0)
+    assert trimesh.Trimesh(r.vertices, r.faces).volume == pytest.approx(8.0)
+    assert np.allclose(r.center, 0)
+
+
+# Trusted functions run in a measuring child, which has no audit hook: the kernel alone refuses.
+CALLS = [
+    ("builtins:open", ("/etc/passwd",), "Permission denied"),
+    ("os:listdir", ("/proc",), "Permission denied"),
+    ("os:listdir", ("/",), "Permission denied"),
+    ("sqlite3:connect", ("{db}",), "unable to open database file"),
+    ("socket:create_connection", (("127.0.0.1", "{port}"), 1), "Operation not permitted"),
+    ("socket:socket", (socket.AF_UNIX,), "Operation not permitted"),
+    ("os:kill", ("{caller}", 0), "Operation not permitted"),
+    ("os:system", ("true",), ""),  # a shell could be started, but not executed: exit status 126/127
+]
+
+
+def test_the_kernel_refuses_without_the_audit_hook(ex, victim_db, listener):
+    values = {"db": str(victim_db), "port": listener.getsockname()[1], "caller": os.getpid()}
+
+    def filled(arg):
+        if isinstance(arg, tuple):
+            return tuple(filled(a) for a in arg)
+        if isinstance(arg, str) and arg.startswith("{"):
+            value = values[arg[1:-1]]
+            return value if isinstance(value, str) else int(value)
+        return arg
+
+    for func, args, expected in CALLS:
+        r = ex.call(func, *filled(args))
+        if func == "os:system":
+            assert r.ok and r.extras["value"] != 0, "a program could be executed"
+            continue
+        assert not r.ok and expected in r.message, f"{func}{args}: {r.reason}"
+        assert_nothing_leaked(r)
+    assert select.select([listener], [], [], 0)[0] == []
+
+
+def test_workers_get_no_secret_environment(monkeypatch):
+    """A child's memory is a copy of its worker's: the worker must not hold the caller's secrets."""
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://app:{SECRET}@localhost/app")
+    monkeypatch.setenv("IMG2CQ_DB_PASSWORD", SECRET)
+    others = set(psutil.Process().children())
+    with Executor(workers=1) as fresh:
+        assert fresh.run("import cadquery as cq\nsolid = cq.Workplane().box(1, 1, 1)").ok
+        (worker,) = [p for p in psutil.Process().children() if p not in others]
+        environment = worker.environ()
+        assert SECRET not in " ".join(environment.values())
+        assert "PYTHONPATH" in environment
+
+
+def test_strict_isolation_is_refused_where_the_kernel_lacks_it(monkeypatch):
+    monkeypatch.delenv("IMG2CQ_ISOLATION", raising=False)
+    monkeypatch.setattr(executor_module, "_landlock_abi", lambda: 3)
+    with pytest.raises(SandboxUnavailable, match=r"Landlock ABI 3 .*isolation='trusted'"):
+        Executor(workers=1)
+    monkeypatch.setattr(executor_module.platform, "machine", lambda: "aarch64")
+    with pytest.raises(SandboxUnavailable, match="x86_64"):
+        Executor(workers=1)
+    with pytest.raises(ValueError, match="isolation"):
+        Executor(workers=1, isolation="lax")
+
+
+def test_the_weaker_mode_is_an_explicit_choice(monkeypatch):
+    """isolation="trusted" (or IMG2CQ_ISOLATION=trusted) starts without the kernel sandbox, so the
+    host is visible again, and only the audit hook stands in the way."""
+    monkeypatch.setattr(executor_module, "_landlock_abi", lambda: 0)
+    monkeypatch.setenv("IMG2CQ_ISOLATION", "trusted")
+    with Executor(workers=1) as weak:
+        assert weak.isolation == "trusted"
+        r = weak.call("os:listdir", "/proc")
+        assert r.ok and "self" in r.extras["value"]
+        assert weak.run("import cadquery as cq\nsolid = cq.Workplane().box(1, 2, 3)").volume == pytest.approx(6.0)
+
+
+def test_a_child_that_cannot_enter_its_sandbox_runs_nothing(tmp_path):
+    """Fail closed: should the kernel refuse the sandbox at run time, the program does not run."""
+    marker = tmp_path / "ran.db"
+    code = (f"import sqlite3\nsqlite3.connect({str(marker)!r}).execute('create table t (x)')\n"
+            "import cadquery as cq\nsolid = cq.Workplane().box(1, 1, 1)")
+    with Executor(workers=1, preload=("tests.fixtures.broken_sandbox",)) as broken:
+        r = broken.run(code)
+        assert (r.ok, r.error_kind) == (False, "worker"), r.reason
+        assert "could not fence itself in" in r.message
+        assert not broken.call("os:getcwd").ok
+    assert not marker.exists()

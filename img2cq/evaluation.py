@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from img2cq.framing import frame_silhouette
 from img2cq.training import DOWNLOAD_HINT
 
 RESULTS_FIELDS = ["Model", "VSR", "IOU", "Delta", "samples", "decoding", "eval_json", "date", "command"]
@@ -161,7 +162,7 @@ def _thumbnail(image) -> np.ndarray:
     """A 32 x 32 grey thumbnail as a unit-free float vector (for nearest-neighbour look-up)."""
     from PIL import Image
 
-    return np.asarray(image.convert("L").resize((32, 32), Image.Resampling.BILINEAR), np.float32).ravel() / 255.0
+    return np.asarray(frame_silhouette(image).convert("L").resize((32, 32), Image.Resampling.BILINEAR), np.float32).ravel() / 255.0
 
 
 def nearest_neighbour_programs(train_json: str, test_rows: list[dict], train_samples: int | None = None) -> list[str]:

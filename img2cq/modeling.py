@@ -35,6 +35,7 @@ from transformers import (
 )
 from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
+from img2cq.framing import frame_silhouette
 from img2cq.tokenizer import decode_program, load_tokenizer
 
 # Longest GenCAD programs are ~4,000 characters; with the shipped tokenizer that is well under
@@ -227,7 +228,7 @@ class Img2CQ:
         return self.model.config.decoder.n_positions - 1
 
     def pixel_values(self, images: list[Image.Image]) -> torch.Tensor:
-        images = [im.convert("RGB") for im in images]
+        images = [frame_silhouette(im) for im in images]
         return self.processor(images, return_tensors="pt")["pixel_values"].to(self.device)
 
     def decode(self, sequences) -> list[str]:

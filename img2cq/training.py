@@ -36,6 +36,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 from torch.utils.data import DataLoader, IterableDataset, Subset
 from tqdm.auto import tqdm
 
+from img2cq.framing import frame_silhouette
 from img2cq.modeling import MAX_PROGRAM_TOKENS, build_model, build_pretrained, count_parameters, save_pretrained
 from img2cq.tokenizer import encode_program
 
@@ -119,7 +120,7 @@ class Collator:
         self.max_tokens = max_tokens
 
     def __call__(self, rows: list[dict]) -> dict:
-        images = [row["image"].convert("RGB") for row in rows]
+        images = [frame_silhouette(row["image"]) for row in rows]
         if self.augment:
             images = [augment_image(im, self.rng) for im in images]
         pixel_values = self.processor(images, return_tensors="pt")["pixel_values"]

@@ -66,7 +66,7 @@ def reject_reason(shape) -> str | None:
 
 
 def validate_and_render(shape, size: int = 448, line_width: float = 1.0, view_jitter_deg: float = 0.0,
-                        seed: int | None = None) -> dict:
+                        seed: int | None = None, fit: str = "bbox") -> dict:
     """reject_reason(shape), and a PNG render of the parts that pass.
 
     Returns {"reject": reason or None, "png": bytes or None}.
@@ -79,7 +79,19 @@ def validate_and_render(shape, size: int = 448, line_width: float = 1.0, view_ji
     # the view jitter differs per part yet is reproducible: seeded by the seed and the part's volume
     jitter_seed = None if seed is None else [seed, int(shape.Volume() * 1e9)]
     return {"reject": None, "png": render_png(shape, size=size, line_width=line_width,
-                                               view_jitter_deg=view_jitter_deg, seed=jitter_seed)}
+                                               view_jitter_deg=view_jitter_deg, seed=jitter_seed, fit=fit)}
+
+
+_BOOLEAN_CALL = regex.compile(r"\.(union|cut|intersect)\((\w+)\)")
+
+
+def seamed_program(code: str) -> str:
+    """The program with ``clean=False`` on every boolean (``solid.union(solid1, clean=False)``).
+
+    The dataset's images keep the seam edges where sketches were joined, which CadQuery's default
+    clean step merges away; the same solid (volume, inertia) with its seams is what gets rendered,
+    while the stored program stays in the plain GenCAD-Code style."""
+    return _BOOLEAN_CALL.sub(r".\1(\2, clean=False)", code)
 
 
 def geometry_signature(volume: float, inertia: np.ndarray) -> str:
@@ -114,7 +126,8 @@ def generate_draws(executor, seed: int, split: str, start: int, count: int, seen
                    render_kwargs: dict | None = None, weights: dict | None = None) -> Iterator[dict]:
     """Execute draws start..start+count-1 and yield one record per draw, in draw order.
 
-    Each record has "index", "cadquery", "reason" (None if accepted), "signature" and "png".
+    Each record has "index", "cadquery", "reason" (None if accepted), "signature" and "png". The
+    executor runs each program's seamed_program, so the render shows the dataset's seam edges.
     Accepted signatures are added to `seen` (de-duplication by geometry).
     """
     from img2cq.sampler import sample_program
@@ -122,8 +135,8 @@ def generate_draws(executor, seed: int, split: str, start: int, count: int, seen
     indices = range(start, start + count)
     codes = [sample_program(draw_rng(seed, split, i), weights) for i in indices]
     kwargs = dict(render_kwargs or {})
-    results = executor.map(codes, mesh=False, postprocess="img2cq.data:validate_and_render",
-                           postprocess_kwargs=kwargs)
+    results = executor.map([seamed_program(c) for c in codes], mesh=False,
+                           postprocess="img2cq.data:validate_and_render", postprocess_kwargs=kwargs)
     for i, code, result in zip(indices, codes, results):
         reason, signature = _judge(result, seen)
         if reason is None:
@@ -311,7 +324,7 @@ def load_split(jsonl_path: str | Path):
 
 def stream_samples(seed: int, workers: int = 2, split: str = "train", start: int = 0, batch: int | None = None,
                    size: int = 448, line_width: float = 1.0, view_jitter_deg: float = 0.0,
-                   weights: dict | None = None, executor=None) -> Iterator[dict]:
+                   weights: dict | None = None, executor=None, fit: str = "bbox") -> Iterator[dict]:
     """Endless fresh samples {"id", "cadquery", "image" (PIL), "index"} for online training.
 
     Draw order (and so the stream) is fixed by the seed; pass `start` to resume after a draw index.
@@ -324,7 +337,7 @@ def stream_samples(seed: int, workers: int = 2, split: str = "train", start: int
     executor = executor or Executor(workers=workers, preload=("img2cq.render",))
     batch = batch or 8 * executor.workers
     seen: set = set()
-    render_kwargs = {"size": size, "line_width": line_width, "view_jitter_deg": view_jitter_deg}
+    render_kwargs = {"size": size, "line_width": line_width, "view_jitter_deg": view_jitter_deg, "fit": fit}
     try:
         index = start
         while True:

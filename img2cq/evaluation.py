@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from img2cq.data import DOWNLOAD_HINT, load_split
 from img2cq.executor import Executor
+from img2cq.framing import frame_silhouette
 from img2cq.scoring import execute, executor_or_new, score_executed
 
 RESULTS_FIELDS = ["Model", "VSR", "IOU", "Delta", "IOU_valid", "samples", "decoding", "eval_json", "date", "command"]
@@ -194,7 +195,8 @@ def evaluate_model(model_dir: str, eval_json: str = "data/test.jsonl", samples: 
 
 def _thumbnail(image) -> np.ndarray:
     """A 32 x 32 grey thumbnail as a unit-free float vector (for nearest-neighbour look-up)."""
-    return np.asarray(image.convert("L").resize((32, 32), Image.Resampling.BILINEAR), np.float32).ravel() / 255.0
+    return np.asarray(frame_silhouette(image).convert("L").resize((32, 32), Image.Resampling.BILINEAR),
+                      np.float32).ravel() / 255.0
 
 
 def nearest_neighbour_programs(train_json: str, test_rows: list[dict], train_samples: int | None = None) -> list[str]:

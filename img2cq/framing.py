@@ -17,9 +17,17 @@ BACKGROUND = (255, 255, 255)
 INK_THRESHOLD = 250            # a pixel with any channel below this belongs to the part
 
 
+def on_white(image: Image.Image) -> Image.Image:
+    """RGB image; a transparent background (RGBA, LA, palette transparency) becomes white, not black."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, BACKGROUND + (255,)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def silhouette_box(image: Image.Image) -> tuple[int, int, int, int] | None:
     """(left, top, right, bottom) of the non-white pixels (right/bottom exclusive), or None if blank."""
-    ink = (np.asarray(image.convert("RGB")) < INK_THRESHOLD).any(axis=2)
+    ink = (np.asarray(on_white(image)) < INK_THRESHOLD).any(axis=2)
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
     if not len(rows):
         return None
@@ -30,7 +38,7 @@ def frame_silhouette(image: Image.Image, size: int = SIZE, span: int | None = No
     """The silhouette cropped, scaled so its longer side spans ``span`` px, centred on a white
     ``size`` x ``size`` RGB canvas. ``span`` defaults to ``size * SPAN / SIZE``. A blank image is
     returned resized (there is nothing to centre)."""
-    image = image.convert("RGB")
+    image = on_white(image)
     span = span or round(size * SPAN / SIZE)
     box = silhouette_box(image)
     if box is None:

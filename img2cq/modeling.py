@@ -38,6 +38,7 @@ from transformers import (
 )
 from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
+from img2cq.framing import frame_silhouette
 from img2cq.grammar import CodecGrammar, GrammarLogitsProcessor
 from img2cq.tokenizer import decode_program, is_codec_tokenizer, load_codec_tokenizer, load_tokenizer
 
@@ -244,7 +245,7 @@ class Img2CQ:
         return self.model.config.decoder.n_positions - 1
 
     def pixel_values(self, images: list[Image.Image]) -> torch.Tensor:
-        images = [im.convert("RGB") for im in images]
+        images = [frame_silhouette(im) for im in images]
         return self.processor(images, return_tensors="pt")["pixel_values"].to(self.device)
 
     def decode(self, sequences) -> list[str]:

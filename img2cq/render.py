@@ -1,9 +1,14 @@
-"""Render a CadQuery shape in the GenCAD-Code image style (see /work/shared/reference/gencad-code.md).
+"""Render a CadQuery shape in the GenCAD-Code image style (see ../shared/reference/gencad-code.md).
 
-Orthographic camera looking at the part from (1, -1, 1) with +Z up, silhouette's longer side
-400/448 of the image and centred, white background, faces flat-filled (141, 141, 138) without
-lighting, visible B-rep edges in black, ~1 px, no anti-aliasing. A model trained on renders that
-differ from the dataset's transfers poorly, so the style numbers are tested (tests/test_render.py).
+Orthographic camera looking at the part from (1, -1, 1) with +Z up, white background, faces
+flat-filled (141, 141, 138) without lighting, visible B-rep edges in black, ~1 px, no anti-aliasing.
+Scale and position follow the dataset's fit rule (``fit="bbox"``): the part's axis-aligned 3D
+bounding box is projected and scaled so that it fits a 400 px wide x 300 px tall window of a 448 px
+image (proportionally for other sizes), touching one of the two limits, its centre at the image
+centre. ``fit="silhouette"`` is this project's earlier rule (the silhouette's longer side spans
+400/448 of the image, centred), kept to measure what the difference costs. A model trained on
+renders that differ from the dataset's transfers poorly, so the style numbers are tested
+(tests/test_render.py).
 
 Edges are taken from the face triangulation (BRep_Tool.PolygonOnTriangulation) so each edge
 polyline lies exactly on mesh vertices; the faces are pushed back with a polygon offset and the
@@ -42,7 +47,10 @@ BACKGROUND = (255, 255, 255)
 FACE_COLOR = (141, 141, 138)
 EDGE_COLOR = (0, 0, 0)
 VIEW_DIRECTION = np.array([1.0, -1.0, 1.0])   # from the part towards the camera
-REFERENCE_SIZE, REFERENCE_SPAN = 448, 400      # the silhouette's longer side spans 400 of 448 px
+REFERENCE_SIZE = 448                           # the dataset's image size; the numbers below scale with it
+BOX_WINDOW = (400, 300)                        # fit="bbox": the projected 3D box fits 400 px wide x 300 px tall
+SILHOUETTE_SPAN = 400                          # fit="silhouette": the silhouette's longer side spans 400 px
+FITS = ("bbox", "silhouette")
 MESH_TOLERANCE, MESH_ANGULAR = 2e-3, 0.3       # chord error <= ~0.5 px at 400 px per 1.5 units
 # Resolved once at import: the executor's sandboxed children run with a scrubbed environment.
 WINDOW_CLASS = getattr(vtk_gl, os.environ["VTK_DEFAULT_OPENGL_WINDOW"], vtk.vtkRenderWindow)
@@ -127,6 +135,30 @@ def _jittered_direction(view_jitter_deg: float, seed) -> np.ndarray:
     return d * np.cos(a) + np.cross(axis, d) * np.sin(a) + axis * np.dot(axis, d) * (1 - np.cos(a))
 
 
+def screen_axes(direction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors pointing right and up on screen for a camera looking along -direction, +Z up."""
+    right = np.cross(-direction, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    return right, np.cross(right, -direction)
+
+
+def box_corners(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """(8, 3) corners of the axis-aligned box lo..hi."""
+    return np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+
+
+def projected_extents(shape) -> dict:
+    """Screen extents, in world units along the unjittered view's (right, up) axes, of the shape's
+    3D bounding box ("box") and of its silhouette ("silhouette"), each [u_min, u_max, v_min, v_max].
+    With an image's silhouette they tell which fit rule drew it (img2cq.fitcheck)."""
+    points = tessellate(shape)[0]
+    axes = np.stack(screen_axes(VIEW_DIRECTION / np.linalg.norm(VIEW_DIRECTION)), axis=1)
+    box = box_corners(points.min(axis=0), points.max(axis=0)) @ axes
+    silhouette = points @ axes
+    return {name: [float(p[:, 0].min()), float(p[:, 0].max()), float(p[:, 1].min()), float(p[:, 1].max())]
+            for name, p in (("box", box), ("silhouette", silhouette))}
+
+
 def _flat_actor(mapper, color) -> vtk.vtkActor:
     """Actor drawn in one unlit colour."""
     actor = vtk.vtkActor()
@@ -163,16 +195,22 @@ class _Scene:
         self.window.PolygonSmoothingOff()
         self.window.AddRenderer(self.renderer)
 
-    def draw(self, points, triangles, polylines, direction, size: int, line_width: float) -> np.ndarray:
-        up = np.array([0.0, 0.0, 1.0])
-        right = np.cross(-direction, up)
-        right /= np.linalg.norm(right)
-        screen_up = np.cross(right, -direction)
-        u, v = points @ right, points @ screen_up
-        span = max(u.max() - u.min(), v.max() - v.min(), 1e-9)
-        # centre of the silhouette's box on screen, at the depth of the part's centre
-        centre = right * (u.max() + u.min()) / 2 + screen_up * (v.max() + v.min()) / 2 \
-            + direction * float(np.mean(points @ direction))
+    def draw(self, points, triangles, polylines, direction, size: int, line_width: float,
+             fit: str = "bbox") -> np.ndarray:
+        right, screen_up = screen_axes(direction)
+        if fit == "bbox":
+            # the 8 corners of the axis-aligned 3D box, projected; the box's centre is the image centre
+            lo, hi = points.min(axis=0), points.max(axis=0)
+            corners = box_corners(lo, hi)
+            width, height = np.ptp(corners @ right), np.ptp(corners @ screen_up)
+            units_per_px = max(width / BOX_WINDOW[0], height / BOX_WINDOW[1], 1e-9) * REFERENCE_SIZE / size
+            centre = (lo + hi) / 2
+        else:  # "silhouette"
+            u, v = points @ right, points @ screen_up
+            units_per_px = max(np.ptp(u), np.ptp(v), 1e-9) / SILHOUETTE_SPAN * REFERENCE_SIZE / size
+            # centre of the silhouette's box on screen, at the depth of the part's centre
+            centre = right * (u.max() + u.min()) / 2 + screen_up * (v.max() + v.min()) / 2 \
+                + direction * float(np.mean(points @ direction))
         radius = float(np.linalg.norm(points - centre, axis=1).max())
 
         self.faces.SetInputData(_polydata(points, np.arange(0, 3 * len(triangles) + 1, 3), triangles.ravel(),
@@ -186,8 +224,8 @@ class _Scene:
         camera.ParallelProjectionOn()
         camera.SetFocalPoint(*centre)
         camera.SetPosition(*(centre + direction * (radius * 4 + 1)))
-        camera.SetViewUp(*up)
-        camera.SetParallelScale(span / 2 * REFERENCE_SIZE / REFERENCE_SPAN)
+        camera.SetViewUp(0.0, 0.0, 1.0)
+        camera.SetParallelScale(units_per_px * size / 2)  # half the image height, in world units
         self.renderer.ResetCameraClippingRange()
 
         self.window.SetSize(size, size)
@@ -220,13 +258,17 @@ _SCENE = _warm_up()
 
 
 def render_array(shape, size: int = 448, line_width: float = 1.0, view_jitter_deg: float = 0.0,
-                 seed=None) -> np.ndarray:
-    """(size, size, 3) uint8 render of a cadquery Shape (or OCC TopoDS_Shape) in GenCAD style."""
+                 seed=None, fit: str = "bbox") -> np.ndarray:
+    """(size, size, 3) uint8 render of a cadquery Shape (or OCC TopoDS_Shape) in GenCAD style;
+    ``fit`` is "bbox" (the dataset's rule) or "silhouette" (see the module docstring)."""
+    if fit not in FITS:
+        raise ValueError(f"unknown fit {fit!r}; expected one of {', '.join(FITS)}")
     points, triangles, polylines = tessellate(shape)
-    return _SCENE.draw(points, triangles, polylines, _jittered_direction(view_jitter_deg, seed), size, line_width)
+    return _SCENE.draw(points, triangles, polylines, _jittered_direction(view_jitter_deg, seed), size, line_width,
+                       fit)
 
 
 def render_png(shape, size: int = 448, line_width: float = 1.0, view_jitter_deg: float = 0.0,
-               seed=None) -> bytes:
+               seed=None, fit: str = "bbox") -> bytes:
     """PNG bytes of render_array (what the dataset stores)."""
-    return png_bytes(render_array(shape, size, line_width, view_jitter_deg, seed))
+    return png_bytes(render_array(shape, size, line_width, view_jitter_deg, seed, fit))

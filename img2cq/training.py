@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, IterableDataset, Subset
 from tqdm.auto import tqdm
 
 from img2cq.data import DOWNLOAD_HINT
+from img2cq.framing import frame_silhouette
 from img2cq.modeling import ModelError, build_model, build_pretrained, count_parameters, save_pretrained
 from img2cq.tokenizer import encode_program
 from img2cq.training_args import TrainingArguments, TrainingError
@@ -88,7 +89,7 @@ class Collator:
         self.max_tokens = max_tokens
 
     def __call__(self, rows: list[dict]) -> dict:
-        images = [row["image"].convert("RGB") for row in rows]
+        images = [frame_silhouette(row["image"]) for row in rows]
         if self.augment:
             images = [augment_image(im, self.rng) for im in images]
         pixel_values = self.processor(images, return_tensors="pt")["pixel_values"]

@@ -38,6 +38,9 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=448, help="synthetic only: image size in pixels")
     parser.add_argument("--line-width", type=float, default=1.0, help="synthetic only: edge width in pixels")
     parser.add_argument("--view-jitter-deg", type=float, default=0.0, help="synthetic only: random view tilt")
+    parser.add_argument("--fit", choices=("bbox", "silhouette"), default="bbox",
+                        help="synthetic only: scale rule; bbox = the dataset's (projected 3D box fits 400x300 px "
+                             "of 448), silhouette = longer side 400 px (this project's earlier renders)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     sizes = {"train": args.train, "val": args.val, "test": args.test}
@@ -56,7 +59,7 @@ def main(argv=None) -> int:
         card = data.download_hub(args.out, sizes, progress=not args.no_progress)
     else:
         render = {"size": args.size, "line_width": args.line_width, "view_jitter_deg": args.view_jitter_deg,
-                  "seed": args.seed}
+                  "seed": args.seed, "fit": args.fit}
         card = data.generate_synthetic(args.out, sizes, seed=args.seed, workers=args.workers, render_kwargs=render,
                                        progress=not args.no_progress)
     for split, stats in card["splits"].items():

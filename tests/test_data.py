@@ -1,4 +1,5 @@
 """Dataset I/O: synthetic generation through the executor, resume, hub layout, loading, streaming, CLI."""
+import io
 import json
 import subprocess
 import sys
@@ -39,11 +40,38 @@ def test_signature_ignores_placement():
     assert sa == sb
 
 
+def test_seamed_programs_keep_validity_and_signature():
+    """clean=False only keeps seam edges: the same parts are accepted and de-duplicated alike."""
+    from img2cq.executor import _mass_properties
+    from img2cq.sampler import sample_program
+
+    combined = [c for c in (sample_program(data.draw_rng(3, "train", i)) for i in range(80))
+                if "solid.union(" in c or "solid.cut(" in c][:6]
+    assert len(combined) == 6
+    for code in combined:
+        shapes = []
+        for program in (code, data.seamed_program(code)):
+            namespace = {}
+            exec(program, namespace)
+            shapes.append(namespace["solid"].val())
+        assert data.reject_reason(shapes[0]) == data.reject_reason(shapes[1])
+        signatures = [data.geometry_signature(*_mass_properties(s)[::2]) for s in shapes]
+        assert signatures[0] == signatures[1], code
+
+
+def test_fit_rule_passes_through_the_render_options():
+    part = cq.Workplane().box(0.2, 0.2, 1.4).val()
+    tall = {fit: np.asarray(Image.open(io.BytesIO(data.validate_and_render(part, size=64, fit=fit)["png"])))
+            for fit in ("bbox", "silhouette")}
+    heights = {fit: np.ptp(np.nonzero((image != 255).any(axis=-1))[0]) for fit, image in tall.items()}
+    assert heights["bbox"] < heights["silhouette"]  # 300 vs 400 px of 448
+
+
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     out = tmp_path_factory.mktemp("syn")
     card = data.generate_synthetic(out, {"train": 6, "val": 0, "test": 3}, seed=5, workers=2, batch=8,
-                                   render_kwargs={"size": 96}, progress=False)
+                                   render_kwargs={"size": 96, "fit": "bbox"}, progress=False)
     return out, card
 
 
@@ -55,7 +83,7 @@ def test_synthetic_layout_and_card(synthetic):
         assert {"id", "image", "cadquery", "token_count", "seed", "sample_index"} <= set(row)
         assert Image.open(out / row["image"]).size == (96, 96)
     saved = json.loads((out / "dataset_card.json").read_text())
-    assert saved["splits"]["train"]["accepted"] == 6 and "provenance" in saved
+    assert saved["splits"]["train"]["accepted"] == 6 and "provenance" in saved and saved["render"]["fit"] == "bbox"
     train_sigs = {r["signature"] for r in rows}
     test_rows = [json.loads(line) for line in (out / "test.jsonl").read_text().splitlines()]
     assert not train_sigs & {r["signature"] for r in test_rows}

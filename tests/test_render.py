@@ -6,9 +6,13 @@ from pathlib import Path
 
 import cadquery as cq
 import numpy as np
+import pytest
 from PIL import Image
 
-from img2cq.render import BACKGROUND, EDGE_COLOR, FACE_COLOR, render_array, render_png
+from img2cq.data import draw_rng, reject_reason, seamed_program
+from img2cq.fitcheck import follows_bbox_rule, follows_silhouette_rule, measure
+from img2cq.render import BACKGROUND, EDGE_COLOR, FACE_COLOR, projected_extents, render_array, render_png
+from img2cq.sampler import sample_program
 
 FIXTURES = Path(__file__).parent / "fixtures" / "render"
 
@@ -38,20 +42,78 @@ def test_colours_are_exactly_background_face_and_edge():
     assert colours == {BACKGROUND, FACE_COLOR, EDGE_COLOR}  # no shading, no anti-aliasing
 
 
-def test_longer_side_spans_400_px_centred():
+def _ink_extent(image: np.ndarray) -> tuple[int, int, float, float]:
+    """Width, height and centre (x, y) of the ink."""
+    ys, xs = np.nonzero(_ink(image))
+    return xs.max() - xs.min() + 1, ys.max() - ys.min() + 1, (xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2
+
+
+def test_a_box_fits_400_wide_or_300_tall_centred():
+    """For a box the silhouette is the projected bounding box itself: a tall one touches the 300 px
+    limit, a flat wide one the 400 px limit (+1 px of edge line), both centred."""
+    cases = ((cq.Workplane().box(0.2, 0.2, 1.4), 1, 300), (cq.Workplane().box(1.4, 1.4, 0.1), 0, 400))
+    for part, side, limit in cases:
+        extent = _ink_extent(render_array(part.val()))
+        assert limit <= extent[side] <= limit + 1 and extent[1 - side] < (300, 400)[side]
+        assert abs(extent[2] - 223.5) <= 1 and abs(extent[3] - 223.5) <= 1
+
+
+def test_fit_rule_holds_on_sampled_parts():
+    """Each sampled part's projected 3D box fits 400 x 300 px, one side tight within 2 px, centred."""
+    checked = 0
+    for index in range(12):
+        namespace = {}
+        exec(sample_program(draw_rng(11, "test", index)), namespace)
+        shape = namespace["solid"].val()
+        if reject_reason(shape):
+            continue
+        m = measure(projected_extents(shape), Image.fromarray(render_array(shape)))
+        assert follows_bbox_rule(m), m
+        checked += 1
+    assert checked >= 8
+
+
+def test_silhouette_fit_is_kept_as_an_option():
     for shape in (_fixture_shape(), cq.Workplane().box(0.2, 0.2, 1.4).val()):
-        ys, xs = np.nonzero(_ink(render_array(shape)))
-        width, height = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
-        assert max(width, height) in (399, 400, 401)
-        assert abs((xs.min() + xs.max()) / 2 - 223.5) <= 1 and abs((ys.min() + ys.max()) / 2 - 223.5) <= 1
+        width, height, x, y = _ink_extent(render_array(shape, fit="silhouette"))
+        assert max(width, height) in (399, 400, 401) and abs(x - 223.5) <= 1 and abs(y - 223.5) <= 1
+        m = measure(projected_extents(shape), Image.fromarray(render_array(shape, fit="silhouette")))
+        assert follows_silhouette_rule(m)
+    with pytest.raises(ValueError, match="unknown fit"):
+        render_array(_fixture_shape(), fit="longest")
 
 
 def test_size_and_png_output():
-    png = render_png(_fixture_shape(), size=224)
+    png = render_png(cq.Workplane().box(0.2, 0.2, 1.4).val(), size=224)
     image = Image.open(io.BytesIO(png))
     assert image.size == (224, 224) and image.mode == "RGB"
-    ys, xs = np.nonzero(_ink(np.asarray(image)))
-    assert max(xs.max() - xs.min(), ys.max() - ys.min()) + 1 in (199, 200, 201)
+    assert _ink_extent(np.asarray(image))[1] in (150, 151)  # 300 px of 448, scaled
+
+
+def test_seams_of_unioned_sketches_are_drawn():
+    """A stepped block: with clean=False the line where the two blocks meet stays on their shared
+    front and back faces, as in the dataset; the solid itself (volume, validity) is unchanged."""
+    from img2cq.executor import _mass_properties
+
+    code = """import cadquery as cq
+solid0=cq.Workplane().box(1.0, 0.6, 0.3)
+solid=solid0
+solid1=cq.Workplane().box(0.5, 0.6, 0.3).translate((0.25, 0.0, 0.3))
+solid=solid.union(solid1)
+"""
+    assert "solid.union(solid1, clean=False)" in seamed_program(code)
+    shapes = []
+    for program in (code, seamed_program(code)):
+        namespace = {}
+        exec(program, namespace)
+        shapes.append(namespace["solid"].val())
+    plain, seamed = shapes
+    assert len(seamed.Faces()) > len(plain.Faces())
+    assert reject_reason(plain) is reject_reason(seamed) is None
+    (v0, _, i0), (v1, _, i1) = _mass_properties(plain), _mass_properties(seamed)
+    assert np.isclose(v0, v1, rtol=1e-9) and np.allclose(i0, i1, rtol=1e-7, atol=1e-12)
+    black = [(render_array(s) == 0).all(axis=-1).sum() for s in shapes]
+    assert black[1] > black[0] + 100, black
 
 
 def _heavy_end_quadrant(direction) -> tuple[float, float]:

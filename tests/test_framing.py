@@ -1,0 +1,67 @@
+"""frame_silhouette gives the model the same input however the picture was framed."""
+import cadquery as cq
+import numpy as np
+from PIL import Image
+
+from img2cq.framing import BACKGROUND, frame_silhouette, silhouette_box
+from img2cq.render import render_array
+
+
+def _grey(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("L"), dtype=float)
+
+
+def _ink(image: Image.Image) -> np.ndarray:
+    return _grey(image) < 250
+
+
+def test_both_fit_rules_give_nearly_the_same_framed_image():
+    stepped = cq.Workplane().box(1.0, 0.6, 0.3).union(cq.Workplane().box(0.4, 0.6, 0.5).translate((0.3, 0, 0.4)))
+    for shape in (stepped.val(), cq.Workplane().box(0.2, 0.2, 1.4).val()):
+        bbox, silhouette = (frame_silhouette(Image.fromarray(render_array(shape, fit=fit)))
+                            for fit in ("bbox", "silhouette"))
+        assert bbox.size == silhouette.size == (448, 448)
+        a, b = _ink(bbox), _ink(silhouette)
+        assert (a & b).sum() / (a | b).sum() > 0.97
+        assert np.mean(np.abs(_grey(bbox) - _grey(silhouette)) > 64) < 0.02  # edges land on the same pixels
+        assert not np.array_equal(render_array(shape, fit="bbox"), render_array(shape, fit="silhouette"))
+
+
+def test_longer_side_spans_400_of_448_centred():
+    image = Image.new("RGB", (300, 120), "white")
+    image.paste((0, 0, 0), (20, 30, 120, 80))  # a 100 x 50 block off centre
+    framed = frame_silhouette(image)
+    left, top, right, bottom = silhouette_box(framed)
+    assert (right - left, bottom - top) == (400, 200)
+    assert abs((left + right) / 2 - 224) <= 1 and abs((top + bottom) / 2 - 224) <= 1
+
+
+def test_other_sizes_scale_the_span():
+    image = Image.new("RGB", (448, 448), "white")
+    image.paste((0, 0, 0), (100, 100, 200, 150))
+    left, top, right, bottom = silhouette_box(frame_silhouette(image, size=224))
+    assert right - left == 200
+    left, top, right, bottom = silhouette_box(frame_silhouette(image, size=224, span=100))
+    assert right - left == 100
+
+
+def test_blank_image_gives_a_white_frame():
+    framed = frame_silhouette(Image.new("RGB", (100, 60), "white"))
+    assert framed.size == (448, 448) and silhouette_box(framed) is None
+    assert {tuple(c) for c in np.asarray(framed).reshape(-1, 3)} == {BACKGROUND}
+
+
+def test_tiny_image_is_scaled_up_into_the_frame():
+    image = Image.new("RGB", (4, 3), "white")
+    image.putpixel((1, 1), (0, 0, 0))
+    image.putpixel((2, 1), (0, 0, 0))
+    framed = frame_silhouette(image)
+    left, top, right, bottom = silhouette_box(framed)
+    assert framed.size == (448, 448) and right - left == 400 and 150 <= bottom - top <= 250
+
+
+def test_transparent_background_counts_as_white():
+    image = Image.new("RGBA", (200, 200), (0, 0, 0, 0))
+    image.paste((90, 90, 90, 255), (50, 50, 150, 100))
+    left, top, right, bottom = silhouette_box(frame_silhouette(image))
+    assert (right - left, bottom - top) == (400, 200)

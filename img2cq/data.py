@@ -22,15 +22,12 @@ from typing import Iterable, Iterator
 import numpy as np
 import regex
 
+from img2cq.geometry import MIN_PART_EXTENT, MIN_PART_FILL, MIN_PART_VOLUME
+
 SPLITS = ("train", "val", "test")
 HUB_DATASET = "CADCODER/GenCAD-Code"
 HUB_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 DOWNLOAD_HINT = "python scripts/download_hf_dataset.py --source synthetic --out data"  # named in missing-data errors
-
-# Acceptance thresholds for a generated part (parts span about 1.5 units).
-MIN_VOLUME = 1e-3           # smaller parts are dust
-MIN_EXTENT = 0.02           # a bounding-box side thinner than this is a sliver
-MIN_FILL = 0.01             # volume / bounding-box volume below this is a wire frame of slivers
 
 # GPT-2's pre-tokenizer pattern (openai/gpt-2 encoder.py). GPT-2's BPE vocabulary cannot be
 # downloaded here, so token_count is an approximation: one token per pre-token, except digit runs,
@@ -58,9 +55,9 @@ def reject_reason(shape) -> str | None:
     bb = shape.BoundingBox()
     extent = [bb.xlen, bb.ylen, bb.zlen]
     volume = shape.Volume()
-    if volume < MIN_VOLUME:
+    if volume < MIN_PART_VOLUME:
         return "too_small"
-    if min(extent) < MIN_EXTENT or volume / (extent[0] * extent[1] * extent[2]) < MIN_FILL:
+    if min(extent) < MIN_PART_EXTENT or volume / (extent[0] * extent[1] * extent[2]) < MIN_PART_FILL:
         return "sliver"
     return None
 

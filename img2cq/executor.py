@@ -71,11 +71,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from img2cq.geometry import METRIC_MESH_ANGULAR, METRIC_MESH_TOLERANCE, MIN_SOLID_VOLUME
+
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_MEMORY_MB = 4096  # a process with CadQuery imported already maps ~1 GiB; OCC needs >= 1.5 GiB
-MESH_TOLERANCE = 1e-3  # linear deflection in model units (GenCAD parts span ~1.5)
-MESH_ANGULAR_TOLERANCE = 0.1  # radians
-MIN_VOLUME = 1e-9
 MAX_BREP_BYTES = 64 << 20  # a program child's output beyond this is refused unread
 RESULT_NAMES = ("solid", "result", "shape", "part", "model", "body", "obj", "r")
 ERROR_KINDS = (
@@ -465,7 +464,7 @@ def _measure(name: str, brep: bytes, opts: dict, postprocess: Callable | None) -
     if not shape.isValid():
         return _failure("invalid_shape", f"`{name}` fails the B-rep validity check")
     volume, center, inertia = _mass_properties(shape)
-    if not volume > MIN_VOLUME:
+    if not volume > MIN_SOLID_VOLUME:
         return _failure("empty", f"`{name}` has zero volume")
     out = {"ok": True, "error_kind": None, "message": "", "volume": volume, "center": center, "inertia": inertia}
     if opts.get("mesh"):
@@ -593,7 +592,7 @@ def _mass_properties(shape) -> tuple[float, np.ndarray, np.ndarray]:
     return props.Mass(), np.array([c.X(), c.Y(), c.Z()]), inertia
 
 
-def mesh_arrays(shape, tolerance: float = MESH_TOLERANCE, angular: float = MESH_ANGULAR_TOLERANCE):
+def mesh_arrays(shape, tolerance: float = METRIC_MESH_TOLERANCE, angular: float = METRIC_MESH_ANGULAR):
     """Triangulate a shape into (vertices, faces) with vertices shared across faces (watertight)."""
     from OCP.BRepMesh import BRepMesh_IncrementalMesh
 

@@ -43,6 +43,8 @@ from OCP.TopoDS import TopoDS
 from OCP.TopTools import TopTools_IndexedDataMapOfShapeListOfShape, TopTools_IndexedMapOfShape
 from PIL import Image
 
+from img2cq.geometry import RENDER_MESH_ANGULAR, RENDER_MESH_TOLERANCE
+
 BACKGROUND = (255, 255, 255)
 FACE_COLOR = (141, 141, 138)
 EDGE_COLOR = (0, 0, 0)
@@ -51,7 +53,6 @@ REFERENCE_SIZE = 448                           # the dataset's image size; the n
 BOX_WINDOW = (400, 300)                        # fit="bbox": the projected 3D box fits 400 px wide x 300 px tall
 SILHOUETTE_SPAN = 400                          # fit="silhouette": the silhouette's longer side spans 400 px
 FITS = ("bbox", "silhouette")
-MESH_TOLERANCE, MESH_ANGULAR = 2e-3, 0.3       # chord error <= ~0.5 px at 400 px per 1.5 units
 # Resolved once at import: the executor's sandboxed children run with a scrubbed environment.
 WINDOW_CLASS = getattr(vtk_gl, os.environ["VTK_DEFAULT_OPENGL_WINDOW"], vtk.vtkRenderWindow)
 
@@ -66,7 +67,7 @@ def _face_nodes(tri, loc) -> np.ndarray:
     return nodes @ rot.T + np.array([t.Value(i, 4) for i in (1, 2, 3)])
 
 
-def tessellate(shape, tolerance: float = MESH_TOLERANCE, angular: float = MESH_ANGULAR):
+def tessellate(shape, tolerance: float = RENDER_MESH_TOLERANCE, angular: float = RENDER_MESH_ANGULAR):
     """Triangles of every face and polylines of every B-rep edge, from one OCC meshing pass.
 
     Returns (points (n,3), triangles (m,3) indices into points, list of edge polylines (k_i,3)).

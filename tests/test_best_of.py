@@ -25,7 +25,7 @@ def test_generate_best_of_selects_per_image(executor, reference_programs):
     sampled = [[p["no_solid"], p["cylinder"]],        # image 0: greedy fails -> the first valid sample
                [p["cylinder"], p["box"]],             # image 1: greedy builds -> kept, samples ignored
                [p["not_a_shape"], p["syntax_error"]]]  # image 2: nothing builds -> the greedy program
-    model, tokenizer, processor = build_model("tiny")
+    model, tokenizer, processor = build_model("tiny", tokenizer="bpe")  # any program text can be scripted
     generator = Img2CQ(model, tokenizer, processor, device="cpu")
     calls = []
 

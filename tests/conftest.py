@@ -6,6 +6,8 @@ import pytest
 
 from img2cq.executor import Executor
 
+pytest_plugins = ["tests.postgres"]  # the throwaway PostgreSQL server fixtures
+
 # Programs with known outcomes, in the two styles the tests need: plain CadQuery and GenCAD-Code.
 REFERENCE_PROGRAMS = {
     "box": "import cadquery as cq\nsolid = cq.Workplane().box(1, 0.5, 0.25)\n",

@@ -19,7 +19,6 @@ from PIL import Image
 import server
 from img2cq import db
 from img2cq.serving import model_api
-from tests.postgres import database_url, postgres  # noqa: F401  (fixtures)
 
 
 

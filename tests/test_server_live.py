@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from img2cq import cpm
-from tests.postgres import database_url, free_port, postgres  # noqa: F401  (fixtures)
+from tests.postgres import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 

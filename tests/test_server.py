@@ -341,11 +341,11 @@ class GatedModel:
         self.running, self.release = threading.Event(), threading.Event()
         self.real = model_api.generate_programs
 
-    def __call__(self, model, images, options):
+    def __call__(self, model, images, options, *search):
         self.batches.append(len(images))
         self.running.set()
         assert self.release.wait(60), "test never released the model"
-        return self.real(model, images, options)
+        return self.real(model, images, options, *search)
 
 
 @pytest.fixture

@@ -6,12 +6,17 @@ section, ...) defines the part; every later sketch is referenced to what exists.
 face of the body (the top or bottom of a pad of material, or a side face of the part's box), its
 profile is centred, concentric, flush with an edge or in a symmetric pattern, and its extrusion goes
 exactly through the part, exactly onto the face below, or a height related to the body's. Parts
-are built on an integer grid in the first sketch's frame (normal local +Z), rotated into the world
-by that sketch's plane, normalised as DeepCAD does (the first sketch plane through the origin, the
-part within [-0.75, 0.75]) and printed exactly in the GenCAD-Code style: plane vectors come from
-DeepCAD's polar rotations (and keep their float noise), every sketch's origin is the corner of its
-own profile, numbers are Python float reprs. As in the real data, sketch normals are +Z, -Y, +X or
-+Y (the direction of an extrusion is its sign), and intersect is not used.
+are built on an integer grid in the first sketch's frame (normal local +Z; the first sketch's
+longer side spans the codec's SKETCH_LEVELS steps), rotated into the world by that sketch's plane
+(DeepCAD's polar rotations), normalised as DeepCAD does (the first sketch plane through the origin,
+the part within [-0.75, 0.75], at a scale that puts the design grid on the codec's grids) and
+printed by the codec's printer (``codec.to_program``) in exactly the GenCAD-Code style, every
+sketch's origin the corner of its own profile. A sampled program is therefore a codec fixed point:
+the codec target a model learns is exactly the part its image shows. Axis-aligned plane vectors
+are printed exactly (0.0, 1.0, -1.0), as the codec prints them, without the 6e-17 noise of real
+programs; the noise changes no geometry and a codec model never writes it. As in the real data,
+sketch normals are +Z, -Y, +X or +Y (the direction of an extrusion is its sign), and intersect is
+not used.
 
 DATASET.md has the statistics of this sampler next to the real dataset's (`python -m img2cq.fidelity`).
 """

@@ -499,11 +499,11 @@ def _extend(rng, part: _Part) -> list[tuple]:
     lo_f, hi_f = (0.0, 1.0) if rng.random() < 0.6 else (0.25, 0.75)
     side = int(rng.integers(4))
     if side < 2:
-        length = max(3, GRID * f * 0.6)
+        length = max(3, round(GRID * f * 0.6))
         a, b = x0 + w * lo_f, x0 + w * hi_f
         rect = (a, y1, b, y1 + length) if side == 0 else (a, y0 - length, b, y0)
     else:
-        length = max(3, GRID * f * 0.6)
+        length = max(3, round(GRID * f * 0.6))
         a, b = y0 + h * lo_f, y0 + h * hi_f
         rect = (x1, a, x1 + length, b) if side == 2 else (x0 - length, a, x0, b)
     t = pad.z1 - pad.z0
@@ -665,9 +665,10 @@ def sample_sketches(rng: np.random.Generator, weights: dict | None = None) -> tu
 
 # Scales of the first sketch (codec units) to draw a part at, largest first: at 2 * GRID and GRID one
 # design step is exactly 2 or 1 steps of the codec's distance grid, so sketch coordinates, plane
-# origins and depths share one grid and faces stay flush after printing; smaller ones (divisors of
-# GRID) fit long parts.
-PART_SCALES = (2 * GRID, GRID) + tuple(d for d in range(GRID - 1, 0, -1) if GRID % d == 0)
+# origins and depths share one grid and faces stay flush after printing. A part too long for
+# these (rods, beams) takes the largest scale below GRID that fits: its first sketch stays on the
+# codec's sketch grid, and later sketches meet it within one step of the distance grid.
+PART_SCALES = (2 * GRID, GRID, *range(GRID - 1, 0, -1))
 
 
 def render_program(sketches: list[Sketch], rotation: np.ndarray) -> str:
@@ -692,9 +693,12 @@ def render_program(sketches: list[Sketch], rotation: np.ndarray) -> str:
         loops = [("circle", scaled(loop.start), float(loop.radius * k)) if loop.radius is not None else
                  ("path", scaled(loop.start), [(scaled(seg[1]), None) if seg[0] == "line" else (scaled(seg[2]), scaled(seg[1]))
                                                for seg in loop.segments]) for loop in s.loops]
-        drawn.append(codec.FloatSketch(tuple((rotation @ s.origin - centre) * k), tuple(rotation @ s.x_dir),
-                                       tuple(rotation @ s.normal), loops, float(s.depth * k), s.both,
-                                       "new" if i == 0 else s.op))
+        origin, normal = (rotation @ s.origin - centre) * k, rotation @ s.normal
+        start = float(origin @ normal)  # the sketch's height along its normal; it ends at start + depth
+        snap = lambda h: round(h * codec.DISTANCE_LEVELS) / codec.DISTANCE_LEVELS
+        depth = snap(start + s.depth * k) - snap(start) or s.depth * k  # faces met at equal heights stay flush
+        drawn.append(codec.FloatSketch(tuple(origin), tuple(rotation @ s.x_dir), tuple(normal), loops, depth,
+                                       s.both, "new" if i == 0 else s.op))
     return codec.to_program(codec.canonicalise(drawn))
 
 

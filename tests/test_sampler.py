@@ -8,7 +8,13 @@ import pytest
 
 from img2cq import codec
 from img2cq.fidelity import normal_key, program_statistics
-from img2cq.sampler import ALLOWED_NORMALS, _hole_pattern, polar_frame, sample_program, sample_sketches
+from img2cq.sampler import (
+    ALLOWED_NORMALS,
+    _hole_pattern,
+    polar_frame,
+    sample_program,
+    sample_sketches,
+)
 
 N_PROGRAMS = 40
 WP_LINE = re.compile(r"^wp_sketch(\d+) = cq\.Workplane\(cq\.Plane\(cq\.Vector\([^()]+\), cq\.Vector\([^()]+\), "

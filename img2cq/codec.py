@@ -178,6 +178,7 @@ def to_program(sketches: list[Sketch]) -> str:
                         body += f".lineTo({pair(end)})"
                     else:
                         mid = arc_midpoint(current, end, seg.sweep * 2 * math.pi / SWEEP_LEVELS)
+                        mid = tuple(0.0 if abs(c) < 1e-12 else c for c in mid)  # no 1e-17 rounding dust
                         body += f".threePointArc(({pair(mid)}), ({pair(end)}))"
                     current = end
                 body += ".close()"

@@ -6,12 +6,17 @@ section, ...) defines the part; every later sketch is referenced to what exists.
 face of the body (the top or bottom of a pad of material, or a side face of the part's box), its
 profile is centred, concentric, flush with an edge or in a symmetric pattern, and its extrusion goes
 exactly through the part, exactly onto the face below, or a height related to the body's. Parts
-are built on an integer grid in the first sketch's frame (normal local +Z), rotated into the world
-by that sketch's plane, normalised as DeepCAD does (the first sketch plane through the origin, the
-part within [-0.75, 0.75]) and printed exactly in the GenCAD-Code style: plane vectors come from
-DeepCAD's polar rotations (and keep their float noise), every sketch's origin is the corner of its
-own profile, numbers are Python float reprs. As in the real data, sketch normals are +Z, -Y, +X or
-+Y (the direction of an extrusion is its sign), and intersect is not used.
+are built on an integer grid in the first sketch's frame (normal local +Z; the first sketch's
+longer side spans the codec's SKETCH_LEVELS steps), rotated into the world by that sketch's plane
+(DeepCAD's polar rotations), normalised as DeepCAD does (the first sketch plane through the origin,
+the part within [-0.75, 0.75], at a scale that puts the design grid on the codec's grids) and
+printed by the codec's printer (``codec.to_program``) in exactly the GenCAD-Code style, every
+sketch's origin the corner of its own profile. A sampled program is therefore a codec fixed point:
+the codec target a model learns is exactly the part its image shows. Axis-aligned plane vectors
+are printed exactly (0.0, 1.0, -1.0), as the codec prints them, without the 6e-17 noise of real
+programs; the noise changes no geometry and a codec model never writes it. As in the real data,
+sketch normals are +Z, -Y, +X or +Y (the direction of an extrusion is its sign), and intersect is
+not used.
 
 DATASET.md has the statistics of this sampler next to the real dataset's (`python -m img2cq.fidelity`).
 """
@@ -21,6 +26,8 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from img2cq import codec
 
 # Tunable weights. Every key can be overridden through sample_program(rng, weights={...}).
 DEFAULT_WEIGHTS: dict[str, dict] = {
@@ -46,18 +53,14 @@ DEFAULT_WEIGHTS: dict[str, dict] = {
 _AXIS_ANGLES = {"+Z": (0.0, 0.0), "-Z": (math.pi, 0.0), "+X": (math.pi / 2, 0.0), "-X": (math.pi / 2, math.pi),
                 "+Y": (math.pi / 2, math.pi / 2), "-Y": (math.pi / 2, -math.pi / 2)}
 ALLOWED_NORMALS = ("+Z", "-Y", "+X", "+Y")  # the only sketch normals of real GenCAD-Code parts
-GRID = 256  # DeepCAD quantises sketches to 256 levels: the first sketch's longer side spans GRID
+# Parts are designed on the codec's sketch grid: the first sketch's longer side spans GRID steps.
+GRID = codec.SKETCH_LEVELS
 
 
 def polar_frame(theta: float, phi: float, gamma: float) -> tuple[np.ndarray, np.ndarray]:
-    """DeepCAD's plane parameterisation -> (normal, x_dir); cos(pi/2) noise is kept on purpose."""
-    ct, st, cp, sp = math.cos(theta), math.sin(theta), math.cos(phi), math.sin(phi)
-    normal = np.array([st * cp, st * sp, ct])
-    ry = np.array([[ct, 0.0, st], [0.0, 1.0, 0.0], [-st, 0.0, ct]])
-    rz = np.array([[cp, -sp, 0.0], [sp, cp, 0.0], [0.0, 0.0, 1.0]])
-    ref_x = rz @ (ry @ np.array([1.0, 0.0, 0.0]))
-    ref_y = np.cross(normal, ref_x)
-    return normal, ref_x * math.cos(gamma) + ref_y * math.sin(gamma)
+    """The codec's DeepCAD plane parameterisation -> (normal, x_dir) as arrays."""
+    normal, x_dir = codec.polar_frame(theta, phi, gamma)
+    return np.array(normal), np.array(x_dir)
 
 
 def axis_key(v) -> str:
@@ -292,9 +295,9 @@ def _base_depth(rng, kind) -> int:
                          "T": (0.3, 0.45, 0.25), "U": (0.3, 0.45, 0.25), "ring": (0.3, 0.6, 0.1)}.get(kind, (0.6, 0.4, 0.0))
     choice = _pick(rng, {"thin": thin, "thick": thick, "long": long})
     if choice == "long":  # rods and beams up to ten times longer than their section (log-uniform)
-        return int(round(math.exp(rng.uniform(math.log(256), math.log(2500)))))
-    lo, hi = {"thin": (4, 40), "thick": (40, 220)}[choice]
-    return int(rng.integers(lo, hi))
+        return int(round(math.exp(rng.uniform(math.log(GRID), math.log(9.8 * GRID)))))
+    lo, hi = {"thin": (0.016, 0.16), "thick": (0.16, 0.86)}[choice]
+    return int(rng.integers(round(lo * GRID), round(hi * GRID)))
 
 
 def _base(rng, w) -> tuple[Sketch, list[Pad], bool]:
@@ -496,11 +499,11 @@ def _extend(rng, part: _Part) -> list[tuple]:
     lo_f, hi_f = (0.0, 1.0) if rng.random() < 0.6 else (0.25, 0.75)
     side = int(rng.integers(4))
     if side < 2:
-        length = max(3, GRID * f * 0.6)
+        length = max(3, round(GRID * f * 0.6))
         a, b = x0 + w * lo_f, x0 + w * hi_f
         rect = (a, y1, b, y1 + length) if side == 0 else (a, y0 - length, b, y0)
     else:
-        length = max(3, GRID * f * 0.6)
+        length = max(3, round(GRID * f * 0.6))
         a, b = y0 + h * lo_f, y0 + h * hi_f
         rect = (x1, a, x1 + length, b) if side == 2 else (x0 - length, a, x0, b)
     t = pad.z1 - pad.z0
@@ -658,53 +661,48 @@ def sample_sketches(rng: np.random.Generator, weights: dict | None = None) -> tu
 
 
 # ----------------------------------------------------------------------------------------------
-# Printing
+# Printing, through the codec
 
-def _fmt(v) -> str:
-    return repr(float(v))
+# Scales of the first sketch (codec units) to draw a part at, largest first: at 2 * GRID and GRID one
+# design step is exactly 2 or 1 steps of the codec's distance grid, so sketch coordinates, plane
+# origins and depths share one grid and faces stay flush after printing. A part too long for
+# these (rods, beams) takes the largest scale below GRID that fits: its first sketch stays on the
+# codec's sketch grid, and later sketches meet it within one step of the distance grid.
+PART_SCALES = (2 * GRID, GRID, *range(GRID - 1, 0, -1))
 
 
-def _vec(v) -> str:
-    return f"cq.Vector({_fmt(v[0])}, {_fmt(v[1])}, {_fmt(v[2])})"
-
-
-def render_program(sketches: list[Sketch], rotation: np.ndarray, rng: np.random.Generator) -> str:
-    """Normalise the part as DeepCAD does and print GenCAD-Code: the first sketch plane through the
-    origin, the part centred across it, the farthest point at 0.75 (sometimes a little less)."""
+def render_program(sketches: list[Sketch], rotation: np.ndarray) -> str:
+    """Normalise the part as DeepCAD does (the first sketch plane through the origin, the part
+    centred across it, its farthest point within 0.75) and print it through the codec. The scale
+    is the largest of PART_SCALES that fits and the centre is a multiple of the distance grid, so
+    the design grid maps onto the codec's grids: the program is a codec fixed point (a model
+    trained on codec targets learns exactly the part its image shows) and stays flush."""
     pts = np.concatenate([s.corners() for s in sketches if s.op == "union"]) @ rotation.T
     lo, hi = pts.min(axis=0), pts.max(axis=0)
-    centre = (lo + hi) / 2
     up = axis_key(rotation[:, 2])
-    if up != "tilted":
-        centre["XYZ".index(up[1])] = 0.0
-    k = 0.75 / np.abs(pts - centre).max() * (1.0 if rng.random() < 0.6 else rng.uniform(0.85, 1.0))
-    lines = ["import cadquery as cq"]
-    loop_id = 0
+    for scale in PART_SCALES:
+        k = scale / codec.DISTANCE_LEVELS / GRID  # world length of one design step
+        centre = np.round((lo + hi) / 2 * k * codec.DISTANCE_LEVELS) / (k * codec.DISTANCE_LEVELS)
+        if up != "tilted":
+            centre["XYZ".index(up[1])] = 0.0
+        if np.abs(pts - centre).max() * k <= 0.75:
+            break
+    scaled = lambda p: (float(p[0] * k), float(p[1] * k))
+    drawn = []
     for i, s in enumerate(sketches):
-        origin = (rotation @ s.origin - centre) * k
-        lines.append(f"# Generating a workplane for sketch {i}")
-        lines.append(f"wp_sketch{i} = cq.Workplane(cq.Plane({_vec(origin)}, {_vec(rotation @ s.x_dir)}, "
-                     f"{_vec(rotation @ s.normal)}))")
-        q = lambda p: f"{_fmt(p[0] * k)}, {_fmt(p[1] * k)}"
-        names = []
-        for loop in s.loops:
-            if loop.radius is not None:
-                body = f".moveTo({q(loop.start)}).circle({_fmt(loop.radius * k)})"
-            else:
-                body = f".moveTo({q(loop.start)})" + "".join(
-                    f".lineTo({q(seg[1])})" if seg[0] == "line" else f".threePointArc(({q(seg[1])}), ({q(seg[2])}))"
-                    for seg in loop.segments) + ".close()"
-            lines.append(f"loop{loop_id}=wp_sketch{i}{body}")
-            names.append(f"loop{loop_id}")
-            loop_id += 1
-        adds = "".join(f".add({n})" for n in names)
-        both = ", both=True" if s.both else ""
-        lines.append(f"solid{i}=wp_sketch{i}{adds}.extrude({_fmt(s.depth * k)}{both})")
-        lines.append("solid=solid0" if i == 0 else f"solid=solid.{s.op}(solid{i})")
-    return "\n".join(lines) + "\n"
+        loops = [("circle", scaled(loop.start), float(loop.radius * k)) if loop.radius is not None else
+                 ("path", scaled(loop.start), [(scaled(seg[1]), None) if seg[0] == "line" else (scaled(seg[2]), scaled(seg[1]))
+                                               for seg in loop.segments]) for loop in s.loops]
+        origin, normal = (rotation @ s.origin - centre) * k, rotation @ s.normal
+        start = float(origin @ normal)  # the sketch's height along its normal; it ends at start + depth
+        snap = lambda h: round(h * codec.DISTANCE_LEVELS) / codec.DISTANCE_LEVELS
+        depth = snap(start + s.depth * k) - snap(start) or s.depth * k  # faces met at equal heights stay flush
+        drawn.append(codec.FloatSketch(tuple(origin), tuple(rotation @ s.x_dir), tuple(normal), loops, depth,
+                                       s.both, "new" if i == 0 else s.op))
+    return codec.to_program(codec.canonicalise(drawn))
 
 
 def sample_program(rng: np.random.Generator, weights: dict | None = None) -> str:
     """One GenCAD-Code style program; the same generator state gives the same program."""
     sketches, rotation = sample_sketches(rng, weights)
-    return render_program(sketches, rotation, rng)
+    return render_program(sketches, rotation)

@@ -51,6 +51,12 @@ def grammar(tokenizer):
     return CodecGrammar(tokenizer)
 
 
+def test_sampler_programs_are_codec_fixed_points(sampler_programs):
+    """The sampler prints through the codec: a codec target is exactly the program its image shows."""
+    for program in sampler_programs:
+        assert codec.canonical_program(program) == program
+
+
 def test_sampler_programs_round_trip(sampler_programs, tokenizer):
     for program in sampler_programs:
         sketches = codec.parse(program)

@@ -6,8 +6,15 @@ import re
 import numpy as np
 import pytest
 
+from img2cq import codec
 from img2cq.fidelity import normal_key, program_statistics
-from img2cq.sampler import ALLOWED_NORMALS, _hole_pattern, polar_frame, sample_program, sample_sketches
+from img2cq.sampler import (
+    ALLOWED_NORMALS,
+    _hole_pattern,
+    polar_frame,
+    sample_program,
+    sample_sketches,
+)
 
 N_PROGRAMS = 40
 WP_LINE = re.compile(r"^wp_sketch(\d+) = cq\.Workplane\(cq\.Plane\(cq\.Vector\([^()]+\), cq\.Vector\([^()]+\), "
@@ -50,10 +57,13 @@ def test_every_line_is_in_gencad_style(programs):
         assert lines[-1].startswith("solid=")
 
 
-def test_minus_y_plane_keeps_rotation_noise():
+def test_plane_vectors_are_printed_exactly(programs):
+    """The codec prints axis-aligned planes with exact 0.0 / 1.0 / -1.0 (the model writes them so)."""
     normal, x_dir = polar_frame(math.pi / 2, -math.pi / 2, 0.0)
-    assert [repr(float(v)) for v in normal] == ["6.123233995736766e-17", "-1.0", "6.123233995736766e-17"]
-    assert abs(float(np.dot(normal, x_dir))) < 1e-12
+    assert np.allclose(normal, (0.0, -1.0, 0.0)) and abs(float(np.dot(normal, x_dir))) < 1e-12
+    planes = [line for code in programs for line in code.splitlines() if "cq.Plane(" in line]
+    assert not any("e-1" in line for line in planes)
+    assert any("cq.Vector(0.0, -1.0, 0.0)))" in code for code in programs)  # a -Y sketch plane
 
 
 def test_weights_steer_the_sampler():
@@ -83,8 +93,9 @@ def test_programs_build_one_valid_solid_inside_the_normalised_box(programs):
 
 def test_later_sketches_sit_flush_on_faces_of_what_exists(built_multi_sketch_parts):
     """Every later sketch plane is a face plane (along its normal) of an earlier unioned extrusion,
-    or, for a symmetric extrusion, the mid-plane of the part so far."""
-    checked = 0
+    or, for a symmetric extrusion, the mid-plane of the part so far: exactly where the part's
+    scale puts its design grid on the codec's grids, else within one step of the distance grid."""
+    checked = exact = 0
     for code, ns in built_multi_sketch_parts:
         ops = {int(i): op for op, i in re.findall(r"solid=solid\.(\w+)\(solid(\d+)\)", code)}
         unions = [0] + [i for i, op in ops.items() if op == "union"]
@@ -103,9 +114,11 @@ def test_later_sketches_sit_flush_on_faces_of_what_exists(built_multi_sketch_par
                 lo = min((b.xmin, b.ymin, b.zmin)[axis] for b in so_far)
                 hi = max((b.xmax, b.ymax, b.zmax)[axis] for b in so_far)
                 faces.append((lo + hi) / 2 * normal[axis])
-            assert min(abs(height - f) for f in faces) < 1e-6, (i, code)
+            error = min(abs(height - f) for f in faces)
+            assert error <= 1 / codec.DISTANCE_LEVELS + 1e-6, (i, code)
+            exact += error < 1e-6
             checked += 1
-    assert checked >= 40
+    assert checked >= 40 and exact >= 0.9 * checked
 
 
 def test_cuts_remove_material_and_unions_add_it(built_multi_sketch_parts):

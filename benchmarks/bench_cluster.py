@@ -4,7 +4,9 @@
 
 Both runs generate the same split (same seed) back to back, each on an executor started and warmed
 up beforehand (start-up is reported apart), and the two outputs are checked to be byte-identical.
-Prints a table with samples/s, the cluster/local ratio and the load (`uptime`) before and after.
+With ``--rounds N`` the pair runs N times, the order alternating, so a load change on a shared
+machine does not always favour the same side. Prints a table with samples/s, the cluster/local
+ratio per round and the load (`uptime`) before and after.
 """
 from __future__ import annotations
 
@@ -55,25 +57,33 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=448, help="image size in pixels")
+    parser.add_argument("--rounds", type=int, default=1, help="pairs of runs, the order alternating")
     args = parser.parse_args(argv)
-    if args.samples < 1 or args.workers < 1:
-        parser.error("need --samples >= 1 and --workers >= 1")
+    if args.samples < 1 or args.workers < 1 or args.rounds < 1:
+        parser.error("need --samples, --workers and --rounds >= 1")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        print(f"load before: {load()}")
-        rows = [run(kind, args.workers, Path(tmp) / kind.replace(" ", "_"), args.samples, args.seed, args.size)
-                for kind in ("local pool", "dask cluster")]
-        print(f"load after:  {load()}")
-        local, cluster = (Path(tmp) / k for k in ("local_pool", "dask_cluster"))
-        same = files(local) == files(cluster)
+    kinds = ("local pool", "dask cluster")
+    rows, same = [], True
+    print(f"load before: {load()}")
+    for round_ in range(args.rounds):
+        with tempfile.TemporaryDirectory() as tmp:
+            for kind in kinds if round_ % 2 == 0 else kinds[::-1]:
+                out = Path(tmp) / kind.replace(" ", "_")
+                rows.append({"round": round_ + 1, **run(kind, args.workers, out, args.samples, args.seed, args.size)})
+            same &= files(Path(tmp) / "local_pool") == files(Path(tmp) / "dask_cluster")
+    print(f"load after:  {load()}")
     print(f"\n{args.samples} samples, seed {args.seed}, {args.size} px, {args.workers} workers; "
           f"outputs byte-identical: {same}\n")
-    print(f"| {'executor':<13} | start-up s | split s | draws | samples/s |")
-    print(f"|{'-' * 15}|-----------:|--------:|------:|----------:|")
+    print(f"| round | {'executor':<13} | start-up s | split s | draws | samples/s |")
+    print(f"|------:|{'-' * 15}|-----------:|--------:|------:|----------:|")
     for r in rows:
-        print(f"| {r['kind']:<13} | {r['startup_s']:10.1f} | {r['split_s']:7.1f} | {r['draws']:5d} | "
+        print(f"| {r['round']:5d} | {r['kind']:<13} | {r['startup_s']:10.1f} | {r['split_s']:7.1f} | {r['draws']:5d} | "
               f"{r['samples_per_s']:9.2f} |")
-    print(f"\ncluster / local throughput: {rows[1]['samples_per_s'] / rows[0]['samples_per_s']:.2f}")
+    rate = {(r["round"], r["kind"]): r["samples_per_s"] for r in rows}
+    ratios = [rate[(n, "dask cluster")] / rate[(n, "local pool")] for n in range(1, args.rounds + 1)]
+    total = {k: sum(r["split_s"] for r in rows if r["kind"] == k) for k in kinds}
+    print(f"\ncluster / local throughput per round: {', '.join(f'{x:.2f}' for x in ratios)}; "
+          f"over all rounds: {total['local pool'] / total['dask cluster']:.2f}")
     return 0 if same else 1
 
 

@@ -11,6 +11,9 @@ depend on which machine ran them.
         results = ex.map(codes, progress="executing")
 
 Every node needs this project and its dependencies installed (the tasks import ``img2cq``).
+Results travel between the Dask processes by Dask's own serialisation (pickle), so the nodes of a
+cluster must trust each other, as in any Dask cluster; what a program's sandbox sends back has been
+decoded as plain data by the local ``Executor`` before that.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Iterable
 from img2cq.executor import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, ExecResult, Executor
 
 CONNECT_TIMEOUT_S = 10.0
-CHUNKS_PER_WORKER = 4  # enough chunks per worker thread to balance uneven programs; few enough to keep overhead low
+CHUNKS_PER_WORKER = 8  # enough chunks per worker thread to balance uneven programs; few enough to keep overhead low
 INSTALL_HINT = "pip install 'img2cq[cluster]'"
 
 

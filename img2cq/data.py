@@ -255,6 +255,7 @@ def generate_synthetic(out: str | Path, sizes: dict[str, int], seed: int = 0, wo
             "provenance": provenance(), "splits": {}}
     with executor or Executor(workers=workers, preload=("img2cq.render",)) as executor:
         card["workers"] = executor.workers
+        batch = max(batch, 8 * executor.workers)  # keep every worker of a large cluster busy; rows do not depend on it
         if hasattr(executor, "address"):
             card["cluster"] = executor.address
         for split in SPLITS:

@@ -30,6 +30,8 @@ def test_cluster_split_equals_local_split(tmp_path):
     on_cluster = tmp_path / "cluster"
     with connect("local", workers=2, preload=("img2cq.render",)) as executor:
         assert executor.workers == 2
+        box = executor.run("import cadquery as cq\nsolid = cq.Workplane().box(1, 2, 3)\n")
+        assert box.ok and abs(box.volume - 6.0) < 1e-6
         card = data.generate_synthetic(on_cluster, SIZES, seed=11, batch=8, render_kwargs=RENDER, progress=False,
                                        executor=executor)
     assert card["cluster"].startswith("tcp://")

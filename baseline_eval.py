@@ -15,6 +15,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-json", default="data/train.jsonl", help="training split searched by the nearest-image baseline")
     p.add_argument("--train-samples", type=int, default=None, help="search only the first N training images")
     p.add_argument("--workers", type=int, default=2, help="sandbox processes running programs")
+    p.add_argument("--cluster", metavar="ADDRESS|auto|local", default=None,
+                   help="run the programs on a Dask cluster (scheduler address, auto = $DASK_SCHEDULER_ADDRESS, "
+                        "local = a cluster of --workers processes here)")
     p.add_argument("--results-csv", default="results.csv")
     p.add_argument("--output-dir", default=None,
                    help="where the per-sample predictions go (default: runs/eval/baselines)")
@@ -31,4 +34,4 @@ if __name__ == "__main__":
 
     sys.exit(run_cli(evaluate_baselines, samples=a.samples, eval_json=a.eval_json, train_json=a.train_json,
                      train_samples=a.train_samples, workers=a.workers, results_csv=a.results_csv,
-                     output_dir=a.output_dir, command=" ".join(["python", *sys.argv])))
+                     output_dir=a.output_dir, command=" ".join(["python", *sys.argv]), cluster=a.cluster))

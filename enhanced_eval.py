@@ -18,6 +18,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also sample N-1 programs per image and keep the first that builds a valid solid")
     p.add_argument("--batch-size", type=int, default=8, help="images per generate() call")
     p.add_argument("--workers", type=int, default=2, help="sandbox processes running programs")
+    p.add_argument("--cluster", metavar="ADDRESS|auto|local", default=None,
+                   help="run the programs on a Dask cluster (scheduler address, auto = $DASK_SCHEDULER_ADDRESS, "
+                        "local = a cluster of --workers processes here)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the model's maximum length")
     p.add_argument("--results-csv", default="results.csv")
     p.add_argument("--output-dir", default=None,
@@ -46,4 +49,4 @@ if __name__ == "__main__":
                      num_beams=a.num_beams, best_of=a.best_of, batch_size=a.batch_size, workers=a.workers,
                      max_new_tokens=a.max_new_tokens, results_csv=a.results_csv, output_dir=a.output_dir,
                      command=" ".join(["python", *sys.argv]), candidates=a.candidates, refine_seconds=a.refine,
-                     train_json=a.train_json))
+                     train_json=a.train_json, cluster=a.cluster))

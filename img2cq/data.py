@@ -235,8 +235,12 @@ def dataset_statistics(codes: Iterable[str]) -> dict:
 
 
 def generate_synthetic(out: str | Path, sizes: dict[str, int], seed: int = 0, workers: int = 2,
-                       batch: int = 64, render_kwargs: dict | None = None, progress: bool = True) -> dict:
+                       batch: int = 64, render_kwargs: dict | None = None, progress: bool = True,
+                       executor=None) -> dict:
     """Write the synthetic train/val/test splits and the dataset card; returns the card.
+
+    Programs run on ``executor`` if given (e.g. an `img2cq.cluster.ClusterExecutor` preloading
+    img2cq.render; closed at the end), else on a local pool of ``workers``; the rows are the same either way.
 
     Splits are generated in the order train, val, test and later splits skip parts already in
     earlier ones, so test parts never appear in train.
@@ -249,7 +253,11 @@ def generate_synthetic(out: str | Path, sizes: dict[str, int], seed: int = 0, wo
     card = {"source": "synthetic (img2cq.sampler + img2cq.render, GenCAD-Code style)", "seed": seed,
             "workers": workers, "sizes": sizes, "render": render_kwargs or {}, "token_count": TOKEN_COUNT_METHOD,
             "provenance": provenance(), "splits": {}}
-    with Executor(workers=workers, preload=("img2cq.render",)) as executor:
+    with executor or Executor(workers=workers, preload=("img2cq.render",)) as executor:
+        card["workers"] = executor.workers
+        batch = max(batch, 8 * executor.workers)  # keep every worker of a large cluster busy; rows do not depend on it
+        if hasattr(executor, "address"):
+            card["cluster"] = executor.address
         for split in SPLITS:
             if sizes.get(split, 0) <= 0:
                 continue

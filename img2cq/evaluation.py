@@ -67,6 +67,19 @@ def load_samples(eval_json: str, samples: int | None):
     return rows
 
 
+def open_executor(workers: int, cluster: str | None = None):
+    """A local sandbox pool of ``workers``, or with ``cluster`` (an address, "auto" or "local") a
+    `img2cq.cluster.ClusterExecutor` on that Dask cluster."""
+    if cluster is None:
+        return Executor(workers=workers)
+    from img2cq.cluster import ClusterUnavailable, connect
+
+    try:
+        return connect(cluster, workers=workers)
+    except ClusterUnavailable as e:
+        raise EvalError(str(e)) from e
+
+
 def score_programs(references: list[str], predictions: list[str], executor=None, workers: int = 2) -> dict:
     """`img2cq.scoring`'s scores of ``predictions`` against ``references``, plus the constant baseline.
 
@@ -147,7 +160,7 @@ def evaluate_model(model_dir: str, eval_json: str = "data/test.jsonl", samples: 
                    num_beams: int = 1, best_of: int | None = None, batch_size: int = 8, workers: int = 2,
                    max_new_tokens: int | None = None, results_csv: str = "results.csv",
                    output_dir: str | None = None, command: str = "", device=None, candidates: int = 1,
-                   refine_seconds: float = 0.0, train_json: str | None = None) -> dict:
+                   refine_seconds: float = 0.0, train_json: str | None = None, cluster: str | None = None) -> dict:
     """Generate for the first ``samples`` test images, score, write predictions JSONL, append results.csv.
 
     ``candidates > 1`` or ``refine_seconds > 0``: test-time search (``img2cq.search``; retrieval
@@ -175,7 +188,7 @@ def evaluate_model(model_dir: str, eval_json: str = "data/test.jsonl", samples: 
         if not predictions:
             raise EvalError("interrupted before any image was searched")
         rows = rows[:len(predictions)]  # Ctrl-C: score the images searched so far
-    with Executor(workers=workers) as ex:
+    with open_executor(workers, cluster) as ex:
         for start in [] if searching else tqdm(range(0, len(rows), batch_size), desc="generating", unit="batch"):
             images = [r["image"] for r in rows[start:start + batch_size]]
             predictions += model.generate(images, num_beams=num_beams, best_of=best_of,
@@ -212,7 +225,7 @@ def nearest_neighbour_programs(train_json: str, test_rows: list[dict], train_sam
 
 def evaluate_baselines(samples: int = 50, eval_json: str = "data/test.jsonl", train_json: str = "data/train.jsonl",
                        train_samples: int | None = None, workers: int = 2, results_csv: str = "results.csv",
-                       output_dir: str | None = None, command: str = "") -> list[dict]:
+                       output_dir: str | None = None, command: str = "", cluster: str | None = None) -> list[dict]:
     """Score the constant box and the nearest-training-image baselines on the same test samples."""
     rows = load_samples(eval_json, samples)
     references = [r["cadquery"] for r in rows]
@@ -221,7 +234,7 @@ def evaluate_baselines(samples: int = 50, eval_json: str = "data/test.jsonl", tr
         ("baseline-nearest-train-image", "nearest"): nearest_neighbour_programs(train_json, rows, train_samples),
     }
     results, paths = [], []
-    with Executor(workers=workers) as ex:
+    with open_executor(workers, cluster) as ex:
         for (name, decoding), predictions in candidates.items():
             scores = score_programs(references, predictions, ex)
             how = {"command": command, "model": name, "eval_json": eval_json, "samples": len(rows),

@@ -2,6 +2,7 @@
 
     python scripts/download_hf_dataset.py                       # hub CADCODER/GenCAD-Code, 2000 train / 500 test
     python scripts/download_hf_dataset.py --source synthetic    # procedural, offline (img2cq.sampler + img2cq.render)
+    python scripts/download_hf_dataset.py --source synthetic --cluster tcp://head:8786   # on a Dask cluster
 
 Synthetic runs are resumable: run the same command again after an interruption.
 """
@@ -41,6 +42,9 @@ def main(argv=None) -> int:
     parser.add_argument("--fit", choices=("bbox", "silhouette"), default="bbox",
                         help="synthetic only: scale rule; bbox = the dataset's (projected 3D box fits 400x300 px "
                              "of 448), silhouette = longer side 400 px (this project's earlier renders)")
+    parser.add_argument("--cluster", metavar="ADDRESS|auto|local", default=None,
+                        help="synthetic only: run the programs on a Dask cluster (scheduler address, auto = "
+                             "$DASK_SCHEDULER_ADDRESS, local = a cluster of --workers processes here); same rows")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     sizes = {"train": args.train, "val": args.val, "test": args.test}
@@ -60,8 +64,17 @@ def main(argv=None) -> int:
     else:
         render = {"size": args.size, "line_width": args.line_width, "view_jitter_deg": args.view_jitter_deg,
                   "seed": args.seed, "fit": args.fit}
+        executor = None
+        if args.cluster:
+            from img2cq.cluster import ClusterUnavailable, connect
+
+            try:
+                executor = connect(args.cluster, workers=args.workers, preload=("img2cq.render",))
+            except ClusterUnavailable as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
         card = data.generate_synthetic(args.out, sizes, seed=args.seed, workers=args.workers, render_kwargs=render,
-                                       progress=not args.no_progress)
+                                       progress=not args.no_progress, executor=executor)
     for split, stats in card["splits"].items():
         extra = f", acceptance {stats['acceptance_rate']:.1%}" if "acceptance_rate" in stats else ""
         print(f"{split}: {stats.get('accepted', stats.get('rows'))} rows{extra}")

@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0
-python -m pip install -q -e ".[dev,postgres]"
+python -m pip install -q -e ".[dev,postgres,cluster]"

@@ -197,4 +197,5 @@ def test_fast_path_agrees_with_exact_booleans(executor):
         q = int(np.argmax(occ))
         referee = executor.call("tests.fixtures.metrics.referee:point_iou", valid[i][0].brep, valid[i][1].brep,
                           *frames, PROPER_ROTATIONS[q], 20000, timeout=300).extras["value"]
-        assert abs(mesh[q] - referee) < min(0.02, abs(occ[q] - referee)), (mesh[q], occ[q], referee)
+        # the mesh booleans are at least as close to the referee as OCC's (equal when both agree there)
+        assert abs(mesh[q] - referee) <= min(0.02, abs(occ[q] - referee)) + 1e-6, (mesh[q], occ[q], referee)

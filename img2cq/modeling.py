@@ -236,6 +236,9 @@ class Img2CQ:
     def __init__(self, model: VisionEncoderDecoderModel, tokenizer, processor, device=None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
+        # Rows of a batch that finish early are padded while the others decode; those positions lie
+        # after eos and are dropped, so GPT-2's one-time "pass an attention_mask" advice is noise here.
+        self.model.decoder.transformer.warn_if_padding_and_no_attention_mask = lambda *args: None
         self.tokenizer = tokenizer
         self.processor = processor
         self.grammar = CodecGrammar(tokenizer) if is_codec_tokenizer(tokenizer) else None

@@ -26,7 +26,6 @@ The executor must preload the renderer: ``Executor(workers=2, preload=PRELOAD)``
 from __future__ import annotations
 
 import ast
-import contextlib
 import json
 import math
 import os
@@ -341,12 +340,11 @@ def propose(model, images: list[Image.Image], candidates: int, index: RetrievalI
     programs (with an index) and samples for the rest. Batched over images: for the tiny interim
     model, 8 candidates cost 19 s per image in batches of 8 against 65 s one image at a time (loaded
     2-core machine). Duplicates are dropped."""
-    with _quiet_transformers():
-        proposals = [[("greedy", p)] for p in model.generate(images, max_new_tokens=max_new_tokens)]
-        if candidates > 1:
-            beams = model.generate(images, num_beams=NUM_BEAMS, max_new_tokens=max_new_tokens)
-            k = candidates // 2 if index is not None else 0
-            samples = sample_programs(model, images, candidates - 2 - k, max_new_tokens)
+    proposals = [[("greedy", p)] for p in model.generate(images, max_new_tokens=max_new_tokens)]
+    if candidates > 1:
+        beams = model.generate(images, num_beams=NUM_BEAMS, max_new_tokens=max_new_tokens)
+        k = candidates // 2 if index is not None else 0
+        samples = sample_programs(model, images, candidates - 2 - k, max_new_tokens)
     if candidates > 1:
         for own, image, beam, sampled in zip(proposals, images, beams, samples):
             own.append((f"beam{NUM_BEAMS}", beam))
@@ -359,19 +357,6 @@ def propose(model, images: list[Image.Image], candidates: int, index: RetrievalI
             first.setdefault(program, source)
         unique.append([(source, program) for program, source in first.items()])
     return unique
-
-
-@contextlib.contextmanager
-def _quiet_transformers():
-    """Batched decoding warns, once, about an attention mask the decoder does not need here."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
 
 
 def pick_and_refine(image: Image.Image, proposals: list[tuple[str, str]], refine_seconds: float, executor,

@@ -153,6 +153,29 @@ def _read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
 
 
+def read_program_rows(path: str | Path) -> list[dict]:
+    """Rows of a programs jsonl that carry a `cadquery` string; ValueError naming the line if one does not."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read {path}: {e}") from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("cadquery"), str):
+            raise ValueError(f"{path}:{number}: row has no `cadquery` string")
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no programs")
+    return rows
+
+
 def provenance() -> dict:
     """How an artefact was made: command, versions, time."""
     import cadquery

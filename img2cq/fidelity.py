@@ -12,12 +12,13 @@ row is OFF.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
 import sys
 from collections import Counter
 from pathlib import Path
+
+from img2cq.data import draw_rng, read_program_rows
 
 NORMALS = ("+Z", "-Y", "+X", "+Y", "tilted", "-Z", "-X")
 OPS = ("union", "cut", "intersect")
@@ -88,31 +89,8 @@ def format_table(stats: dict[str, float], label: str, n: int) -> str:
     return "\n".join(lines)
 
 
-def read_programs(path: Path) -> list[str]:
-    """The `cadquery` field of every row of a jsonl file; ValueError with the reason if it is bad."""
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"cannot read {path}: {e}") from None
-    codes = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("cadquery"), str):
-            raise ValueError(f"{path}:{number}: row has no `cadquery` string")
-        codes.append(row["cadquery"])
-    if not codes:
-        raise ValueError(f"{path}: no programs")
-    return codes
-
-
 def sampler_programs(n: int, seed: int) -> list[str]:
     """The first n training draws of the sampler for this seed, exactly as the data engine draws them."""
-    from img2cq.data import draw_rng
     from img2cq.sampler import sample_program
 
     return [sample_program(draw_rng(seed, "train", i)) for i in range(n)]
@@ -130,7 +108,7 @@ def main(argv=None) -> int:
         parser.error("need --n >= 1 and --seed >= 0")
     try:
         if args.jsonl is not None:
-            codes, label = read_programs(args.jsonl), args.jsonl.name
+            codes, label = [r["cadquery"] for r in read_program_rows(args.jsonl)], args.jsonl.name
         else:
             codes, label = sampler_programs(args.n, args.seed), f"sampler seed {args.seed}"
     except ValueError as e:

@@ -229,7 +229,7 @@ def _chamfered(rng, x0, y0, x1, y1) -> Loop:
 
 def _arc_profile(rng, x0, y0, x1, y1) -> Loop:
     """A rectangle with its top side bulged into an arc (a tombstone), sometimes the bottom too."""
-    w, h = x1 - x0, y1 - y0
+    h = y1 - y0
     b = int(rng.integers(max(2, h // 8), max(3, h // 3)))
     segs = [("line", (x1, y1 - b)), ("arc", ((x0 + x1) / 2, y1), (x0, y1 - b)), ("line", (x0, y0 + b))]
     if rng.random() < 0.4:

@@ -18,24 +18,6 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def read_programs(path: Path) -> list[dict]:
-    """Rows of a jsonl file that carry a `cadquery` string; raises ValueError on a bad file."""
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("cadquery"), str):
-            raise ValueError(f"{path}:{number}: no `cadquery` string")
-        rows.append(row)
-    if not rows:
-        raise ValueError(f"{path}: no programs")
-    return rows
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("programs", type=Path, help="jsonl with a `cadquery` field per row")
@@ -46,8 +28,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.workers < 1 or args.size < 16:
         parser.error("need --workers >= 1 and --size >= 16")
+    from img2cq.data import read_program_rows
+
     try:
-        rows = read_programs(args.programs)
+        rows = read_program_rows(args.programs)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -8,11 +8,7 @@ DATABASE_URL points at the database; SQLAlchemy refuses a password in a SQLite U
 IMG2CQ_DB_PASSWORD, as a deployment would hand it to a PostgreSQL URL.
 """
 
-import os
-import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -22,8 +18,8 @@ import httpx
 import pytest
 
 from img2cq.executor import strict_isolation_problem
+from tests.live_server import live_server as start_live_server
 
-REPO = Path(__file__).resolve().parents[1]
 SECRET = "pw-7c1e9a-hunter2"
 PROJECT = "kept-project-5d2b"
 REFERENCE = "import cadquery as cq\nsolid = cq.Workplane().box(1, 1, 1)\n"
@@ -34,41 +30,13 @@ pytestmark = pytest.mark.skipif(
     reason=f"the kernel cannot enforce strict isolation here: {strict_isolation_problem()}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def live_server(db_path: Path):
-    """uvicorn in a subprocess with the database and secrets in its environment; always stopped."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("IMG2CQ_DB", "IMG2CQ_MODEL", "IMG2CQ_ISOLATION")}
-    env.update(DATABASE_URL=f"sqlite:///{db_path}", IMG2CQ_DB_PASSWORD=SECRET,
-               IMG2CQ_EXEC_TIMEOUT="5", IMG2CQ_EXEC_MEMORY_MB="3072")
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "server:app", "--host", "127.0.0.1", "--port", str(port),
-                             "--log-level", "warning"], cwd=REPO, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, "uvicorn exited during start-up"
-            try:
-                if httpx.get(base + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "uvicorn did not answer /health within 90 s"
-            time.sleep(0.2)
+    """uvicorn with the database and secrets in its environment; yields (base URL, server pid)."""
+    env = {"DATABASE_URL": f"sqlite:///{db_path}", "IMG2CQ_DB_PASSWORD": SECRET, "IMG2CQ_EXEC_TIMEOUT": "5",
+           "IMG2CQ_EXEC_MEMORY_MB": "3072"}
+    with start_live_server(env, unset=("IMG2CQ_DB", "IMG2CQ_MODEL", "IMG2CQ_ISOLATION"), start_timeout=90) as (base, proc):
         yield base, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def database_dump(db_path: Path) -> list[str]:

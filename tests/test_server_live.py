@@ -3,53 +3,25 @@ by concurrent writers and by racing links that would close cycles (two server pr
 restarted on the same database (data must survive), and fuzzed with schemathesis (no 5xx)."""
 
 import importlib.util
-import os
 import random
-import subprocess
-import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 import pytest
 
 from img2cq import cpm
-from tests.postgres import free_port
+from tests.live_server import live_server as start_live_server
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
 def live_server(database: str, workers: int = 1):
-    """Start uvicorn as a subprocess, wait until /health answers, always stop it."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "IMG2CQ_MODEL"}
-    env.update(DATABASE_URL=database, IMG2CQ_EXEC_TIMEOUT="5", IMG2CQ_EXEC_MEMORY_MB="3072")
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "server:app", "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", str(workers), "--log-level", "warning"], cwd=REPO, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, "uvicorn exited during start-up"
-            try:
-                if httpx.get(base + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "uvicorn did not answer /health within 120 s"
-            time.sleep(0.2)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    """uvicorn on ``database``, `workers` processes; yields its base URL."""
+    env = {"DATABASE_URL": database, "IMG2CQ_EXEC_TIMEOUT": "5", "IMG2CQ_EXEC_MEMORY_MB": "3072"}
+    with start_live_server(env, workers=workers) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from img2cq.data import draw_rng, read_program_rows
 
 NORMALS = ("+Z", "-Y", "+X", "+Y", "tilted", "-Z", "-X")
 OPS = ("union", "cut", "intersect")
@@ -91,6 +90,7 @@ def format_table(stats: dict[str, float], label: str, n: int) -> str:
 
 def sampler_programs(n: int, seed: int) -> list[str]:
     """The first n training draws of the sampler for this seed, exactly as the data engine draws them."""
+    from img2cq.data import draw_rng
     from img2cq.sampler import sample_program
 
     return [sample_program(draw_rng(seed, "train", i)) for i in range(n)]
@@ -106,6 +106,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.n < 1 or args.seed < 0:
         parser.error("need --n >= 1 and --seed >= 0")
+    from img2cq.data import read_program_rows  # after parsing: --help answers before numpy loads
+
     try:
         if args.jsonl is not None:
             codes, label = [r["cadquery"] for r in read_program_rows(args.jsonl)], args.jsonl.name

@@ -52,12 +52,16 @@ class GenerateOptions:
     candidates: int = 1            # > 1: test-time search over this many proposals (img2cq.search)
     refine_seconds: float = 0.0    # > 0: then tune the kept program's numbers for this long
 
+    @property
+    def searching(self) -> bool:
+        return self.candidates > 1 or self.refine_seconds > 0
+
 
 def generate_programs(model, images: list, options: GenerateOptions, executor=None, index=None) -> list[str]:
     """The one call into the model: a batch of images generated with the same options; with search
     options, each image's program is the proposal whose render agrees best with it (``executor``
     must preload ``img2cq.search.PRELOAD``; ``index``: retrieval candidates, or None)."""
-    if options.candidates <= 1 and options.refine_seconds <= 0:
+    if not options.searching:
         return model.generate(images, max_new_tokens=options.max_new_tokens)
     from img2cq.search import search
 
@@ -112,8 +116,7 @@ class ModelService:
         for i, (_, options) in enumerate(items):
             groups.setdefault(options, []).append(i)
         for options, indices in groups.items():
-            searching = options.candidates > 1 or options.refine_seconds > 0
-            index = self._search_index() if searching else None
+            index = self._search_index() if options.searching else None
             for i, program in zip(indices, generate_programs(model, [items[i][0] for i in indices], options,
                                                              self.executor, index), strict=True):
                 programs[i] = program

@@ -14,6 +14,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-json", default="data/test.jsonl", help="test split (JSONL)")
     p.add_argument("--train-json", default="data/train.jsonl", help="training split searched by the nearest-image baseline")
     p.add_argument("--train-samples", type=int, default=None, help="search only the first N training images")
+    p.add_argument("--exclude-programs-in", default=None, metavar="SPLIT",
+                   help="leave out training images whose program is in this split (as the model's training did)")
     p.add_argument("--workers", type=int, default=2, help="sandbox processes running programs")
     p.add_argument("--cluster", metavar="ADDRESS|auto|local", default=None,
                    help="run the programs on a Dask cluster (scheduler address, auto = $DASK_SCHEDULER_ADDRESS, "
@@ -34,4 +36,5 @@ if __name__ == "__main__":
 
     sys.exit(run_cli(evaluate_baselines, samples=a.samples, eval_json=a.eval_json, train_json=a.train_json,
                      train_samples=a.train_samples, workers=a.workers, results_csv=a.results_csv,
-                     output_dir=a.output_dir, command=" ".join(["python", *sys.argv]), cluster=a.cluster))
+                     output_dir=a.output_dir, command=" ".join(["python", *sys.argv]), cluster=a.cluster,
+                     exclude_programs_in=a.exclude_programs_in))

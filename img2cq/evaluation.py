@@ -48,11 +48,13 @@ class EvalError(ValueError):
     """Bad input to an evaluation (missing data, unreadable image, no model): one line for the user."""
 
 
-def load_samples(eval_json: str, samples: int | None):
-    """The first ``samples`` rows of a split as dicts with a decoded RGB "image"."""
-    if not Path(eval_json).is_file():
-        raise EvalError(f"no evaluation data at {eval_json}: create it with `{DOWNLOAD_HINT}`")
-    split = load_split(eval_json)
+def load_samples(eval_json: str, samples: int | None, exclude_programs_of: str | None = None):
+    """The first ``samples`` rows of a split as dicts with a decoded RGB "image" (without the
+    programs of the split ``exclude_programs_of``)."""
+    for path in (eval_json, exclude_programs_of):
+        if path is not None and not Path(path).is_file():
+            raise EvalError(f"no split at {path}: create it with `{DOWNLOAD_HINT}`")
+    split = load_split(eval_json, exclude_programs_of=exclude_programs_of)
     n = len(split) if samples is None else min(samples, len(split))
     if n == 0:
         raise EvalError(f"{eval_json} holds no samples")
@@ -212,9 +214,10 @@ def _thumbnail(image) -> np.ndarray:
                       np.float32).ravel() / 255.0
 
 
-def nearest_neighbour_programs(train_json: str, test_rows: list[dict], train_samples: int | None = None) -> list[str]:
+def nearest_neighbour_programs(train_json: str, test_rows: list[dict], train_samples: int | None = None,
+                               exclude_programs_of: str | None = None) -> list[str]:
     """For each test image, the program of the training image closest in 32 x 32 pixel distance."""
-    train = load_samples(train_json, train_samples)
+    train = load_samples(train_json, train_samples, exclude_programs_of)
     bank = np.stack([_thumbnail(r["image"]) for r in tqdm(train, desc="indexing training images")])
     programs = []
     for row in test_rows:
@@ -225,20 +228,25 @@ def nearest_neighbour_programs(train_json: str, test_rows: list[dict], train_sam
 
 def evaluate_baselines(samples: int = 50, eval_json: str = "data/test.jsonl", train_json: str = "data/train.jsonl",
                        train_samples: int | None = None, workers: int = 2, results_csv: str = "results.csv",
-                       output_dir: str | None = None, command: str = "", cluster: str | None = None) -> list[dict]:
-    """Score the constant box and the nearest-training-image baselines on the same test samples."""
+                       output_dir: str | None = None, command: str = "", cluster: str | None = None,
+                       exclude_programs_in: str | None = None) -> list[dict]:
+    """Score the constant box and the nearest-training-image baselines on the same test samples
+    (``exclude_programs_in``: leave the training samples whose program is in that split out of the
+    look-up, as training left them out)."""
     rows = load_samples(eval_json, samples)
     references = [r["cadquery"] for r in rows]
     candidates = {
         ("baseline-constant-box", "fixed"): [CONSTANT_PROGRAM] * len(rows),
-        ("baseline-nearest-train-image", "nearest"): nearest_neighbour_programs(train_json, rows, train_samples),
+        ("baseline-nearest-train-image", "nearest"): nearest_neighbour_programs(train_json, rows, train_samples,
+                                                                                   exclude_programs_in),
     }
     results, paths = [], []
     with open_executor(workers, cluster) as ex:
         for (name, decoding), predictions in candidates.items():
             scores = score_programs(references, predictions, ex)
             how = {"command": command, "model": name, "eval_json": eval_json, "samples": len(rows),
-                   "decoding": decoding, "train_json": train_json, "train_samples": train_samples}
+                   "decoding": decoding, "train_json": train_json, "train_samples": train_samples,
+                   "exclude_programs_in": exclude_programs_in}
             paths.append(write_predictions(output_dir or default_output_dir("baselines"), rows, predictions,
                                            scores, how))
             results.append(result_row(name, scores, decoding, eval_json, command))

@@ -42,8 +42,8 @@ from torch.utils.data import DataLoader, IterableDataset, Subset
 from tqdm.auto import tqdm
 
 from img2cq.data import DOWNLOAD_HINT
-from img2cq.framing import frame_silhouette
-from img2cq.modeling import ModelError, build_model, build_pretrained, count_parameters, save_pretrained
+from img2cq.modeling import (ModelError, build_model, build_pretrained, count_parameters, model_input_frame,
+                             save_pretrained)
 from img2cq.tokenizer import encode_program
 from img2cq.training_args import TrainingArguments, TrainingError
 
@@ -89,7 +89,7 @@ class Collator:
         self.max_tokens = max_tokens
 
     def __call__(self, rows: list[dict]) -> dict:
-        images = [frame_silhouette(row["image"]) for row in rows]
+        images = [model_input_frame(row["image"], self.processor) for row in rows]
         if self.augment:
             images = [augment_image(im, self.rng) for im in images]
         pixel_values = self.processor(images, return_tensors="pt")["pixel_values"]
@@ -178,13 +178,16 @@ class StreamDataset(IterableDataset):
             buffer, lengths = [], []
 
 
-def load_rows(path: str | None, limit: int | None = None, what: str = "training"):
-    """A split as a ``datasets.Dataset``, with a clear error when it is missing."""
+def load_rows(path: str | None, limit: int | None = None, what: str = "training", exclude: str | None = None):
+    """A split as a ``datasets.Dataset`` (without the programs of the split ``exclude``), with a clear
+    error when one is missing."""
     from img2cq.data import load_split
 
     if path is None or not Path(path).is_file():
         raise TrainingError(f"no {what} data at {path}: create it with `{DOWNLOAD_HINT}`")
-    rows = load_split(path)
+    if exclude is not None and not Path(exclude).is_file():
+        raise TrainingError(f"no split at {exclude} to leave out of training (--exclude-programs-in)")
+    rows = load_split(path, exclude_programs_of=exclude)
     if len(rows) == 0:
         raise TrainingError(f"{path} holds no samples")
     if limit:
@@ -433,7 +436,7 @@ def train(args: TrainingArguments, command: str | None = None, train_rows=None, 
 
     # data
     if train_rows is None and not args.stream:
-        train_rows = load_rows(args.train_json, args.train_samples)
+        train_rows = load_rows(args.train_json, args.train_samples, exclude=args.exclude_programs_in)
     if eval_rows is None and args.eval_json:
         eval_rows = load_rows(args.eval_json, max(args.eval_samples, 32), what="evaluation")
 

@@ -28,7 +28,7 @@ class BasicTrainingArguments:
     eval_json: str | None = field(default="data/test.jsonl", metadata={
         "help": "evaluation split; 'none' to skip evaluation"})
     model_size: str = field(default="small", metadata={
-        "help": "preset: tiny (tests), compact (~24M, the shipped default), small (~40M), base (~200M)"})
+        "help": "preset: tiny (tests), cpu (~4M, the CPU-trained default), compact (~24M), small (~40M), base (~200M)"})
     image_size: int | None = field(default=None, metadata={"help": "input resolution (default: the preset's)"})
     epochs: int = field(default=3, metadata={"help": "passes over the training split"})
     max_steps: int | None = field(default=None, metadata={
@@ -36,6 +36,8 @@ class BasicTrainingArguments:
     batch_size: int = field(default=4, metadata={"help": "samples per micro-batch and process"})
     learning_rate: float = field(default=3e-4, metadata={"help": "peak learning rate"})
     train_samples: int | None = field(default=None, metadata={"help": "use only the first N training samples"})
+    exclude_programs_in: str | None = field(default=None, metadata={
+        "help": "a split (e.g. the test split) whose programs are left out of training"})
     save_steps: int = field(default=500, metadata={"help": "write a resumable checkpoint every N steps"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in --output-dir"})
     seed: int = field(default=42, metadata={"help": "seed of initialisation, data order and augmentation"})

@@ -110,6 +110,17 @@ def test_load_split_has_image_feature(synthetic):
     assert ds[0]["image"].size == (96, 96) and ds[0]["cadquery"].startswith("import cadquery as cq")
 
 
+def test_load_split_leaves_out_the_programs_of_another_split(synthetic, tmp_path):
+    out, _ = synthetic
+    lines = (out / "train.jsonl").read_text().splitlines(keepends=True)
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text("".join(lines[1:3]))  # two of the six training programs, as if drawn again for a test split
+    kept = data.load_split(out / "train.jsonl", exclude_programs_of=held_out)
+    assert len(kept) == 4 and not {json.loads(line)["cadquery"] for line in lines[1:3]} & set(kept["cadquery"])
+    with pytest.raises(FileNotFoundError, match="no such split file"):
+        data.load_split(out / "train.jsonl", exclude_programs_of=tmp_path / "missing.jsonl")
+
+
 def test_hub_rows_use_the_same_layout(tmp_path):
     rows = [{"image": Image.new("RGB", (448, 448), "white"), "deepcad_id": f"0000/0000{i}",
              "cadquery": "import cadquery as cq\n", "token_count": 5, "prompt": "p", "hundred_subset": i == 0}

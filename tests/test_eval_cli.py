@@ -97,6 +97,18 @@ def test_baseline_eval_scores_both_baselines_without_torch(workspace, repo_root)
         assert float(row["IOU"]) == pytest.approx(mean([r["iou"] for r in scored]), abs=1e-4)
 
 
+def test_nearest_image_baseline_leaves_out_the_programs_training_left_out(workspace, tmp_path):
+    from img2cq.evaluation import load_samples, nearest_neighbour_programs
+
+    train_json = workspace / "data" / "train.jsonl"
+    queries = load_samples(str(train_json), 2)  # two training images as test images: each finds itself
+    assert nearest_neighbour_programs(str(train_json), queries) == [q["cadquery"] for q in queries]
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text("".join(train_json.read_text().splitlines(keepends=True)[:2]))
+    found = nearest_neighbour_programs(str(train_json), queries, exclude_programs_of=str(held_out))
+    assert len(found) == 2 and not set(found) & {q["cadquery"] for q in queries}
+
+
 @pytest.mark.parametrize("script", ["enhanced_eval.py", "baseline_eval.py"])
 def test_help_answers_before_heavy_imports(repo_root, script):
     out = run([repo_root / script, "--help"], repo_root, probe=True)

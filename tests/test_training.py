@@ -19,7 +19,7 @@ from transformers import VisionEncoderDecoderModel
 from transformers.pytorch_utils import Conv1D
 
 from img2cq.executor import Executor
-from img2cq.modeling import MAX_PROGRAM_TOKENS, build_model, load_pretrained
+from img2cq.modeling import MAX_PROGRAM_TOKENS, Img2CQ, build_model, load_pretrained
 from img2cq.sampler import sample_program
 from img2cq.codec import canonical_program
 from img2cq.tokenizer import encode_program, load_codec_tokenizer, load_tokenizer
@@ -194,6 +194,25 @@ def test_resume_continues_with_the_batches_an_uninterrupted_run_trains_on(datase
                                                                (dataset / "train.jsonl").read_text().splitlines())
 
 
+def test_programs_of_a_held_out_split_are_never_trained_on(dataset, tmp_path, batches_trained_on):
+    lines = (dataset / "train.jsonl").read_text().splitlines(keepends=True)
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text("".join(lines[:2]))
+    args = dict(train_json=str(dataset / "train.jsonl"), eval_json=None, model_size="tiny", batch_size=2,
+                warmup_steps=0, save_steps=100, epochs=1)
+    train(TrainingArguments(**args, exclude_programs_in=str(held_out), output_dir=str(tmp_path / "m")))
+    assert {p for batch in batches_trained_on for p in batch} == {json.loads(line)["cadquery"] for line in lines[2:]}
+    with pytest.raises(TrainingError, match="no split at .* to leave out of training"):
+        train(TrainingArguments(**args, exclude_programs_in=str(tmp_path / "no.jsonl"), output_dir=str(tmp_path / "n")))
+
+
+def test_training_and_generation_give_the_model_the_same_picture(short_samples):
+    model, tokenizer, processor = build_model("tiny", 128)
+    images = [row["image"] for row in short_samples[:2]]
+    trained_on = Collator(tokenizer, processor, max_tokens=64)(short_samples[:2])["pixel_values"]
+    assert torch.equal(trained_on, Img2CQ(model, tokenizer, processor, device="cpu").pixel_values(images))
+
+
 def test_resuming_a_checkpoint_of_another_layout_is_one_clear_error(short_samples, tmp_path):
     args = dict(output_dir=str(tmp_path / "model"), model_size="tiny", eval_json=None, batch_size=8, max_steps=1,
                 warmup_steps=0)
@@ -263,7 +282,7 @@ def test_checked_in_configs_parse_and_flags_after_them_win():
         assert isinstance(parse_arguments(TrainingArguments, "", [str(path)]), TrainingArguments)
     cpu = parse_arguments(TrainingArguments, "", [str(ROOT / "configs" / "cpu_default.json"), "--max-steps", "5",
                                                   "--no-group-by-length", "--eval-json", "data/test.jsonl"])
-    assert (cpu.max_steps, cpu.model_size, cpu.augment, cpu.group_by_length) == (5, "tiny", True, False)
+    assert (cpu.max_steps, cpu.model_size, cpu.augment, cpu.group_by_length) == (5, "cpu", True, False)
     assert cpu.eval_json == "data/test.jsonl"
     assert "configs/gpu_stream.json" in (ROOT / "scripts" / "gpu_train.sh").read_text()
     basic = parse_arguments(BasicTrainingArguments, "", ["--batch-size", "3", "--eval-json", "none", "--resume"])

@@ -2,10 +2,11 @@
 
     python benchmarks/bench_generate.py [--presets tiny compact] [--model DIR] [--batch-size 16]
                                         [--max-new-tokens 128] [--repeats 3] [--threads 1]
+                                        [--eval-json SPLIT]
 
 Times ``model.generate`` (encoder, greedy decoding and, for codec models, the grammar's logits
-processor; decoding ids to text is not included) on one batch of GenCAD-sized drawings, after one
-warm-up batch, and prints a markdown table: seconds per image (median of ``--repeats``),
+processor; decoding ids to text is not included) on one batch of GenCAD-sized drawings (or, with
+``--eval-json``, the first test images of a split: what a trained model meets), after one warm-up batch, and prints a markdown table: seconds per image (median of ``--repeats``),
 generated tokens per image and tokens per second. A freshly initialised preset writes arbitrary
 lengths, so its sequences are capped at ``--max-new-tokens``: compare presets by tokens/s, or
 multiply the per-token time by the length of real programs (median ~33 codec tokens, see
@@ -27,9 +28,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _images(n: int):
+def _images(n: int, eval_json: str | None = None):
     from PIL import Image, ImageDraw
 
+    if eval_json:
+        from img2cq.data import load_split
+
+        split = load_split(eval_json)
+        return [split[i]["image"].convert("RGB") for i in range(min(n, len(split)))]
     out = []
     for i in range(n):
         im = Image.new("RGB", (448, 448), "white")
@@ -38,10 +44,11 @@ def _images(n: int):
     return out
 
 
-def measure(generator, label: str, batch_size: int, max_new_tokens: int, repeats: int) -> dict:
+def measure(generator, label: str, batch_size: int, max_new_tokens: int, repeats: int,
+            eval_json: str | None = None) -> dict:
     import torch
 
-    pixels = generator.pixel_values(_images(batch_size))
+    pixels = generator.pixel_values(_images(batch_size, eval_json))
     pad = generator.tokenizer.pad_token_id
 
     def run():
@@ -79,6 +86,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--vsr", action="store_true", help="run the generated programs and count failure kinds")
+    parser.add_argument("--eval-json", default=None, help="time on the first test images of this split, not drawings")
     args = parser.parse_args(argv)
 
     import torch
@@ -91,12 +99,12 @@ def main(argv=None) -> int:
     for preset in args.presets:
         model, tokenizer, processor = build_model(preset)
         rows.append(measure(Img2CQ(model, tokenizer, processor, device="cpu"), f"fresh {preset}",
-                            args.batch_size, args.max_new_tokens, args.repeats))
+                            args.batch_size, args.max_new_tokens, args.repeats, args.eval_json))
     for model_dir in args.model:
         rows.append(measure(load_pretrained(model_dir, device="cpu"), model_dir, args.batch_size,
-                            args.max_new_tokens, args.repeats))
+                            args.max_new_tokens, args.repeats, args.eval_json))
     print(f"greedy, batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, {args.threads} torch thread(s), "
-          f"load {os.getloadavg()[0]:.2f}\n")
+          f"images: {args.eval_json or 'drawings'}, load {os.getloadavg()[0]:.2f}\n")
     print("| model | tokenizer | s/image | tokens/image | tokens/s |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['tokenizer']} | {r['s/image']:.3f} | {r['tokens/image']:.1f} | {r['tokens/s']:.0f} |")

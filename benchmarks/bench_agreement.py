@@ -7,7 +7,7 @@ IoU, render for the agreement), and the agreement is recomputed for a grid of re
 weights and edge scales. Printed per setting: Spearman rho over all (candidate, reference) pairs
 that build, the mean per-image rho, and the mean IoU of the search candidate each setting would keep.
 
-    python benchmarks/bench_agreement.py --model models/img2cq-tiny-cpu --eval-json data/test.jsonl \\
+    python benchmarks/bench_agreement.py --model models/img2cq-cpu --eval-json data/test.jsonl \\
         --train-json data/train.jsonl --samples 30 --out runs/search/agreement
 """
 from __future__ import annotations
@@ -135,7 +135,7 @@ def sweep(pairs: list[dict]) -> list[dict]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="models/img2cq-tiny-cpu")
+    p.add_argument("--model", default="models/img2cq-cpu")
     p.add_argument("--eval-json", default="data/test.jsonl")
     p.add_argument("--train-json", default="data/train.jsonl")
     p.add_argument("--samples", type=int, default=30)

@@ -5,7 +5,7 @@ index (``img2cq.search.thumbnail_features``: framed 32 x 32 grey thumbnails) and
 ViT encoder (mean of the last hidden states), and their programs are scored against the reference
 by true 3D IoU. Printed: mean IoU of the nearest, and of the best of the k nearest.
 
-    python benchmarks/bench_retrieval.py --model models/img2cq-tiny-cpu --eval-json data/test.jsonl \\
+    python benchmarks/bench_retrieval.py --model models/img2cq-cpu --eval-json data/test.jsonl \\
         --train-json data/train.jsonl --samples 40 --k 4
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ def encoder_features(model, images, batch_size: int = 32):
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="models/img2cq-tiny-cpu")
+    p.add_argument("--model", default="models/img2cq-cpu")
     p.add_argument("--eval-json", default="data/test.jsonl")
     p.add_argument("--train-json", default="data/train.jsonl")
     p.add_argument("--samples", type=int, default=40)

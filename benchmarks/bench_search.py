@@ -22,7 +22,7 @@ from pathlib import Path
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="models/img2cq-tiny-cpu", help="the model that proposed (for the rows)")
+    p.add_argument("--model", default="models/img2cq-cpu", help="the model that proposed (for the rows)")
     p.add_argument("--eval-json", default="data/test.jsonl")
     p.add_argument("--out", default="runs/search/agreement", help="folder holding proposals.jsonl")
     p.add_argument("--settings", nargs="+", default=["1:0", "8:0", "8:5", "8:20"],

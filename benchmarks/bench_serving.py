@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=REPO / "models" / "img2cq-tiny-cpu", help="model directory")
+    p.add_argument("--model", type=Path, default=REPO / "models" / "img2cq-cpu", help="model directory")
     p.add_argument("--image", type=Path, default=REPO / "tests" / "fixtures" / "render" / "plate_boss.png",
                    help="picture every client posts")
     p.add_argument("--concurrency", default="1,4,16,64", help="comma-separated client counts")

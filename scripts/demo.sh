@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 export VTK_DEFAULT_OPENGL_WINDOW=vtkEGLRenderWindow
 DEMO=${DEMO_DIR:-runs/demo}
 SAMPLES=${DEMO_SAMPLES:-50}
-MODEL=${DEMO_MODEL:-models/img2cq-tiny-cpu}
+MODEL=${DEMO_MODEL:-models/img2cq-cpu}
 
 # test images from seed 1000 (the shipped model trained on seed 7), plus 200 training samples
 # for the nearest-image baseline; rerunning reuses what is already there

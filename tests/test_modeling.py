@@ -134,7 +134,7 @@ def test_shipped_model_loads_and_writes_a_program():
     """The main job's default model: a from_pretrained directory in the repository, with provenance."""
     from pathlib import Path
 
-    shipped = Path(__file__).resolve().parents[1] / "models" / "img2cq-tiny-cpu"
+    shipped = Path(__file__).resolve().parents[1] / "models" / "img2cq-cpu"
     config = json.loads((shipped / "training_config.json").read_text())
     assert config["finished"] and config["command"].startswith("python enhanced_train.py")
     assert json.loads((shipped / "export.json").read_text())["dtype"] == "bf16"

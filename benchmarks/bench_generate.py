@@ -6,9 +6,10 @@
 
 Times ``model.generate`` (encoder, greedy decoding and, for codec models, the grammar's logits
 processor; decoding ids to text is not included) on one batch of GenCAD-sized drawings (or, with
-``--eval-json``, the first test images of a split: what a trained model meets), after one warm-up batch, and prints a markdown table: seconds per image (median of ``--repeats``),
-generated tokens per image and tokens per second. A freshly initialised preset writes arbitrary
-lengths, so its sequences are capped at ``--max-new-tokens``: compare presets by tokens/s, or
+``--eval-json``, the first test images of a split: what a trained model meets), after one warm-up
+batch, and prints a markdown table: seconds per image (median of ``--repeats``), generated tokens
+per image and tokens per second. A freshly initialised preset writes arbitrary lengths, so its
+sequences are capped at ``--max-new-tokens``: compare presets by tokens/s, or
 multiply the per-token time by the length of real programs (median ~33 codec tokens, see
 ``benchmarks/bench_codec.py``). Say what else ran on the machine (the load is printed).
 
@@ -88,6 +89,8 @@ def main(argv=None) -> int:
     parser.add_argument("--vsr", action="store_true", help="run the generated programs and count failure kinds")
     parser.add_argument("--eval-json", default=None, help="time on the first test images of this split, not drawings")
     args = parser.parse_args(argv)
+    if args.eval_json and not Path(args.eval_json).is_file():
+        parser.error(f"no split at {args.eval_json}")
 
     import torch
 

@@ -336,25 +336,25 @@ def download_hub(out: str | Path, sizes: dict[str, int], progress: bool = True) 
 # ----------------------------------------------------------------------------------------------
 # Reading
 
-def load_split(jsonl_path: str | Path, exclude_programs_of: str | Path | None = None):
+def load_split(jsonl_path: str | Path, exclude_programs_in: str | Path | None = None):
     """A split as a `datasets.Dataset` whose "image" column is a `datasets.Image` feature.
 
-    ``exclude_programs_of``: another split (e.g. the test split) whose programs are left out, so that
+    ``exclude_programs_in``: another split (e.g. the test split) whose programs are left out, so that
     no test part is trained on or retrieved, however often the sampler draws it again.
     """
     from datasets import Dataset, Image
 
     path = Path(jsonl_path)
-    for split_path in (path, exclude_programs_of):
+    for split_path in (path, exclude_programs_in):
         if split_path is not None and not Path(split_path).exists():
             raise FileNotFoundError(f"no such split file: {split_path}")
     rows = _read_rows(path)
-    if exclude_programs_of is not None:
-        held_out = {row["cadquery"] for row in _read_rows(Path(exclude_programs_of))}
+    if exclude_programs_in is not None:
+        held_out = {row["cadquery"] for row in _read_rows(Path(exclude_programs_in))}
         kept = [row for row in rows if row["cadquery"] not in held_out]
         if len(kept) < len(rows):
             print(f"left out {len(rows) - len(kept)} of {len(rows)} samples of {path}: "
-                  f"their programs are in {exclude_programs_of}")
+                  f"their programs are in {exclude_programs_in}")
         rows = kept
     for row in rows:
         row["image"] = str(path.parent / row["image"])

@@ -48,13 +48,13 @@ class EvalError(ValueError):
     """Bad input to an evaluation (missing data, unreadable image, no model): one line for the user."""
 
 
-def load_samples(eval_json: str, samples: int | None, exclude_programs_of: str | None = None):
+def load_samples(eval_json: str, samples: int | None, exclude_programs_in: str | None = None):
     """The first ``samples`` rows of a split as dicts with a decoded RGB "image" (without the
-    programs of the split ``exclude_programs_of``)."""
-    for path in (eval_json, exclude_programs_of):
+    programs of the split ``exclude_programs_in``)."""
+    for path in (eval_json, exclude_programs_in):
         if path is not None and not Path(path).is_file():
             raise EvalError(f"no split at {path}: create it with `{DOWNLOAD_HINT}`")
-    split = load_split(eval_json, exclude_programs_of=exclude_programs_of)
+    split = load_split(eval_json, exclude_programs_in=exclude_programs_in)
     n = len(split) if samples is None else min(samples, len(split))
     if n == 0:
         raise EvalError(f"{eval_json} holds no samples")
@@ -215,9 +215,9 @@ def _thumbnail(image) -> np.ndarray:
 
 
 def nearest_neighbour_programs(train_json: str, test_rows: list[dict], train_samples: int | None = None,
-                               exclude_programs_of: str | None = None) -> list[str]:
+                               exclude_programs_in: str | None = None) -> list[str]:
     """For each test image, the program of the training image closest in 32 x 32 pixel distance."""
-    train = load_samples(train_json, train_samples, exclude_programs_of)
+    train = load_samples(train_json, train_samples, exclude_programs_in)
     bank = np.stack([_thumbnail(r["image"]) for r in tqdm(train, desc="indexing training images")])
     programs = []
     for row in test_rows:
@@ -237,8 +237,8 @@ def evaluate_baselines(samples: int = 50, eval_json: str = "data/test.jsonl", tr
     references = [r["cadquery"] for r in rows]
     candidates = {
         ("baseline-constant-box", "fixed"): [CONSTANT_PROGRAM] * len(rows),
-        ("baseline-nearest-train-image", "nearest"): nearest_neighbour_programs(train_json, rows, train_samples,
-                                                                                   exclude_programs_in),
+        ("baseline-nearest-train-image", "nearest"): nearest_neighbour_programs(
+            train_json, rows, train_samples, exclude_programs_in=exclude_programs_in),
     }
     results, paths = [], []
     with open_executor(workers, cluster) as ex:

@@ -73,7 +73,7 @@ PRESETS = {
     # for tests and smoke runs on a CPU: well under 2M parameters
     "tiny": Preset(image_size=64, patch_size=16, encoder_hidden=64, encoder_layers=2, encoder_heads=2,
                    decoder_hidden=128, decoder_layers=2, decoder_heads=2),
-    # the CPU-trained default: 4.3M parameters, ~50 training samples/s on one core (compact: ~2)
+    # the CPU-trained default: 4.3M parameters, ~50 samples/s for the training step on one core
     "cpu": Preset(image_size=128, patch_size=16, encoder_hidden=128, encoder_layers=3, encoder_heads=4,
                   decoder_hidden=256, decoder_layers=3, decoder_heads=4),
     # ViT-S/16-like encoder (6 layers) + 6-layer GPT-2 decoder

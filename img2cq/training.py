@@ -178,16 +178,17 @@ class StreamDataset(IterableDataset):
             buffer, lengths = [], []
 
 
-def load_rows(path: str | None, limit: int | None = None, what: str = "training", exclude: str | None = None):
-    """A split as a ``datasets.Dataset`` (without the programs of the split ``exclude``), with a clear
-    error when one is missing."""
+def load_rows(path: str | None, limit: int | None = None, what: str = "training",
+              exclude_programs_in: str | None = None):
+    """A split as a ``datasets.Dataset`` (without the programs of the split ``exclude_programs_in``),
+    with a clear error when one is missing."""
     from img2cq.data import load_split
 
     if path is None or not Path(path).is_file():
         raise TrainingError(f"no {what} data at {path}: create it with `{DOWNLOAD_HINT}`")
-    if exclude is not None and not Path(exclude).is_file():
-        raise TrainingError(f"no split at {exclude} to leave out of training (--exclude-programs-in)")
-    rows = load_split(path, exclude_programs_of=exclude)
+    if exclude_programs_in is not None and not Path(exclude_programs_in).is_file():
+        raise TrainingError(f"no split at {exclude_programs_in} to leave out of training (--exclude-programs-in)")
+    rows = load_split(path, exclude_programs_in=exclude_programs_in)
     if len(rows) == 0:
         raise TrainingError(f"{path} holds no samples")
     if limit:
@@ -436,7 +437,7 @@ def train(args: TrainingArguments, command: str | None = None, train_rows=None, 
 
     # data
     if train_rows is None and not args.stream:
-        train_rows = load_rows(args.train_json, args.train_samples, exclude=args.exclude_programs_in)
+        train_rows = load_rows(args.train_json, args.train_samples, exclude_programs_in=args.exclude_programs_in)
     if eval_rows is None and args.eval_json:
         eval_rows = load_rows(args.eval_json, max(args.eval_samples, 32), what="evaluation")
 

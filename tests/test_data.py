@@ -115,10 +115,10 @@ def test_load_split_leaves_out_the_programs_of_another_split(synthetic, tmp_path
     lines = (out / "train.jsonl").read_text().splitlines(keepends=True)
     held_out = tmp_path / "held_out.jsonl"
     held_out.write_text("".join(lines[1:3]))  # two of the six training programs, as if drawn again for a test split
-    kept = data.load_split(out / "train.jsonl", exclude_programs_of=held_out)
+    kept = data.load_split(out / "train.jsonl", exclude_programs_in=held_out)
     assert len(kept) == 4 and not {json.loads(line)["cadquery"] for line in lines[1:3]} & set(kept["cadquery"])
     with pytest.raises(FileNotFoundError, match="no such split file"):
-        data.load_split(out / "train.jsonl", exclude_programs_of=tmp_path / "missing.jsonl")
+        data.load_split(out / "train.jsonl", exclude_programs_in=tmp_path / "missing.jsonl")
 
 
 def test_hub_rows_use_the_same_layout(tmp_path):

@@ -105,7 +105,7 @@ def test_nearest_image_baseline_leaves_out_the_programs_training_left_out(worksp
     assert nearest_neighbour_programs(str(train_json), queries) == [q["cadquery"] for q in queries]
     held_out = tmp_path / "held_out.jsonl"
     held_out.write_text("".join(train_json.read_text().splitlines(keepends=True)[:2]))
-    found = nearest_neighbour_programs(str(train_json), queries, exclude_programs_of=str(held_out))
+    found = nearest_neighbour_programs(str(train_json), queries, exclude_programs_in=str(held_out))
     assert len(found) == 2 and not set(found) & {q["cadquery"] for q in queries}
 
 

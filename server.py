@@ -29,7 +29,7 @@ class Health(BaseModel):
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    """Read the settings; create the schema, one sandbox and the batcher for the app's lifetime."""
+    """Read the settings; create the schema, one sandbox and the batchers for the app's lifetime."""
     from img2cq.executor import Executor
     from img2cq.search import PRELOAD  # workers ready to render: /generate's search compares renders
 
@@ -37,18 +37,18 @@ async def lifespan(app: FastAPI):
     app.state.engine = db.make_engine(settings.sqlalchemy_url())
     db.create_schema(app.state.engine)
     app.state.executor = Executor(workers=settings.exec_workers, timeout=settings.exec_timeout,
-                                  memory_mb=settings.exec_memory_mb, preload=PRELOAD)
+                                  memory_mb=settings.exec_memory_mb, preload=PRELOAD, nice=settings.background_nice)
     app.state.sandbox = Lane(workers=settings.exec_workers, max_queue=settings.queue_size, name="sandbox")
     app.state.model_dir = settings.model
     app.state.model_service = model_api.ModelService(
         settings.model, torch_threads=settings.torch_threads, max_batch=settings.batch_size,
         max_wait_s=settings.batch_wait_ms / 1000, max_queue=settings.queue_size, executor=app.state.executor,
-        search_train_json=settings.search_train_json)
-    app.state.model_service.batcher.start()
+        search_train_json=settings.search_train_json, nice=settings.background_nice)
+    app.state.model_service.start()
     try:
         yield
     finally:
-        await app.state.model_service.batcher.stop()
+        await app.state.model_service.stop()
         app.state.sandbox.close()
         app.state.executor.close()
         app.state.engine.dispose()

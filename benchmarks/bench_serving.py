@@ -4,7 +4,9 @@ database) with a model directory, and 1, 4, 16, 64 loopback clients, each level 
     python benchmarks/bench_serving.py                       # shipped model, 1/4/16/64 clients, 30 s each
     python benchmarks/bench_serving.py --concurrency 1,16 --seconds 20
 
-Every client posts the same picture back to back; on 503 it waits the Retry-After it was given
+Every client posts pictures back to back, going round a set of test pictures (64 of the seed-1000
+test split, `benchmarks/pictures`) from its own starting point, so that concurrent requests carry
+different pictures, as they would from different users; on 503 it waits the Retry-After it was given
 (at most the time left). A /health poller runs throughout. Per level: requests/s (answers 200 per
 second of wall time, until the last answer), p50/p95 latency of the 200s, the worst /health
 latency, and counts of 200, 503 (with/without Retry-After), other answers and client timeouts.
@@ -30,8 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=REPO / "models" / "img2cq-cpu", help="model directory")
-    p.add_argument("--image", type=Path, default=REPO / "tests" / "fixtures" / "render" / "plate_boss.png",
-                   help="picture every client posts")
+    p.add_argument("--pictures", type=Path, default=REPO / "benchmarks" / "pictures",
+                   help="a PNG every client posts, or a folder whose PNGs (any depth) the clients go round")
     p.add_argument("--concurrency", default="1,4,16,64", help="comma-separated client counts")
     p.add_argument("--seconds", type=float, default=30.0, help="clients start new requests for this long per level")
     p.add_argument("--client-timeout", type=float, default=300.0, help="seconds a client waits for one answer")
@@ -42,9 +44,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--torch-threads", type=int, default=1, help="IMG2CQ_TORCH_THREADS of the server")
     p.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = p.parse_args(argv)
-    for path in (args.model, args.image):
+    for path in (args.model, args.pictures):
         if not path.exists():
             p.error(f"{path} does not exist")
+    args.picture_files = sorted(args.pictures.rglob("*.png")) if args.pictures.is_dir() else [args.pictures]
+    if not args.picture_files:
+        p.error(f"{args.pictures} holds no PNG")
     try:
         args.levels = [int(c) for c in args.concurrency.split(",")]
     except ValueError:
@@ -98,20 +103,25 @@ def start_server(args, db_path: Path, log) -> tuple[subprocess.Popen, str]:
         time.sleep(0.2)
 
 
-def run_level(base: str, clients: int, args, image: bytes) -> dict:
+def run_level(base: str, clients: int, args, pictures: list[bytes]) -> dict:
     import httpx
 
     params = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
     lock = threading.Lock()
     latencies, counts, health = [], {"200": 0, "503+retry": 0, "503 bare": 0, "other": 0, "timeout": 0}, []
+    # made before the clock starts, so the load generator's own set-up does not land on the level
+    sessions = [httpx.Client(base_url=base, timeout=args.client_timeout) for _ in range(clients)]
     start = time.perf_counter()
     stop_at = start + args.seconds
     finished = threading.Event()
 
-    def client() -> float:
+    def client(number: int) -> float:
         last = start
-        with httpx.Client(base_url=base, timeout=args.client_timeout) as c:
+        next_picture = number * len(pictures) // clients
+        with sessions[number] as c:
             while time.perf_counter() < stop_at:
+                image = pictures[next_picture % len(pictures)]
+                next_picture += 1
                 sent = time.perf_counter()
                 try:
                     r = c.post("/generate", params=params, files={"image": ("part.png", image, "image/png")})
@@ -142,7 +152,7 @@ def run_level(base: str, clients: int, args, image: bytes) -> dict:
     poller = threading.Thread(target=poll_health)
     poller.start()
     with ThreadPoolExecutor(clients) as pool:
-        ends = list(pool.map(lambda _: client(), range(clients)))
+        ends = list(pool.map(client, range(clients)))
     finished.set()
     poller.join()
     wall = max(ends) - start
@@ -157,25 +167,26 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     import httpx
 
-    image = args.image.read_bytes()
+    pictures = [path.read_bytes() for path in args.picture_files]
     print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; python {platform.python_version()}; "
           f"load average before: {load_average()}")
     model = args.model.resolve()
     model = model.relative_to(REPO) if model.is_relative_to(REPO) else model
     print(f"server: batch {args.batch_size}, wait {args.batch_wait_ms} ms, queue {args.queue_size}; "
-          f"torch threads {args.torch_threads}; model {model}; {args.seconds:.0f} s per level; max_new_tokens {args.max_new_tokens or 'model default'}")
+          f"torch threads {args.torch_threads}; model {model}; {args.seconds:.0f} s per level; max_new_tokens {args.max_new_tokens or 'model default'}; "
+          f"{len(pictures)} distinct pictures")
     with tempfile.TemporaryDirectory() as tmp:
         log = open(Path(tmp) / "server.log", "w")
         proc, base = start_server(args, Path(tmp) / "bench.db", log)
         try:
-            warm = httpx.post(base + "/generate", files={"image": ("part.png", image, "image/png")},
+            warm = httpx.post(base + "/generate", files={"image": ("part.png", pictures[0], "image/png")},
                               params={} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens},
                               timeout=args.client_timeout)  # loads the model
             if warm.status_code != 200:
                 raise SystemExit(f"error: warm-up request answered {warm.status_code}: {warm.text[:300]}")
             results = []
             for clients in args.levels:
-                results.append(run_level(base, clients, args, image))
+                results.append(run_level(base, clients, args, pictures))
                 r = results[-1]
                 print(f"  {clients} clients done: {r['requests_per_s']:.3f} req/s, load {load_average()}", flush=True)
         finally:
@@ -201,7 +212,7 @@ def main(argv=None) -> None:
             print(f"{r['clients']} clients: {r['requests_per_s'] / one['requests_per_s']:.1f}x one-at-a-time")
     if args.out:
         args.out.write_text(json.dumps({"command": sys.argv, "settings": vars(args) | {"model": str(args.model),
-                                        "image": str(args.image), "out": str(args.out)}, "results": results},
+                                        "pictures": str(args.pictures), "picture_files": len(pictures), "out": str(args.out)}, "results": results},
                                        indent=1, default=str))
 
 

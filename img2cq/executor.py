@@ -782,8 +782,9 @@ def _warm_up() -> None:
     _seccomp_filter()
 
 
-def _worker_main(read_fd: int, write_fd: int, isolation: str, preload: list[str]) -> None:
+def _worker_main(read_fd: int, write_fd: int, isolation: str, nice: int, preload: list[str]) -> None:
     """Serve jobs from the parent until it closes the pipe."""
+    os.nice(nice)  # inherited by every child
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)  # orphans of our children come back to us
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # go when the caller goes
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
@@ -811,15 +812,15 @@ def _worker_main(read_fd: int, write_fd: int, isolation: str, preload: list[str]
 class _Worker:
     """Handle on one worker process (the caller's side)."""
 
-    def __init__(self, preload: tuple[str, ...], isolation: str):
+    def __init__(self, preload: tuple[str, ...], isolation: str, nice: int):
         to_worker_r, to_worker_w = os.pipe()
         from_worker_r, from_worker_w = os.pipe()
         env = _worker_environment()
         env["PYTHONPATH"] = os.pathsep.join(p for p in [_repo_root(), env.get("PYTHONPATH", "")] if p)
         self.process = subprocess.Popen(
             [sys.executable, "-c", "import sys, img2cq.executor as e; "
-             "e._worker_main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4:])",
-             str(to_worker_r), str(from_worker_w), isolation, *preload],
+             "e._worker_main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5:])",
+             str(to_worker_r), str(from_worker_w), isolation, str(nice), *preload],
             pass_fds=(to_worker_r, from_worker_w), stdin=subprocess.DEVNULL, env=env, close_fds=True,
         )
         os.close(to_worker_r)
@@ -869,15 +870,19 @@ class Executor:
 
     `isolation` (default: $IMG2CQ_ISOLATION, else "strict"): "strict" confines every child in the
     kernel and raises SandboxUnavailable where the kernel cannot; "trusted" drops the kernel
-    sandbox (all else stays), for programs one trusts on such machines.
+    sandbox (all else stays), for programs one trusts on such machines. `nice` (0-19) lowers the
+    workers' CPU priority, e.g. below a server's request handling.
     """
 
     def __init__(self, workers: int = 1, timeout: float = DEFAULT_TIMEOUT_S,
-                 memory_mb: int = DEFAULT_MEMORY_MB, preload: Iterable[str] = (), isolation: str | None = None):
+                 memory_mb: int = DEFAULT_MEMORY_MB, preload: Iterable[str] = (), isolation: str | None = None,
+                 nice: int = 0):
         if workers < 1:
             raise ValueError("workers must be >= 1")
         if timeout <= 0:
             raise ValueError("timeout must be > 0")
+        if not 0 <= nice <= 19:
+            raise ValueError("nice must be 0-19")
         isolation = isolation or os.environ.get(ISOLATION_ENV) or "strict"
         if isolation not in ISOLATION_MODES:
             raise ValueError(f"isolation must be one of {', '.join(ISOLATION_MODES)}, not {isolation!r}")
@@ -886,7 +891,7 @@ class Executor:
                 f"cannot confine untrusted programs on this machine: {problem}. Only for programs you trust: "
                 f"Executor(isolation='trusted') or {ISOLATION_ENV}=trusted runs them without the kernel sandbox.")
         self.workers, self.timeout, self.memory_mb = workers, float(timeout), int(memory_mb)
-        self.preload, self.isolation = tuple(preload), isolation
+        self.preload, self.isolation, self.nice = tuple(preload), isolation, nice
         self._idle: Queue[_Worker] = Queue()
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
@@ -895,7 +900,7 @@ class Executor:
             self._add_worker()
 
     def _add_worker(self) -> None:
-        worker = _Worker(self.preload, self.isolation)
+        worker = _Worker(self.preload, self.isolation, self.nice)
         with self._lock:
             self._all.append(worker)
         self._idle.put(worker)

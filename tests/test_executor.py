@@ -149,6 +149,18 @@ def test_bad_arguments_fail_clearly():
         Executor(workers=0)
     with pytest.raises(ValueError, match="timeout"):
         Executor(timeout=0)
+    with pytest.raises(ValueError, match="nice"):
+        Executor(nice=20)
+
+
+def test_workers_and_their_children_run_at_the_niceness_asked():
+    """A server lowers its sandbox below its request handling: the program itself sees it."""
+    base = os.nice(0)
+    with Executor(workers=1, nice=3) as executor:
+        r = executor.run("import os\nimport cadquery as cq\nsolid = cq.Workplane().box(os.nice(0) + 1, 1, 1)\n")
+        worker = psutil.Process(executor._all[0].process.pid)
+        assert worker.nice() == base + 3
+    assert r.ok and r.volume == pytest.approx(base + 3 + 1)
 
 
 def test_non_string_program_is_invalid_not_an_exception(ex):

@@ -4,6 +4,7 @@ are in test_server_live.py). The scheduling API runs on SQLite and on PostgreSQL
 
 import asyncio
 import io
+import os
 import subprocess
 import sys
 import threading
@@ -12,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import httpx
+import psutil
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -379,6 +381,41 @@ def test_concurrent_generate_requests_share_one_batched_call(sqlite_url, model_d
         responses = [f.result() for f in [first, *rest]]
     assert [r.status_code for r in responses] == [200] * 8, [r.text for r in responses]
     assert gated.batches == [1, 7]
+
+
+def test_the_programs_of_a_batch_are_checked_together_each_distinct_one_once(sqlite_url, model_dir, gated):
+    with serve(sqlite_url, model_dir, batch_size=8) as client, ThreadPoolExecutor(8) as pool:
+        checker, executor = client.app.state.model_service.checker, client.app.state.executor
+        checked, run = [], []
+        check, run_in_sandbox = checker.run_batch, executor.map
+        checker.run_batch = lambda programs: checked.append(len(programs)) or check(programs)
+        executor.map = lambda codes, **options: run.append(len(codes)) or run_in_sandbox(codes, **options)
+        first = pool.submit(post_image, client)
+        assert gated.running.wait(60)
+        rest = [pool.submit(post_image, client) for _ in range(7)]
+        wait_until(lambda: client.app.state.model_service.batcher.waiting == 7, "7 requests wait")
+        gated.release.set()
+        responses = [f.result() for f in [first, *rest]]
+    assert [r.status_code for r in responses] == [200] * 8, [r.text for r in responses]
+    assert len({r.json()["program"] for r in responses}) == 1  # one picture, one untrained model
+    assert gated.batches == [1, 7] and checked == [1, 7] and run == [1, 1]
+
+
+def test_generation_and_the_sandbox_run_below_the_http_loop(sqlite_url, model_dir, monkeypatch):
+    """So that /health and refusals answer at once however busy the model and the sandbox are."""
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    generating_at = []
+    generate = model_api.generate_programs
+    monkeypatch.setattr(model_api, "generate_programs",
+                        lambda *args: generating_at.append(niceness()) or generate(*args))
+    base = niceness()
+    with serve(sqlite_url, model_dir, background_nice=4) as client:
+        assert post_image(client).status_code == 200
+        workers = [psutil.Process(w.process.pid) for w in client.app.state.executor._all]
+        assert workers and all(w.nice() == base + 4 for w in workers)
+    assert generating_at == [base + 4] and niceness() == base
 
 
 def test_a_full_queue_answers_503_with_retry_after_at_once(sqlite_url, model_dir, gated):

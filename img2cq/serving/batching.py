@@ -2,7 +2,8 @@
 
 ``Batcher`` collects requests into batches (up to ``max_batch`` items, or ``max_wait_s`` after the
 first) and runs each batch as one call on one dedicated thread, so the model sees one batched
-call at a time and the event loop is never blocked. ``Lane`` runs single blocking calls (the
+call at a time and the event loop is never blocked; that thread may run at a lower CPU priority
+(``nice``) than the event loop, which then answers at once however busy the batches keep the cores. ``Lane`` runs single blocking calls (the
 sandbox) on a few dedicated threads. Both admit a bounded number of requests and refuse the rest
 at once (``Overloaded``, answered 503 with Retry-After); every request has a deadline
 (``DeadlineExceeded``); a request whose client has gone (``Disconnected``) is dropped before its
@@ -11,6 +12,7 @@ work starts.
 
 import asyncio
 import math
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -51,6 +53,13 @@ async def settle(future: asyncio.Future, timeout: float, disconnected: Awaitable
     raise DeadlineExceeded(f"not answered within {timeout:.0f} s")
 
 
+def lower_thread_priority(nice: int) -> None:
+    """Raise the calling thread's niceness by ``nice`` (on Linux a thread has its own)."""
+    if nice:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                       os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) + nice)
+
+
 @dataclass
 class _Job:
     item: Any
@@ -61,9 +70,10 @@ class Batcher:
     """Dynamic batching: ``run_batch(items) -> results`` (same order) on one dedicated thread."""
 
     def __init__(self, run_batch: Callable[[list], list], *, max_batch: int, max_wait_s: float,
-                 max_queue: int, name: str = "batch"):
+                 max_queue: int, name: str = "batch", nice: int = 0):
         self.run_batch, self.max_batch, self.max_wait_s, self.max_queue = run_batch, max_batch, max_wait_s, max_queue
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=name, initializer=lower_thread_priority,
+                                          initargs=(nice,))
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(max_queue)
         self._worker: asyncio.Task | None = None
         self._last_batch_s = 1.0

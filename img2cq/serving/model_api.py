@@ -1,7 +1,9 @@
 """The model and metrics over HTTP: /generate (dynamically batched) and /score (the sandbox).
 
-Neither route blocks the event loop: generation runs in batches on one dedicated thread
-(``ModelService``), programs run in the sandbox through a ``Lane`` of ``exec_workers`` threads.
+Neither route blocks the event loop. /generate goes through two batchers (``ModelService``): the
+pictures of concurrent requests are generated in one batched call on one dedicated thread, then
+their programs are checked in the sandbox as one batch, each distinct program once, spread over
+the ``exec_workers`` sandbox workers. /score's pairs run in the sandbox through a ``Lane``.
 Programs never run in the server process.
 """
 
@@ -73,18 +75,39 @@ class ModelUnavailable(Exception):
     pass
 
 
+# The programs of one generated batch reach the checking batcher within one pass of the event loop.
+CHECK_WAIT_S = 0.002
+
+
 class ModelService:
-    """The model, loaded on first use by the generation thread, behind a dynamic batcher. Only
-    that thread runs torch, so one intra-op thread count serves the process (set at load)."""
+    """The model, loaded on first use by the generation thread, behind a dynamic batcher; and the
+    batcher that checks generated programs in ``executor``. Only the generation thread runs torch,
+    so one intra-op thread count serves the process (set at load)."""
 
     def __init__(self, model_dir: str | None, *, torch_threads: int, max_batch: int, max_wait_s: float,
-                 max_queue: int, executor=None, search_train_json: str | None = None):
+                 max_queue: int, executor, search_train_json: str | None = None, nice: int = 0):
         self.model_dir, self.torch_threads = model_dir, torch_threads
         self.executor, self.search_train_json = executor, search_train_json
         self.model = self._index = None
         self._load_lock = threading.Lock()
         self.batcher = Batcher(self._run_batch, max_batch=max_batch, max_wait_s=max_wait_s,
-                               max_queue=max_queue, name="generate")
+                               max_queue=max_queue, name="generate", nice=nice)
+        # every request generated (queued or running) must find room here: none is refused after its generation
+        self.checker = Batcher(self._check_batch, max_batch=max_batch, max_wait_s=CHECK_WAIT_S,
+                               max_queue=max_queue + max_batch, name="check", nice=nice)
+
+    def start(self) -> None:
+        self.batcher.start()
+        self.checker.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        await self.checker.stop()
+
+    def _check_batch(self, programs: list[str]) -> list:
+        """Sandbox results of a batch of programs, run as every score runs them (so /generate's
+        `valid` agrees with /score and the metrics), each distinct program once."""
+        return execute(programs, self.executor)
 
     def _load(self):
         with self._load_lock:
@@ -179,14 +202,9 @@ async def generate(request: Request, image: UploadFile,
             (picture, GenerateOptions(max_new_tokens=max_new_tokens, candidates=candidates, refine_seconds=refine)),
             timeout=_time_left(deadline),
             disconnected=disconnected)
-        result = await state.sandbox.call(_run_one, program, state.executor, admit=False,
-                                          timeout=_time_left(deadline), disconnected=disconnected)
+        result = await state.model_service.checker.submit(program, timeout=_time_left(deadline),
+                                                          disconnected=disconnected)
     return Generated(program=program, valid=result.ok, error=result.reason or None)
-
-
-def _run_one(program: str, executor):
-    """One program run as every score runs it, so /generate's `valid` agrees with /score and the metrics."""
-    return execute([program], executor)[0]
 
 
 @router.post("/score", response_model=ScoreResult,

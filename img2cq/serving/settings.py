@@ -22,7 +22,9 @@ class Settings(BaseSettings):
     db: str = Field("./img2cq.db", description="SQLite file used when DATABASE_URL is unset")
     model: str | None = Field(None, description="model directory for /generate, loaded on first use; "
                                                 "unset: /generate answers 503")
-    exec_workers: int = Field(1, ge=1, description="sandbox worker processes (programs of /generate and /score)")
+    exec_workers: int = Field(default_factory=usable_cpus, ge=1,
+                              description="sandbox worker processes (programs of /generate and /score); "
+                                          "default: the usable CPUs")
     exec_timeout: float = Field(10.0, gt=0, description="wall-clock seconds per program in the sandbox")
     exec_memory_mb: int = Field(4096, ge=256, description="address-space limit per program, MiB")
     batch_size: int = Field(16, ge=1, le=256, description="most images in one batched generate call")
@@ -35,6 +37,10 @@ class Settings(BaseSettings):
     torch_threads: int = Field(1, ge=1, le=usable_cpus(),
                                description="torch intra-op threads of the one generation thread; more help "
                                            "only on idle cores (on shared ones they wait for each other)")
+
+    background_nice: int = Field(5, ge=0, le=19,
+                                 description="niceness of generation and of the sandbox workers above the "
+                                             "HTTP loop, so that /health and admission answer at once under load")
 
     search_train_json: str | None = Field(None, description="training split (jsonl) whose retrieval index "
                                           "/generate?candidates=N draws candidates from (built beside it once); "

@@ -54,8 +54,25 @@ async def lifespan(app: FastAPI):
         app.state.engine.dispose()
 
 
+class RefuseAtTheDoor:
+    """POST /generate is answered 503 + Retry-After before its upload is read while the model's
+    queue is full, so that an overloaded server spends next to nothing on what it must refuse."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/generate":
+            batcher = scope["app"].state.model_service.batcher
+            if batcher.full:
+                await errors.overloaded_response(batcher.refusal())(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 app = FastAPI(title="img2cq", summary="Image -> CadQuery code, and a project critical-path API",
               lifespan=lifespan)
+app.add_middleware(RefuseAtTheDoor)
 errors.install(app)
 app.include_router(schedule_api.router)
 app.include_router(model_api.router)

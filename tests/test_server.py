@@ -418,7 +418,10 @@ def test_generation_and_the_sandbox_run_below_the_http_loop(sqlite_url, model_di
     assert generating_at == [base + 4] and niceness() == base
 
 
-def test_a_full_queue_answers_503_with_retry_after_at_once(sqlite_url, model_dir, gated):
+def test_a_full_queue_answers_503_with_retry_after_at_once(sqlite_url, model_dir, gated, monkeypatch):
+    pictures_read = []
+    read_image = model_api.read_image
+    monkeypatch.setattr(model_api, "read_image", lambda data: pictures_read.append(1) or read_image(data))
     with serve(sqlite_url, model_dir, batch_size=1, queue_size=2) as client, ThreadPoolExecutor(3) as pool:
         batcher = client.app.state.model_service.batcher
         admitted = [pool.submit(post_image, client)]
@@ -426,6 +429,7 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(sqlite_url, model_dir
         admitted += [pool.submit(post_image, client) for _ in range(2)]
         wait_until(lambda: batcher.waiting == 2, "the queue is full")
         refused = post_image(client)
+        assert len(pictures_read) == 3  # refused at the door: its upload was never read
         assert client.get("/health").status_code == 200  # the event loop is free while the model works
         gated.release.set()
         assert [f.result().status_code for f in admitted] == [200] * 3

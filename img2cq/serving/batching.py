@@ -103,6 +103,14 @@ class Batcher:
         """Nothing queued, collected or running."""
         return not self._busy and self._queue.empty()
 
+    @property
+    def full(self) -> bool:
+        """A request submitted now would be refused."""
+        return self._queue.full()
+
+    def refusal(self) -> Overloaded:
+        return Overloaded(f"server busy: {self.max_queue} requests already wait for the model", self.retry_after())
+
     def retry_after(self) -> int:
         """Seconds until the queue ahead of a new request has probably drained."""
         return max(1, math.ceil((self._queue.qsize() / self.max_batch + 1) * self._last_batch_s))
@@ -113,8 +121,7 @@ class Batcher:
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
-            raise Overloaded(f"server busy: {self.max_queue} requests already wait for the model",
-                             self.retry_after()) from None
+            raise self.refusal() from None
         return await settle(job.future, timeout, disconnected)
 
     async def _serve(self) -> None:

@@ -49,9 +49,13 @@ def _database_busy(_request: Request, exc: OperationalError | PoolTimeout) -> JS
                         headers={"Retry-After": "1"})
 
 
-def _overloaded(_request: Request, exc: Overloaded) -> JSONResponse:
+def overloaded_response(exc: Overloaded) -> JSONResponse:
     return JSONResponse({"detail": f"{exc}; retry after {exc.retry_after} s"}, status_code=503,
                         headers={"Retry-After": str(exc.retry_after)})
+
+
+def _overloaded(_request: Request, exc: Overloaded) -> JSONResponse:
+    return overloaded_response(exc)
 
 
 def _deadline(_request: Request, exc: DeadlineExceeded) -> JSONResponse:

@@ -3,8 +3,8 @@
 ``Batcher`` collects requests into batches (up to ``max_batch`` items, or ``max_wait_s`` after the
 first) and runs each batch as one call on one dedicated thread, so the model sees one batched
 call at a time and the event loop is never blocked; that thread may run at a lower CPU priority
-(``nice``) than the event loop, which then answers at once however busy the batches keep the cores. ``Lane`` runs single blocking calls (the
-sandbox) on a few dedicated threads. Both admit a bounded number of requests and refuse the rest
+(``nice``) than the event loop, which then answers at once however busy the batches keep the
+cores. ``Lane`` runs single blocking calls (the sandbox) on a few dedicated threads. Both admit a bounded number of requests and refuse the rest
 at once (``Overloaded``, answered 503 with Retry-After); every request has a deadline
 (``DeadlineExceeded``); a request whose client has gone (``Disconnected``) is dropped before its
 work starts.

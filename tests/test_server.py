@@ -3,6 +3,7 @@ hostile programs, and the /generate batcher under load (the real-server and sche
 are in test_server_live.py). The scheduling API runs on SQLite and on PostgreSQL."""
 
 import asyncio
+import gc
 import io
 import os
 import subprocess
@@ -399,6 +400,15 @@ def test_the_programs_of_a_batch_are_checked_together_each_distinct_one_once(sql
     assert [r.status_code for r in responses] == [200] * 8, [r.text for r in responses]
     assert len({r.json()["program"] for r in responses}) == 1  # one picture, one untrained model
     assert gated.batches == [1, 7] and checked == [1, 7] and run == [1, 1]
+
+
+def test_the_loaded_model_is_kept_out_of_full_garbage_collections(sqlite_url, model_dir):
+    """A full collection scanning torch and the model stalls every request for a quarter second."""
+    gc.unfreeze()
+    with serve(sqlite_url, model_dir) as client:
+        assert gc.get_freeze_count() == 0  # nothing frozen before the model is loaded
+        assert post_image(client).status_code == 200
+        assert gc.get_freeze_count() > 0
 
 
 def test_generation_and_the_sandbox_run_below_the_http_loop(sqlite_url, model_dir, monkeypatch):

@@ -108,13 +108,18 @@ def test_hostile_corpus_is_refused_with_the_right_reason(ex, tmp_path):
     assert elapsed < 60  # two timeouts of 3 s each, everything else fast
     # the pool survives all of it and still works
     assert ex.run(BOX_WITH_HOLE).ok
-    # nothing left behind: only the two workers are our children, each with at most its two idle
-    # spare children (program and measuring child, forked ahead of the next job), which have no
-    # children of their own
+    # nothing left behind: only the two workers are our children, each, once it has forked its
+    # spares again after answering, with exactly its two idle spare children (program and
+    # measuring child, forked ahead of the next job), which have no children of their own
     pids = {worker.process.pid for worker in ex._all}  # other pools (the shared fixture's) may be alive too
     workers = [p for p in psutil.Process().children() if p.pid in pids]
     assert len(workers) == 2
-    assert all(len(w.children()) <= 2 and len(w.children(recursive=True)) == len(w.children()) for w in workers)
+    deadline = time.monotonic() + 10
+    while any(len(w.children()) < 2 for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for worker in workers:
+        descendants = worker.children(recursive=True)  # one snapshot
+        assert len(descendants) == 2 and all(d.ppid() == worker.pid for d in descendants)
 
 
 def test_private_workdir_and_scrubbed_environment(ex, monkeypatch):

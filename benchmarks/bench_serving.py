@@ -6,11 +6,12 @@ database) with a model directory, and 1, 4, 16, 64 loopback clients, each level 
 
 Every client posts pictures back to back, going round a set of test pictures (64 of the seed-1000
 test split, `benchmarks/pictures`) from its own starting point, so that concurrent requests carry
-different pictures, as they would from different users; on 503 it waits the Retry-After it was given
-(at most the time left). A /health poller runs throughout, in a process of its own (the clients'
-threads and their garbage collections would otherwise delay it as much as the server does). Per level: requests/s (answers 200 per
-second of wall time, until the last answer), p50/p95 latency of the 200s, the worst and the 99th
-percentile /health latency, and counts of 200, 503 (with/without Retry-After), other answers and client timeouts.
+different pictures, as they would from different users; on 503 it waits the Retry-After it was
+given (at most the time left). A /health poller runs throughout, in a process of its own (the
+clients' threads and their garbage collections would otherwise delay it as much as the server
+does). Per level: requests/s (answers 200 per second of wall time, until the last answer),
+p50/p95 latency of the 200s, the worst and the 99th percentile /health latency, and counts of
+200, 503 (with/without Retry-After), other answers and client timeouts.
 """
 
 import argparse
@@ -52,6 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.picture_files = sorted(args.pictures.rglob("*.png")) if args.pictures.is_dir() else [args.pictures]
     if not args.picture_files:
         p.error(f"{args.pictures} holds no PNG")
+    args.generate_params = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
     try:
         args.levels = [int(c) for c in args.concurrency.split(",")]
     except ValueError:
@@ -122,7 +124,6 @@ def poll_health(base: str, finished, answers) -> None:
 def run_level(base: str, clients: int, args, pictures: list[bytes]) -> dict:
     import httpx
 
-    params = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
     lock = threading.Lock()
     latencies, counts = [], {"200": 0, "503+retry": 0, "503 bare": 0, "other": 0, "timeout": 0}
     # made before the clock starts, so the load generator's own set-up does not land on the level
@@ -139,7 +140,7 @@ def run_level(base: str, clients: int, args, pictures: list[bytes]) -> dict:
                 next_picture += 1
                 sent = time.perf_counter()
                 try:
-                    r = c.post("/generate", params=params, files={"image": ("part.png", image, "image/png")})
+                    r = c.post("/generate", params=args.generate_params, files={"image": ("part.png", image, "image/png")})
                 except httpx.TimeoutException:
                     kind, wait = "timeout", 0.0
                 else:
@@ -190,8 +191,7 @@ def main(argv=None) -> None:
         proc, base = start_server(args, Path(tmp) / "bench.db", log)
         try:
             warm = httpx.post(base + "/generate", files={"image": ("part.png", pictures[0], "image/png")},
-                              params={} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens},
-                              timeout=args.client_timeout)  # loads the model
+                              params=args.generate_params, timeout=args.client_timeout)  # loads the model
             if warm.status_code != 200:
                 raise SystemExit(f"error: warm-up request answered {warm.status_code}: {warm.text[:300]}")
             results = []

@@ -4,10 +4,10 @@
 first) and runs each batch as one call on one dedicated thread, so the model sees one batched
 call at a time and the event loop is never blocked; that thread may run at a lower CPU priority
 (``nice``) than the event loop, which then answers at once however busy the batches keep the
-cores. ``Lane`` runs single blocking calls (the sandbox) on a few dedicated threads. Both admit a bounded number of requests and refuse the rest
-at once (``Overloaded``, answered 503 with Retry-After); every request has a deadline
-(``DeadlineExceeded``); a request whose client has gone (``Disconnected``) is dropped before its
-work starts.
+cores. ``Lane`` runs single blocking calls (the sandbox) on a few dedicated threads. Both admit
+a bounded number of requests and refuse the rest at once (``Overloaded``, answered 503 with
+Retry-After); every request has a deadline (``DeadlineExceeded``); a request whose client has
+gone (``Disconnected``) is dropped before its work starts.
 """
 
 import asyncio
@@ -174,12 +174,10 @@ class Lane:
         self._admitted = 0
         self._last_call_s = 1.0
 
-    async def call(self, fn: Callable, *args, timeout: float, disconnected: Awaitable | None = None,
-                   admit: bool = True, **kwargs):
-        """``fn(*args, **kwargs)`` on a lane thread. ``admit=False``: work that must not be refused
-        (it finishes a request whose expensive part has already run)."""
+    async def call(self, fn: Callable, *args, timeout: float, disconnected: Awaitable | None = None, **kwargs):
+        """``fn(*args, **kwargs)`` on a lane thread."""
         with self._lock:
-            if admit and self._admitted >= self.limit:
+            if self._admitted >= self.limit:
                 retry = max(1, math.ceil(self._admitted / self.workers * self._last_call_s))
                 raise Overloaded(f"server busy: {self._admitted} requests already wait for the sandbox", retry)
             self._admitted += 1

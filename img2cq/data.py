@@ -142,19 +142,9 @@ def generate_draws(executor, seed: int, split: str, start: int, count: int, seen
         yield {"index": i, "cadquery": code, "reason": reason, "signature": signature, "png": png}
 
 
-def _read_rows(path: Path) -> list[dict]:
-    """Complete rows of a jsonl file; a partial last line (interrupted write) is cut off the file."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        data = data[: data.rfind(b"\n") + 1]
-        path.write_bytes(data)
-    return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
-
-
-def read_program_rows(path: str | Path) -> list[dict]:
-    """Rows of a programs jsonl that carry a `cadquery` string; ValueError naming the line if one does not."""
+def read_rows(path: str | Path) -> list[dict]:
+    """Rows of a jsonl file; reading never writes it. ValueError naming the line for one that is not
+    a JSON object (a last line cut short by an interrupted write included)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -168,12 +158,32 @@ def read_program_rows(path: str | Path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("cadquery"), str):
-            raise ValueError(f"{path}:{number}: row has no `cadquery` string")
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{number}: not a JSON object")
         rows.append(row)
+    return rows
+
+
+def read_program_rows(path: str | Path) -> list[dict]:
+    """Rows of a programs jsonl that carry a `cadquery` string; ValueError naming the line if one does not."""
+    rows = read_rows(path)
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row.get("cadquery"), str):
+            raise ValueError(f"{path}: row {number} has no `cadquery` string")
     if not rows:
         raise ValueError(f"{path}: no programs")
     return rows
+
+
+def _resume_rows(path: Path) -> list[dict]:
+    """The writer's view of a split it appends to: a partial last line (its own interrupted write)
+    is cut off the file before the complete rows are read."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+    return read_rows(path)
 
 
 def provenance() -> dict:
@@ -197,7 +207,7 @@ def write_synthetic_split(out: Path, split: str, size: int, seed: int, executor,
     out.mkdir(parents=True, exist_ok=True)
     (out / "images").mkdir(exist_ok=True)
     path = out / f"{split}.jsonl"
-    rows = _read_rows(path)
+    rows = _resume_rows(path)
     stats_path = out / f".{split}.progress.json"
     stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
     if stats.get("seed") != seed or stats.get("accepted") != len(rows):
@@ -286,7 +296,7 @@ def generate_synthetic(out: str | Path, sizes: dict[str, int], seed: int = 0, wo
                 continue
             stats = write_synthetic_split(out, split, sizes[split], seed, executor, seen, batch, render_kwargs, progress)
             stats["acceptance_rate"] = stats["accepted"] / max(1, stats["draws"])
-            stats["statistics"] = dataset_statistics(r["cadquery"] for r in _read_rows(out / f"{split}.jsonl"))
+            stats["statistics"] = dataset_statistics(r["cadquery"] for r in read_rows(out / f"{split}.jsonl"))
             card["splits"][split] = stats
     card_path.write_text(json.dumps(card, indent=2))
     return card
@@ -348,9 +358,9 @@ def load_split(jsonl_path: str | Path, exclude_programs_in: str | Path | None = 
     for split_path in (path, exclude_programs_in):
         if split_path is not None and not Path(split_path).exists():
             raise FileNotFoundError(f"no such split file: {split_path}")
-    rows = _read_rows(path)
+    rows = read_rows(path)
     if exclude_programs_in is not None:
-        held_out = {row["cadquery"] for row in _read_rows(Path(exclude_programs_in))}
+        held_out = {row["cadquery"] for row in read_rows(exclude_programs_in)}
         kept = [row for row in rows if row["cadquery"] not in held_out]
         if len(kept) < len(rows):
             print(f"left out {len(rows) - len(kept)} of {len(rows)} samples of {path}: "
@@ -398,7 +408,7 @@ def make_contact_sheet(jsonl_path: str | Path, out_path: str | Path, n: int = 48
     from PIL import Image, ImageDraw
 
     path = Path(jsonl_path)
-    rows = _read_rows(path)
+    rows = read_rows(path)
     picks = np.random.default_rng(seed).choice(len(rows), size=min(n, len(rows)), replace=False)
     caption_h = 44
     rows_n = math.ceil(len(picks) / columns)

@@ -54,7 +54,10 @@ def load_samples(eval_json: str, samples: int | None, exclude_programs_in: str |
     for path in (eval_json, exclude_programs_in):
         if path is not None and not Path(path).is_file():
             raise EvalError(f"no split at {path}: create it with `{DOWNLOAD_HINT}`")
-    split = load_split(eval_json, exclude_programs_in=exclude_programs_in)
+    try:
+        split = load_split(eval_json, exclude_programs_in=exclude_programs_in)
+    except ValueError as e:
+        raise EvalError(str(e)) from None
     n = len(split) if samples is None else min(samples, len(split))
     if n == 0:
         raise EvalError(f"{eval_json} holds no samples")

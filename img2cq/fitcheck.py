@@ -76,11 +76,11 @@ def check_split(jsonl_path: str | Path, limit: int | None = None, workers: int =
     """Counts of rows following each rule, plus the rows that could not be checked."""
     from PIL import Image
 
-    from img2cq.data import _read_rows
+    from img2cq.data import read_rows
     from img2cq.executor import Executor
 
     path = Path(jsonl_path)
-    rows = _read_rows(path)[:limit]
+    rows = read_rows(path)[:limit]
     with Executor(workers=workers, preload=("img2cq.render",)) as executor:
         results = executor.map([r["cadquery"] for r in rows], mesh=False, progress=progress and "fit check",
                                postprocess="img2cq.render:projected_extents")

@@ -121,6 +121,26 @@ def test_load_split_leaves_out_the_programs_of_another_split(synthetic, tmp_path
         data.load_split(out / "train.jsonl", exclude_programs_in=tmp_path / "missing.jsonl")
 
 
+def test_reading_a_split_never_writes_it(synthetic, tmp_path):
+    out, _ = synthetic
+    lines = (out / "train.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "images").symlink_to(out / "images")
+    whole_last_row = tmp_path / "no_final_newline.jsonl"
+    whole_last_row.write_text("".join(lines[:3]).rstrip("\n"))
+    before = whole_last_row.read_bytes()
+    assert len(data.load_split(whole_last_row)) == 3 and whole_last_row.read_bytes() == before
+    cut_short = tmp_path / "cut_short.jsonl"
+    cut_short.write_text("".join(lines[:2]) + lines[2][:40])
+    before = cut_short.read_bytes()
+    with pytest.raises(ValueError, match=r"cut_short.jsonl:3: not JSON"):
+        data.load_split(cut_short)
+    result = subprocess.run([sys.executable, "baseline_eval.py", "3", "--eval-json", str(cut_short),
+                             "--train-json", str(whole_last_row), "--output-dir", str(tmp_path / "eval")],
+                            capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "not JSON" in result.stderr
+    assert cut_short.read_bytes() == before
+
+
 def test_hub_rows_use_the_same_layout(tmp_path):
     rows = [{"image": Image.new("RGB", (448, 448), "white"), "deepcad_id": f"0000/0000{i}",
              "cadquery": "import cadquery as cq\n", "token_count": 5, "prompt": "p", "hundred_subset": i == 0}

@@ -1,11 +1,13 @@
 """Render a jsonl of CadQuery programs (field `cadquery`) into a split in the dataset layout.
 
-    python scripts/render_programs.py PROGRAMS.jsonl OUT_DIR [--split test] [--workers 2]
+    python scripts/render_programs.py PROGRAMS.jsonl OUT_DIR [--split test] [--workers 2] [--id-prefix P]
 
 Writes OUT_DIR/<split>.jsonl (rows `id`, `image`, `cadquery`, `token_count`, `source`, and the input
 row's other fields) and OUT_DIR/images/*.png, so programs without images (e.g. a sample of real
-GenCAD-Code programs) can be used as an evaluation or training split. Every program runs only in
-the sandboxed executor, which also renders it; programs that fail are skipped and counted.
+GenCAD-Code programs) can be used as an evaluation or training split. A row's id is
+`<id-prefix>-<its 0-based row number in PROGRAMS.jsonl>` (prefix default: the file's stem). Every
+program runs only in the sandboxed executor, which also renders it; programs that fail are skipped,
+counted and listed (row number, the row's other fields, the reason) in OUT_DIR/<split>.card.json.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default="test", help="split name: writes OUT/<split>.jsonl (default: test)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--size", type=int, default=448, help="image size in pixels")
+    parser.add_argument("--id-prefix", default=None, help="ids are PREFIX-<row number> (default: the programs file's stem)")
     args = parser.parse_args(argv)
     if args.workers < 1 or args.size < 16:
         parser.error("need --workers >= 1 and --size >= 16")
@@ -44,14 +47,18 @@ def main(argv=None) -> int:
     (args.out / "images").mkdir(parents=True, exist_ok=True)
     failed: Counter = Counter()
     written = 0
-    stem = args.programs.stem
+    stem = args.id_prefix or args.programs.stem
+    failures = []
+    render_kwargs = {"size": args.size, "line_width": 1.0, "view_jitter_deg": 0.0, "fit": "bbox"}  # as the dataset renders its test pictures
     with Executor(workers=args.workers, preload=("img2cq.render",)) as ex:
         results = ex.map([r["cadquery"] for r in rows], progress="rendering", mesh=False,
-                         postprocess="img2cq.render:render_png", postprocess_kwargs={"size": args.size})
+                         postprocess="img2cq.render:render_png", postprocess_kwargs=render_kwargs)
     with (args.out / f"{args.split}.jsonl").open("w") as f:
         for i, (row, result) in enumerate(zip(rows, results)):
             if not result.ok or not isinstance(result.extras.get("value"), bytes):
                 failed[result.error_kind or "no_image"] += 1
+                failures.append({"row": i, **{k: v for k, v in row.items() if k not in ("cadquery", "image")},
+                                 "reason": (result.reason or "no_image: the render returned no picture")[:300]})
                 continue
             sample_id = f"{stem}-{i:05d}"
             image = f"images/{sample_id}.png"
@@ -62,7 +69,9 @@ def main(argv=None) -> int:
             f.write(json.dumps(out_row) + "\n")
             written += 1
     card = {"source": f"scripts/render_programs.py on {args.programs.name}", "rows_in": len(rows),
-            "written": written, "failed": dict(failed), "size": args.size, "provenance": provenance()}
+            "written": written, "failed": dict(failed), "failures": failures, "size": args.size,
+            "render": {"function": "img2cq.render:render_png", **render_kwargs},
+            "provenance": provenance()}
     (args.out / f"{args.split}.card.json").write_text(json.dumps(card, indent=2))
     print(f"wrote {written} of {len(rows)} rows to {args.out / (args.split + '.jsonl')}"
           + (f"; failed: {dict(failed)}" if failed else ""))

@@ -20,13 +20,19 @@ def run(*args):
 def test_programs_become_a_split_and_failures_are_counted(tmp_path):
     src = tmp_path / "programs.jsonl"
     src.write_text("".join(json.dumps({"cadquery": c, "train_index": i}) + "\n" for i, c in enumerate([BOX, BROKEN])))
-    proc = run(src, tmp_path / "out", "--size", "64", "--workers", "1")
+    proc = run(src, tmp_path / "out", "--size", "64", "--workers", "1", "--id-prefix", "demo")
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in (tmp_path / "out" / "test.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["train_index"] == 0 and rows[0]["cadquery"] == BOX
+    assert rows[0]["id"] == "demo-00000" and rows[0]["image"] == "images/demo-00000.png"
     assert Image.open(tmp_path / "out" / rows[0]["image"]).size == (64, 64)
     card = json.loads((tmp_path / "out" / "test.card.json").read_text())
     assert card["written"] == 1 and card["rows_in"] == 2 and sum(card["failed"].values()) == 1
+    # the failed row is named (row number, its other fields) with the reason
+    [failure] = card["failures"]
+    assert failure["row"] == 1 and failure["train_index"] == 1 and "cadquery" not in failure
+    assert failure["reason"].startswith(next(iter(card["failed"])) + ":")
+    assert card["render"]["size"] == 64 and card["render"]["fit"] == "bbox"
 
 
 def test_bad_input_gives_one_error_line(tmp_path):

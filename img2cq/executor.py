@@ -56,6 +56,7 @@ import resource
 import select
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -202,8 +203,35 @@ _DENIED_SYSCALLS = {
     "shmget": 29, "shmat": 30, "shmctl": 31, "semget": 64, "semop": 65, "semctl": 66, "semtimedop": 220,
     "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "mq_open": 240,  # IPC named outside any path
     "add_key": 248, "request_key": 249, "keyctl": 250,  # the kernel keyrings
-    "io_uring_setup": 425,  # its operations (sockets among them) bypass seccomp
+    "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,  # its operations bypass seccomp
+    # namespaces (a new user namespace would hand the child every capability inside it) and mounts
+    "unshare": 272, "setns": 308, "mount": 165, "umount2": 166, "pivot_root": 155, "chroot": 161,
+    "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
+    "mount_setattr": 442,
+    # other processes' memory and descriptors (Landlock's ptrace scoping refuses them too)
+    "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "kcmp": 312, "pidfd_getfd": 438,
+    "process_madvise": 440, "migrate_pages": 256, "move_pages": 279,
+    # running any other program: Landlock grants no execute right, and memfd files are beyond its reach
+    "execve": 59, "execveat": 322,
+    # the kernel's less guarded corners, and what only an administrator does
+    "bpf": 321, "perf_event_open": 298, "userfaultfd": 323, "fanotify_init": 300,
+    "name_to_handle_at": 303, "open_by_handle_at": 304, "lookup_dcookie": 212, "syslog": 103,
+    "kexec_load": 246, "kexec_file_load": 320, "init_module": 175, "finit_module": 313, "delete_module": 176,
+    "reboot": 169, "swapon": 167, "swapoff": 168, "acct": 163, "vhangup": 153, "quotactl": 179, "quotactl_fd": 443,
+    "settimeofday": 164, "clock_settime": 227, "clock_adjtime": 305, "adjtimex": 159,
+    "sethostname": 170, "setdomainname": 171, "iopl": 172, "ioperm": 173, "modify_ldt": 154, "uselib": 134,
+    "ioprio_set": 251,
 }
+# Allowed only on the calling process itself: these arguments (by index) must be 0. Processes of
+# the same user may otherwise change each other's limits, priority, CPUs and scheduling.
+_SELF_ONLY_SYSCALLS = {
+    "prlimit64": (302, (0,)), "setpriority": (141, (0, 1)),  # PRIO_PROCESS, who = 0
+    "sched_setaffinity": (203, (0,)), "sched_setscheduler": (144, (0,)), "sched_setparam": (142, (0,)),
+    "sched_setattr": (314, (0,)),
+}
+_SYS_CLONE, _SYS_CLONE3 = 56, 435  # clone: refused with a namespace flag; clone3 (its flags sit in memory
+_CLONE_NEW_NAMESPACES = 0x7E020000  # a filter cannot read): ENOSYS, so that libc falls back to clone
+_SYS_UNSHARE, _SYS_SETNS, _CLONE_NEWPID = 272, 308, 0x20000000
 _AUDIT_ARCH_X86_64, _X32_SYSCALL_BIT = 0xC000003E, 0x40000000
 
 
@@ -286,16 +314,44 @@ def _sandbox_rules() -> tuple[tuple[str, int], ...]:
 
 @functools.cache
 def _seccomp_filter() -> bytes:
-    """BPF program: kill other architectures, refuse the x32 ABI and _DENIED_SYSCALLS, allow the rest."""
-    load, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
-    allow, deny, kill = 0x7FFF0000, 0x00050000 | errno.EPERM, 0x80000000
-    numbers = sorted(_DENIED_SYSCALLS.values())
-    n = len(numbers)
-    program = [(load, 0, 0, 4), (jeq, 1, 0, _AUDIT_ARCH_X86_64), (ret, 0, 0, kill),  # seccomp_data.arch
-               (load, 0, 0, 0), (jge, n + 1, 0, _X32_SYSCALL_BIT)]  # seccomp_data.nr
-    program += [(jeq, n - i, 0, number) for i, number in enumerate(numbers)]
-    program += [(ret, 0, 0, allow), (ret, 0, 0, deny)]
-    return b"".join(struct.pack("<HBBI", *instruction) for instruction in program)
+    """BPF program: kill other architectures; refuse the x32 ABI, _DENIED_SYSCALLS, the
+    _SELF_ONLY_SYSCALLS aimed at another process and clone with a namespace flag (EPERM); clone3
+    with ENOSYS; allow the rest."""
+    load, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ/JGE/JSET|K, BPF_RET|K
+    allow, kill = 0x7FFF0000, 0x80000000  # SECCOMP_RET_ALLOW, SECCOMP_RET_KILL_PROCESS
+    deny, enosys = 0x00050000 | errno.EPERM, 0x00050000 | errno.ENOSYS  # SECCOMP_RET_ERRNO
+
+    def arg_low(index: int) -> int:  # seccomp_data.args[index], its low 32 bits (pids and flags fit)
+        return 16 + 8 * index
+
+    # (code, jump if true, jump if false, k); a jump is 0 (next) or the name of a label below
+    program: list = [(load, 0, 0, 4), (jeq, 0, "kill", _AUDIT_ARCH_X86_64), (load, 0, 0, 0),  # arch, nr
+                     (jge, "deny", 0, _X32_SYSCALL_BIT), (jeq, "enosys", 0, _SYS_CLONE3), (jeq, "clone", 0, _SYS_CLONE)]
+    program += [(jeq, "deny", 0, number) for number in sorted(_DENIED_SYSCALLS.values())]
+    program += [(jeq, f"self-{number}", 0, number) for number, _ in _SELF_ONLY_SYSCALLS.values()]
+    program += [(ret, 0, 0, allow), "clone", (load, 0, 0, arg_low(0)), (jset, "deny", "allow", _CLONE_NEW_NAMESPACES)]
+    for number, indices in _SELF_ONLY_SYSCALLS.values():
+        program.append(f"self-{number}")
+        for index in indices:
+            program += [(load, 0, 0, arg_low(index)), (jeq, 0, "deny", 0)]
+        program.append((ret, 0, 0, allow))
+    program += ["allow", (ret, 0, 0, allow), "deny", (ret, 0, 0, deny), "enosys", (ret, 0, 0, enosys),
+                "kill", (ret, 0, 0, kill)]
+    labels, instructions = {}, []
+    for item in program:
+        if isinstance(item, str):
+            labels[item] = len(instructions)
+        else:
+            instructions.append(item)
+
+    def offset(target, at: int) -> int:
+        distance = target if isinstance(target, int) else labels[target] - at - 1
+        if not 0 <= distance <= 255:
+            raise ValueError("seccomp jump out of range")
+        return distance
+
+    return b"".join(struct.pack("<HBBI", code, offset(jt, i), offset(jf, i), k)
+                    for i, (code, jt, jf, k) in enumerate(instructions))
 
 
 def _lock_down(workdir: str) -> None:
@@ -346,47 +402,60 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 
 
 def _install_audit_hook(workdir: str, violations: list[str]) -> None:
-    """Refuse process creation, sockets, ctypes and writes outside `workdir`; remember each try."""
+    """Refuse process creation, sockets, ctypes and writes outside `workdir`; remember each try.
+
+    An early, friendly error only (the kernel is the boundary): the hook keeps its own copies of
+    the tables and functions it uses, so rebinding the module's names does not change it."""
     root = os.path.realpath(workdir) + os.sep
+    forbidden, path_events, write_flags = tuple(_FORBIDDEN_EVENTS), tuple(_PATH_EVENTS), int(_WRITE_FLAGS)
+    realpath, fsdecode, sep, violation, remember = os.path.realpath, os.fsdecode, os.sep, SandboxViolation, violations.append
+    path_types = (str, bytes, os.PathLike)
 
     def inside(path) -> bool:
         if isinstance(path, int):  # an fd the program already holds
             return True
         try:
-            path = os.fsdecode(path)
+            path = fsdecode(path)
         except TypeError:
             return False
-        return (os.path.realpath(path) + os.sep).startswith(root)
+        return (realpath(path) + sep).startswith(root)
 
     def hook(event: str, args: tuple) -> None:
-        if event.startswith(_FORBIDDEN_EVENTS):
-            violations.append(event)
-            raise SandboxViolation(f"{event} is not allowed in a CadQuery program")
+        if event.startswith(forbidden):
+            remember(event)
+            raise violation(f"{event} is not allowed in a CadQuery program")
         if event == "open" and args:
             path, mode, flags = (tuple(args) + (None, None))[:3]
             writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-                isinstance(flags, int) and flags & _WRITE_FLAGS
+                isinstance(flags, int) and flags & write_flags
             )
             if writing and not inside(path):
-                violations.append(f"write to {path}")
-                raise SandboxViolation(f"writing {path} is not allowed (outside the sandbox)")
-        elif event.startswith(_PATH_EVENTS) and args and not all(
-            inside(a) for a in args[:2] if isinstance(a, (str, bytes, os.PathLike))
+                remember(f"write to {path}")
+                raise violation(f"writing {path} is not allowed (outside the sandbox)")
+        elif event.startswith(path_events) and args and not all(
+            inside(a) for a in args[:2] if isinstance(a, path_types)
         ):
-            violations.append(f"{event} {args[0]}")
-            raise SandboxViolation(f"{event} outside the sandbox is not allowed")
+            remember(f"{event} {args[0]}")
+            raise violation(f"{event} outside the sandbox is not allowed")
 
     sys.addaudithook(hook)
 
 
 _RESULT_FD = 3  # a child's result pipe, once every other descriptor is closed
 _SETUP_FAILED = 3  # exit status of a child that could not fence itself in (it ran nothing)
+_FENCED = b"\x01"  # the first byte on a result pipe: written once the child is fenced in, before its job runs
+_MAX_PROGRAM_HEADER = 1 << 16  # a program child's answer header (a name or a message of <= 500 characters)
+_MESSAGE_CHARS = 500
 
 
-def _enter_sandbox(workdir: str, timeout: float, memory_mb: int, result_fd: int, isolation: str) -> None:
+def _text(value: Any, limit: int = _MESSAGE_CHARS) -> str:
+    """Untrusted text as valid UTF-8: lone surrogates and the like come back escaped."""
+    return str(value)[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _enter_sandbox(workdir: str, cpu: int, memory_mb: int, result_fd: int, isolation: str) -> None:
     """Fence this process in before it runs its job: limits, stdio, descriptors, environment, and
     (strict isolation) the kernel sandbox. Afterwards the result pipe is descriptor _RESULT_FD."""
-    cpu = int(math.ceil(timeout)) + 1
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 20, 64 << 20))
@@ -440,7 +509,7 @@ def _run_program(code: str, workdir: str) -> dict:
         where = f" (line {line})" if line else ""
         # the kernel sandbox answers what it refuses with EACCES or EPERM
         kind = "forbidden" if isinstance(e, PermissionError) else "runtime"
-        return _failure(kind, f"{type(e).__name__}: {e}{where}"[:500])
+        return _failure(kind, f"{type(e).__name__}: {e}{where}"[:_MESSAGE_CHARS])
     if violations:
         return _failure("forbidden", f"attempted {violations[0]}")
     name, obj = _pick_result(namespace, tree)
@@ -519,26 +588,29 @@ def _brep_bytes(shape) -> bytes:
 def _child_main(job_fd: int, workdir: str, result_fd: int, isolation: str) -> None:
     """Body of a forked child: wait for its job, fence itself in, do the job, write the result.
 
-    Never returns. A child that cannot enter its sandbox exits with _SETUP_FAILED having run nothing.
+    Never returns. A child that cannot enter its sandbox exits with _SETUP_FAILED having run
+    nothing and written nothing; one that did writes _FENCED first.
     """
     status = _SETUP_FAILED
     try:
-        os.setsid()  # own process group: the worker kills it whole
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the worker
+        os.setsid()  # own process group
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the process that forked it
         with os.fdopen(job_fd, "rb") as f:
-            role, payload, timeout, memory_mb = pickle.load(f)  # from the trusted worker
+            role, payload, cpu, memory_mb = pickle.load(f)  # from the trusted worker, after the fork
         try:
             task = _prepare(role, payload, workdir)
         except Exception as e:  # noqa: BLE001 - e.g. an unknown function name
-            task = functools.partial(_failure, "runtime", f"{type(e).__name__}: {e}"[:500])
-        _enter_sandbox(workdir, timeout, memory_mb, result_fd, isolation)
+            task = functools.partial(_failure, "runtime", f"{type(e).__name__}: {e}"[:_MESSAGE_CHARS])
+        del payload
+        _enter_sandbox(workdir, cpu, memory_mb, result_fd, isolation)
         status = 1
+        os.write(_RESULT_FD, _FENCED)
         try:
             out = task()
         except MemoryError:
             out = _failure("memory", "out of memory (address-space limit)")
         except BaseException as e:  # noqa: BLE001
-            out = _failure("runtime", f"{type(e).__name__}: {e}"[:500])
+            out = _failure("runtime", f"{type(e).__name__}: {e}"[:_MESSAGE_CHARS])
         view = memoryview(_encode(out))
         while view:
             view = view[os.write(_RESULT_FD, view):]
@@ -608,7 +680,7 @@ def mesh_arrays(shape, tolerance: float = METRIC_MESH_TOLERANCE, angular: float 
 
 
 # --------------------------------------------------------------------------------------------
-# The worker: a long-lived process with CadQuery imported that forks the children.
+# The worker: a long-lived process with CadQuery imported; its fork server forks the children.
 
 def _children() -> list[int]:
     """Direct children of this process (the kernel lists them per thread)."""
@@ -622,8 +694,20 @@ def _children() -> list[int]:
     return pids
 
 
+def _count_children(pid: int) -> int:
+    """How many children process `pid` has (0 if it is gone)."""
+    count = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                count += len(f.read().split())
+    except OSError:
+        pass
+    return count
+
+
 def _kill_leftovers(keep: set[int]) -> int:
-    """Kill and reap every child of this (subreaper) worker but `keep`; return how many."""
+    """Kill and reap every child of this (subreaper) process but `keep`; return how many."""
     count = 0
     while True:
         pids = [pid for pid in _children() if pid not in keep]
@@ -638,67 +722,247 @@ def _kill_leftovers(keep: set[int]) -> int:
                 pass
 
 
-class _SpareChild:
-    """A sandbox child forked ahead of its job.
+def _pid_namespace_init() -> str | None:
+    """The program that stands as process 1 of each child's PID namespace (it only waits for the
+    end of its input), or None where this process cannot create PID namespaces (not root)."""
+    init = shutil.which("cat", path="/usr/bin:/bin")
+    if init is None:
+        return None
+    try:
+        with open("/proc/self/ns/pid", "rb") as own:
+            _syscall(_SYS_UNSHARE, _CLONE_NEWPID)
+            _syscall(_SYS_SETNS, own.fileno(), _CLONE_NEWPID)
+    except OSError:
+        return None
+    return init
 
-    Forking a process that has CadQuery loaded costs 10-20 ms; the worker forks the next children
-    while it would otherwise wait for work, so that cost is off the caller's clock.
+
+class _ForkServer:
+    """The worker's side of its fork server.
+
+    The fork server is forked from the worker once the worker has imported and warmed up
+    everything, before it receives any job; it forks every sandbox child and is told nothing but
+    "fork" and "reap". So a child starts from memory that never held a program, a result or a
+    caller's argument (not even freed), and gets its own job only after its fork, through its pipe.
+    Where it can (as root), it puts each child in a PID namespace of its own, under a stand-in
+    process 1: the child sees no other process, and killing that process 1 ends everything the
+    child started, wherever it went.
     """
 
-    live: set[int] = set()  # pids of the spares not yet reaped (never counted as leftovers)
-
-    def __init__(self, isolation: str):
-        self.workdir = tempfile.mkdtemp(prefix="img2cq-run-")
-        job_r, self.job_w = os.pipe()
-        self.result_r, result_w = os.pipe()
+    def __init__(self, isolation: str, inherited: tuple[int, ...]):
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.pid = os.fork()
         if self.pid == 0:
-            _child_main(job_r, self.workdir, result_w, isolation)
+            os.close(self.sock.detach())
+            _fork_server_main(theirs, isolation, inherited)
+        theirs.close()
+
+    def _ask(self, words: list, fds: list[int] = ()) -> list[str]:
+        socket.send_fds(self.sock, [" ".join(map(str, words)).encode()], list(fds))
+        reply = self.sock.recv(256)
+        if not reply:
+            raise EOFError("the sandbox's fork server is gone")
+        return reply.decode().split()
+
+    def fork(self, job_r: int, result_w: int) -> int:
+        return int(self._ask(["fork"], [job_r, result_w])[0])
+
+    def reap(self, pid: int) -> tuple[int, float, int]:
+        """Kill child `pid` and all it started; (wait status, CPU seconds it used, processes it left)."""
+        status, cpu, leftovers = self._ask(["reap", pid])
+        return int(status), float(cpu), int(leftovers)
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+
+
+def _fork_server_main(sock: socket.socket, isolation: str, inherited: tuple[int, ...]) -> None:
+    """Fork and reap sandbox children on the worker's word until the worker goes. Never returns."""
+    children: dict[int, tuple[str, int, int]] = {}  # pid: (directory, its process 1, pipe keeping that alive)
+    status = 0
+    try:
+        for fd in inherited:  # the pipes to the caller are the worker's alone
+            os.close(fd)
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        _prctl(_PR_SET_CHILD_SUBREAPER, 1)  # without PID namespaces, orphans of children come back here
+        init = _pid_namespace_init()
+        own_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC) if init else -1
+        while True:
+            message, fds, _, _ = socket.recv_fds(sock, 256, 2, socket.MSG_CMSG_CLOEXEC)
+            if not message:
+                break
+            command, *args = message.decode().split()
+            if command == "fork":
+                pid, entry = _fork_child(fds, isolation, init, own_namespace)
+                children[pid] = entry
+                sock.send(str(pid).encode())
+            elif command == "reap":
+                pid = int(args[0])
+                status_, cpu, leftovers = _reap_child(pid, *children.pop(pid), keep=children)
+                sock.send(f"{status_} {cpu:.6f} {leftovers}".encode())
+    except BaseException:  # noqa: BLE001 - the worker sees the fork server gone
+        status = 1
+    for pid, entry in list(children.items()):
+        try:
+            _reap_child(pid, *entry, keep={})
+        except OSError:
+            pass
+    os._exit(status)
+
+
+def _fork_child(fds: list[int], isolation: str, init: str | None, own_namespace: int) -> tuple[int, tuple]:
+    """Fork a child that waits on `fds` (its job pipe, its result pipe), in a PID namespace of its
+    own where `init` names the stand-in process 1."""
+    job_r, result_w = fds
+    workdir = tempfile.mkdtemp(prefix="img2cq-run-")
+    init_pid, keep_alive = 0, -1
+    try:
+        if init:
+            _syscall(_SYS_UNSHARE, _CLONE_NEWPID)  # for the next children of this process only
+            alive_r, keep_alive = os.pipe()
+            try:
+                init_pid = os.posix_spawn(init, ["cat"], {}, file_actions=[
+                    (os.POSIX_SPAWN_DUP2, alive_r, 0), (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)])
+            finally:
+                os.close(alive_r)
+        pid = os.fork()
+        if pid == 0:
+            _child_main(job_r, workdir, result_w, isolation)
+    finally:
+        if init:
+            _syscall(_SYS_SETNS, own_namespace, _CLONE_NEWPID)  # back to this process's own namespace
         os.close(job_r)
         os.close(result_w)
-        _SpareChild.live.add(self.pid)
+    return pid, (workdir, init_pid, keep_alive)
+
+
+def _reap_child(pid: int, workdir: str, init_pid: int, keep_alive: int, keep) -> tuple[int, float, int]:
+    """Kill a child, its process group and (its namespace's process 1) everything it started; reap it."""
+    leftovers = _count_children(pid) + (_count_children(init_pid) if init_pid else 0)
+    for kill, target in ((os.killpg, pid), (os.kill, pid)) + (((os.kill, init_pid),) if init_pid else ()):
+        try:
+            kill(target, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _, status, usage = os.wait4(pid, 0)
+    if init_pid:  # its end waits for every other process of the namespace to be gone
+        os.waitpid(init_pid, 0)
+        os.close(keep_alive)
+    else:
+        leftovers = _kill_leftovers(set(keep))
+    shutil.rmtree(workdir, ignore_errors=True)
+    return status, usage.ru_utime + usage.ru_stime, leftovers
+
+
+def _read_answer(fd: int, pidfd: int, deadline: float, max_header: int | None,
+                 max_bytes: int | None) -> tuple[bool, bytes | None, str]:
+    """Read a child's answer: _FENCED, then one frame (header length, JSON header, blobs).
+
+    Stops when the frame is complete, when the child has ended (whatever it started may hold the
+    pipe open) or at `deadline`, and reads no byte beyond the bounds. Returns (fenced, the frame
+    or None, "" or "timeout" / "too_big" / "malformed")."""
+    buffer, fenced, need, ended = bytearray(), None, None, False
+    while need is None or len(buffer) < need:
+        remaining = 0.0 if ended else deadline - time.monotonic()
+        if remaining <= 0 and not ended:
+            return bool(fenced), None, "timeout"
+        ready, _, _ = select.select([fd] if ended else [fd, pidfd], [], [], max(remaining, 0.0))
+        if fd not in ready:
+            if ended or not ready:
+                if ended:
+                    break
+                continue
+            ended = True  # the child is gone: what it wrote is in the pipe already
+            continue
+        if fenced is None:
+            first = os.read(fd, 1)
+            if not first:
+                break
+            fenced = first == _FENCED
+            if not fenced:
+                return False, None, "malformed"
+            continue
+        chunk = os.read(fd, min(1 << 20, need - len(buffer)) if need else 1 << (16 if max_header else 20))
+        if not chunk:
+            break
+        buffer += chunk
+        if need is None and len(buffer) >= 8:
+            (n,) = struct.unpack_from("<Q", buffer, 0)
+            if max_bytes is not None and n > max_bytes:
+                return True, None, "too_big"
+            if max_header is not None and n > max_header:
+                return True, None, "malformed"
+            if len(buffer) >= 8 + n:
+                try:
+                    sizes = json.loads(bytes(buffer[8 : 8 + n]))["sizes"]
+                    if not all(isinstance(size, int) and size >= 0 for size in sizes):
+                        raise ValueError("bad sizes")
+                except Exception:  # noqa: BLE001 - untrusted bytes
+                    return True, None, "malformed"
+                if max_bytes is not None and sum(sizes) > max_bytes:
+                    return True, None, "too_big"
+                need = 8 + n + sum(sizes)
+    if need is None or len(buffer) < need:
+        return bool(fenced), None, ""
+    return True, bytes(buffer), ""
+
+
+class _SpareChild:
+    """A sandbox child forked ahead of its job (by the worker's fork server).
+
+    Forking a process that has CadQuery loaded costs 10-20 ms; the worker has the next children
+    forked while it would otherwise wait for work, so that cost is off the caller's clock.
+    """
+
+    def __init__(self, server: _ForkServer):
+        self.server = server
+        job_r, self.job_w = os.pipe()
+        self.result_r, result_w = os.pipe()
+        try:
+            self.pid = server.fork(job_r, result_w)
+        finally:
+            os.close(job_r)
+            os.close(result_w)
+        self.pidfd = os.pidfd_open(self.pid)  # readable once the child has ended; it is not reaped before _reap
 
     def run(self, job: tuple, deadline: float, timeout: float, memory_mb: int,
-            max_bytes: int | None = None) -> tuple[bytes | None, str]:
-        """Hand the job over and collect its output by `deadline`; (raw output or None, why it is missing)."""
+            max_header: int | None = None, max_bytes: int | None = None) -> tuple[bytes | None, str]:
+        """Hand the job over and collect its answer by `deadline`; (the answer or None, why it is missing).
+
+        Every failure kind here is the worker's own finding: the clock, the exit status, the CPU
+        time the kernel counted, the bounds. The child's bytes can only be an answer."""
+        cpu = int(math.ceil(max(deadline - time.monotonic(), 0.0))) + 1  # CPU-second limit
         try:
             with os.fdopen(self.job_w, "wb") as f:
-                pickle.dump((*job, max(deadline - time.monotonic(), 0.0), memory_mb), f)
+                pickle.dump((*job, cpu, memory_mb), f)
         except BrokenPipeError:  # the child died before its job (reported from its exit status)
             pass
-        chunks, size, timed_out = [], 0, False
         try:
-            while max_bytes is None or size <= max_bytes:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    timed_out = True
-                    break
-                ready, _, _ = select.select([self.result_r], [], [], remaining)
-                if not ready:
-                    continue
-                chunk = os.read(self.result_r, 1 << 20)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
+            fenced, data, problem = _read_answer(self.result_r, self.pidfd, deadline, max_header, max_bytes)
         finally:
-            status, leftovers = self._reap()
-        if timed_out:
+            status, cpu_used, leftovers = self._reap()
+        if problem == "timeout":
             return None, f"timeout: exceeded {timeout:g} s wall time"
         if leftovers:
             return None, f"forbidden: left {leftovers} process(es) running"
-        if max_bytes is not None and size > max_bytes:
+        if problem == "too_big":
             return None, f"invalid_shape: the result's B-rep exceeds {max_bytes >> 20} MiB"
-        if chunks:
-            return b"".join(chunks), ""
+        if problem == "malformed":
+            return None, "crash: malformed output from the program's sandbox"
+        if not fenced:
+            return None, "worker: a sandbox child could not fence itself in"
+        if data is not None:
+            return data, ""
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
-            if sig == signal.SIGXCPU:
+            if sig in (signal.SIGXCPU, signal.SIGKILL) and cpu_used >= cpu - 0.05:
                 return None, "timeout: exceeded the CPU-time limit"
             name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
             return None, f"crash: killed by {name}"
-        if os.WEXITSTATUS(status) == _SETUP_FAILED:
-            return None, "worker: a sandbox child could not fence itself in"
         return None, f"exit: process exited with status {os.WEXITSTATUS(status)} before reporting a result"
 
     def discard(self) -> None:
@@ -706,26 +970,22 @@ class _SpareChild:
         os.close(self.job_w)
         self._reap()
 
-    def _reap(self) -> tuple[int, int]:
-        """Kill the child's process group, reap it and anything it left; remove its directory."""
+    def _reap(self) -> tuple[int, float, int]:
         os.close(self.result_r)
-        for kill, target in ((os.killpg, self.pid), (os.kill, self.pid)):  # the group, and the child if not yet its leader
-            try:
-                kill(target, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        _, status = os.waitpid(self.pid, 0)
-        _SpareChild.live.discard(self.pid)
-        leftovers = _kill_leftovers(_SpareChild.live)
-        shutil.rmtree(self.workdir, ignore_errors=True)
-        return status, leftovers
+        os.close(self.pidfd)
+        return self.server.reap(self.pid)
+
+
+# Failure kinds a program child may report: each describes what the program's own code did, and
+# any program reaches it at once by itself (an allocation beyond the address-space limit fails
+# at once). Any other kind it writes (timeout, crash, worker, ...) is reported as `runtime`.
+_PROGRAM_KINDS = frozenset({"syntax", "runtime", "forbidden", "memory", "exit", "no_result", "empty"})
 
 
 def _program_outcome(data: bytes) -> tuple[str, bytes, str]:
-    """(result name, BREP, "") from a program child's output, else ("", b"", "kind: message").
+    """(result name, BREP, "") from a program child's answer, else ("", b"", "kind: message").
 
-    The output is untrusted: whatever does not parse as one of the two answers is a `crash`.
-    """
+    The answer is untrusted: whatever does not parse as one of the two answers is a `crash`."""
     try:
         out = _decode(data)
         if out["ok"] is True:
@@ -734,8 +994,8 @@ def _program_outcome(data: bytes) -> tuple[str, bytes, str]:
                 return name, brep, ""
         elif out["ok"] is False:
             kind, message = out["error_kind"], out["message"]
-            if isinstance(kind, str) and kind in ERROR_KINDS and kind != "worker" and isinstance(message, str):
-                return "", b"", f"{kind}: {message[:500]}"
+            if isinstance(message, str):
+                return "", b"", f"{kind if kind in _PROGRAM_KINDS else 'runtime'}: {_text(message)}"
     except Exception:  # noqa: BLE001 - any malformed byte stream
         pass
     return "", b"", "crash: malformed output from the program's sandbox"
@@ -750,7 +1010,8 @@ def _serve(spares: dict, job: tuple, timeout: float, memory_mb: int) -> tuple[by
     if kind == "program":
         code, opts = payload
         started = time.perf_counter()
-        data, why = spares.pop("program").run(("program", code), deadline, timeout, memory_mb, MAX_BREP_BYTES)
+        data, why = spares.pop("program").run(("program", code), deadline, timeout, memory_mb,
+                                              _MAX_PROGRAM_HEADER, MAX_BREP_BYTES)
         timings["exec"] = time.perf_counter() - started
         name, brep, why = _program_outcome(data) if data is not None else ("", b"", why)
         if why:
@@ -785,7 +1046,6 @@ def _warm_up() -> None:
 def _worker_main(read_fd: int, write_fd: int, isolation: str, nice: int, preload: list[str]) -> None:
     """Serve jobs from the parent until it closes the pipe."""
     os.nice(nice)  # inherited by every child
-    _prctl(_PR_SET_CHILD_SUBREAPER, 1)  # orphans of our children come back to us
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # go when the caller goes
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
     import cadquery  # noqa: F401 - paid once here, inherited by every forked child
@@ -793,20 +1053,24 @@ def _worker_main(read_fd: int, write_fd: int, isolation: str, nice: int, preload
     for module in preload:
         importlib.import_module(module)
     _warm_up()
+    server = _ForkServer(isolation, (read_fd, write_fd))  # before any job: see _ForkServer
     conn_in, conn_out = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
     roles = ("program", "trusted")
-    spares = {role: _SpareChild(isolation) for role in roles}
+    spares = {role: _SpareChild(server) for role in roles}
     try:
         conn_out.send("ready")
         while True:
-            job, timeout, memory_mb = conn_in.recv()
-            conn_out.send(_serve(spares, job, timeout, memory_mb))
+            conn_out.send(_serve(spares, *conn_in.recv()))
             for role in roles:  # replace the children the job used
                 if role not in spares:
-                    spares[role] = _SpareChild(isolation)
-    except (EOFError, BrokenPipeError):  # the caller closed the executor
+                    spares[role] = _SpareChild(server)
+    except (EOFError, BrokenPipeError):  # the caller closed the executor (or the fork server is gone)
         for spare in spares.values():
-            spare.discard()
+            try:
+                spare.discard()
+            except (EOFError, OSError):
+                pass
+        server.close()
 
 
 class _Worker:
@@ -997,7 +1261,7 @@ def _result_from(data: bytes | None, why: str, timings: dict, total_s: float) ->
     timings = {**timings, "total": total_s}
     if data is None:
         kind, _, message = why.partition(": ")
-        return ExecResult(ok=False, error_kind=kind, message=message, timings=timings)
+        return ExecResult(ok=False, error_kind=kind, message=_text(message, 10_000), timings=timings)
     try:
         fields = _decode(data)
         result = ExecResult(**{k: v for k, v in fields.items() if k in ExecResult.__dataclass_fields__})
@@ -1008,6 +1272,7 @@ def _result_from(data: bytes | None, why: str, timings: dict, total_s: float) ->
                           timings=timings)
     result.timings = timings
     result.extras = result.extras or {}
+    result.message = _text(result.message, 10_000)
     return result
 
 

@@ -13,6 +13,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +109,7 @@ PROGRAMS = {
     "read_own_memory": ("open('/proc/self/mem', 'rb')", "forbidden", "Permission denied"),
     "read_bystander_environ": ("raise RuntimeError(open('/proc/{pid}/environ', 'rb').read())", "forbidden",
                                "Permission denied: '/proc/"),
-    "read_worker_environ": ("import os\nraise RuntimeError(open(f'/proc/{os.getppid()}/environ', 'rb').read())",
+    "read_worker_environ": ("import os\nraise RuntimeError(open(f'/proc/{os.getppid() or 1}/environ', 'rb').read())",
                             "forbidden", "Permission denied"),
     "list_tmp": ("import os\nraise RuntimeError(os.listdir('/tmp'))", "forbidden", "Permission denied: '/tmp'"),
     "list_home": ("import os\nraise RuntimeError(os.listdir('{home}'))", "forbidden", "Permission denied"),
@@ -142,7 +143,7 @@ PROGRAMS = {
     "forge_bad_name": (BOX_BREP + FORGE.format(payload="_encode({'ok': True, 'name': 'x; y', 'brep': brep})"),
                        "crash", "malformed output"),
     "forge_worker_error": (FORGE.format(payload="_encode({'ok': False, 'error_kind': 'worker', 'message': 'restart me'})"),
-                           "crash", "malformed output"),
+                           "runtime", "restart me"),  # a program's bytes carry a message, never a kind it may not claim
     "forge_unreadable_brep": (FORGE.format(payload="_encode({'ok': True, 'name': 'solid', 'brep': b'not a brep'})"),
                               "invalid_shape", "`solid` is not a readable B-rep"),
     "forge_a_face": ("import io, cadquery as cq\nbuf = io.BytesIO()\ncq.Face.makePlane(1, 1).exportBrep(buf)\n"
@@ -153,10 +154,10 @@ PROGRAMS = {
     "connect_loopback": ("import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)", "forbidden",
                          "socket"),
     "signal_worker": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", "forbidden", "os.kill"),
-    "signal_worker_by_pidfd": ("import os, signal\nsignal.pidfd_send_signal(os.pidfd_open(os.getppid()), signal.SIGKILL)",
-                               "forbidden", "Operation not permitted"),
+    "signal_worker_by_pidfd": ("import os, signal\nsignal.pidfd_send_signal(os.pidfd_open(os.getppid() or 1), signal.SIGKILL)",
+                               "forbidden", "Operation not permitted"),  # its parent is outside its PID namespace: 1 stands in
     "signal_caller_by_pidfd": ("import os, signal\nsignal.pidfd_send_signal(os.pidfd_open({caller}), 0)",
-                               "forbidden", "Operation not permitted"),
+                               "runtime", "No such process"),  # outside its PID namespace: not even visible
 }
 
 
@@ -200,7 +201,8 @@ CALLS = [
     ("sqlite3:connect", ("{db}",), "unable to open database file"),
     ("socket:create_connection", (("127.0.0.1", "{port}"), 1), "Operation not permitted"),
     ("socket:socket", (socket.AF_UNIX,), "Operation not permitted"),
-    ("os:kill", ("{caller}", 0), "Operation not permitted"),
+    ("os:kill", (1, 0), "Operation not permitted"),  # process 1 of its PID namespace: outside its Landlock domain
+    ("os:kill", ("{caller}", 0), "No such process"),  # outside its PID namespace
     ("os:system", ("true",), ""),  # a shell could be started, but not executed: exit status 126/127
 ]
 
@@ -274,3 +276,229 @@ def test_a_child_that_cannot_enter_its_sandbox_runs_nothing(tmp_path):
         assert "could not fence itself in" in r.message
         assert not broken.call("os:getcwd").ok
     assert not marker.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Attacks on the sandbox itself: its memory, its limits, its clean-up, its verdicts, its output.
+
+MARK = "PRIOR-PROGRAM-" + "7f3a91"  # the probes below never hold this text, only its two halves
+BYPASS_HOOK = "import img2cq.executor as E\nE._FORBIDDEN_EVENTS = ()\nE._PATH_EVENTS = ()\n"
+
+
+@pytest.fixture
+def lone():
+    """One worker, so that every program runs after the previous one in the same worker."""
+    with Executor(workers=1, timeout=5.0, memory_mb=3072) as executor:
+        yield executor
+
+
+def sandbox_processes(executor) -> list:
+    """Every live process below the executor's workers."""
+    return [p for w in executor._all for p in psutil.Process(w.process.pid).children(recursive=True)]
+
+
+def test_a_program_never_sees_an_earlier_program(lone):
+    secret = (f"# {MARK}\nimport cadquery as cq\nsecret = {MARK!r}\nsolid = cq.Workplane().box(1, 1, 1)\n")
+    # the marker is built at run time ("a" + "b" would be folded into a constant of the probe itself)
+    frames = ("import sys\nmark = '-'.join(['PRIOR', 'PROGRAM', '7f3a91'])\nf = sys._getframe()\nwhile f:\n"
+              "    if 'job' in f.f_locals: raise RuntimeError(repr(f.f_locals['job']))\n"
+              "    for value in list(f.f_locals.values()) + list(f.f_globals.values()):\n"
+              "        if value is not mark and value is not globals() and mark in repr(value)[:10**6]:\n"
+              "            raise RuntimeError(repr(value)[:3000])\n"
+              "    f = f.f_back\nraise RuntimeError('no job in any frame')\n")
+    reachable = ("import gc, sys\nmark = '-'.join(['PRIOR', 'PROGRAM', '7f3a91'])\nfound = []\n"
+                 "for o in gc.get_objects():\n    for r in [o, *gc.get_referents(o)]:\n"
+                 "        if r is not mark and isinstance(r, (str, bytes)) and (mark in r if isinstance(r, str) else mark.encode() in r):\n"
+                 "            found.append(r[:3000])\n"
+                 "for m in list(sys.modules.values()):\n    for v in list(vars(m).values()):\n"
+                 "        if v is not mark and isinstance(v, str) and mark in v:\n            found.append(v)\n"
+                 "raise RuntimeError(f'found {len(found)}: {found[:3]}')\n")
+    results = lone.map([secret, frames, reachable, secret, frames, reachable], mesh=False)
+    assert results[0].ok and results[3].ok
+    for r in results[1:3] + results[4:]:
+        assert MARK not in r.message, r.message[:300]
+    assert results[1].message.startswith("RuntimeError: no job in any frame"), results[1].reason
+    assert results[2].message.startswith("RuntimeError: found 0"), results[2].reason
+
+
+def prlimit_others() -> list[str]:
+    """Read the open-file limit of the parent and of process 1, as seen from a sandboxed child."""
+    import resource
+
+    out = []
+    for pid in sorted({os.getppid(), 1} - {0}):
+        try:
+            resource.prlimit(pid, resource.RLIMIT_NOFILE)
+            out.append(f"{pid}: read")
+        except OSError as e:
+            out.append(f"{pid}: errno {e.errno}")
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # its own limits stay its own to lower
+    resource.getrlimit(resource.RLIMIT_NOFILE)
+    return out
+
+
+def kernel_escapes(worker: int) -> dict[str, int]:
+    """Try the system calls a confined child must not get, without Python's audit hook in the way;
+    return each one's errno (0: it worked). `worker` is the worker's process id as its caller sees it."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    results = {}
+
+    def attempt(name, number, *args):
+        ctypes.set_errno(0)
+        value = libc.syscall(ctypes.c_long(number), *(ctypes.c_long(a) for a in args))
+        if value == 0 and name.startswith("clone"):
+            os._exit(0)  # a clone that worked: its child leaves at once
+        if value > 0 and name.startswith("clone"):
+            os.waitpid(value, 0)
+        results[name] = ctypes.get_errno() if value == -1 else 0
+
+    newuser, newpid, newns, newnet = 0x10000000, 0x20000000, 0x00020000, 0x40000000
+    attempt("unshare(NEWUSER)", 272, newuser)
+    attempt("unshare(NEWNS)", 272, newns)
+    attempt("unshare(NEWPID|NEWNET)", 272, newpid | newnet)
+    attempt("clone(NEWUSER)", 56, newuser | 17, 0, 0, 0, 0)  # 17: SIGCHLD
+    attempt("clone3", 435, 0, 0)
+    attempt("setns", 308, 0, 0)
+    attempt("mount", 165, 0, 0, 0, 0, 0)
+    attempt("ptrace(TRACEME)", 101, 0, 0, 0, 0)
+    attempt("bpf", 321, 0, 0, 0)
+    attempt("perf_event_open", 298, 0, 0, -1, -1, 0)
+    attempt("userfaultfd", 323, 0)
+    attempt("keyctl", 250, 0, 0)
+    attempt("setpriority(worker)", 141, 0, worker, 19)
+    attempt("sched_setaffinity(worker)", 203, worker, 0, 0)
+    attempt("execveat", 322, -1, 0, 0, 0, 0)
+    return results
+
+
+def visible_pids(pids: list[int]) -> list[int]:
+    """Which of these process ids a sandboxed child can name (open a pidfd on)."""
+    seen = []
+    for pid in pids:
+        try:
+            os.close(os.pidfd_open(pid))
+            seen.append(pid)
+        except OSError:
+            pass
+    return seen
+
+
+def test_a_child_cannot_touch_other_processes_limits_or_namespaces(lone):
+    worker = psutil.Process(lone._all[0].process.pid)
+    limits = worker.rlimit(psutil.RLIMIT_NOFILE)
+    r = lone.call("tests.test_sandbox_hostile:prlimit_others")
+    assert r.ok, r.reason
+    assert all(line.endswith(f"errno {1}") for line in r.extras["value"]), r.extras["value"]  # EPERM
+    r = lone.call("tests.test_sandbox_hostile:kernel_escapes", worker.pid)
+    assert r.ok, r.reason
+    expected = {name: 1 for name in r.extras["value"]} | {"clone3": 38}  # EPERM; ENOSYS: libc falls back to clone
+    assert r.extras["value"] == expected
+    # the same from a program, with the audit hook's tables emptied: the hook keeps its own copy
+    program = (BYPASS_HOOK + "import os, resource\nresource.prlimit(os.getppid() or 1, resource.RLIMIT_NOFILE, (20, 20))\n"
+               "raise RuntimeError('limit changed')")
+    r = lone.run(program)
+    assert (r.ok, r.error_kind) == (False, "forbidden"), r.reason
+    assert "resource.prlimit" in r.message
+    r = lone.run(BYPASS_HOOK + "import os\nos.kill(os.getpid(), 0)\nraise RuntimeError('signalled')")
+    assert r.error_kind == "forbidden" and "os.kill" in r.message, r.reason
+    assert worker.rlimit(psutil.RLIMIT_NOFILE) == limits and worker.nice() == psutil.Process().nice()
+    assert all(p.rlimit(psutil.RLIMIT_NOFILE) == limits for p in worker.children())
+
+
+def test_a_child_sees_no_process_outside_its_own(lone):
+    others = [os.getpid(), lone._all[0].process.pid, *(p.pid for p in sandbox_processes(lone))]
+    r = lone.call("tests.test_sandbox_hostile:visible_pids", others)
+    assert r.ok and r.extras["value"] == [], r.extras
+    r = lone.run("import os\nraise RuntimeError(f'pid {os.getpid()} parent {os.getppid()}')")
+    assert r.message.startswith("RuntimeError: pid 2 parent 0"), r.reason
+
+
+# a grandchild started without any audited call (a subprocess's preexec hook runs Python in it),
+# in its own session, holding the result pipe; then the worker's open-file limit is lowered
+FORK_GRANDCHILD = (BYPASS_HOOK + "import _posixsubprocess, os, time\n"
+                   "def linger():\n    os.setsid()\n    time.sleep(300)\n"
+                   "r, w = os.pipe()\n"
+                   "_posixsubprocess.fork_exec([b'/nonexistent'], [b'/nonexistent'], False, (), None, None, -1, -1, -1, -1,"
+                   " -1, -1, r, w, False, False, -1, None, None, None, -1, linger, False)\n"
+                   "try:\n    import resource\n    resource.prlimit(os.getppid() or 1, resource.RLIMIT_NOFILE, (4, 4))\n"
+                   "except Exception:\n    pass\n"
+                   "raise RuntimeError(f'workdir {os.getcwd()}')\n")
+
+
+def test_a_program_that_forks_leaves_no_process(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the children's directories, and so their working directories
+    with Executor(workers=1, timeout=5.0, memory_mb=3072) as executor:
+        limits = psutil.Process(executor._all[0].process.pid).rlimit(psutil.RLIMIT_NOFILE)
+        started = time.monotonic()
+        r = executor.run(FORK_GRANDCHILD)
+        assert time.monotonic() - started < 4, r.reason  # answered when the program ended, not at the timeout
+        assert (r.ok, r.error_kind, r.message) == (False, "forbidden", "left 1 process(es) running")
+        deadline = time.monotonic() + 5
+        while (left := processes_in(str(tmp_path))) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert left == []
+        assert psutil.Process(executor._all[0].process.pid).rlimit(psutil.RLIMIT_NOFILE) == limits
+        assert executor.run("import cadquery as cq\nsolid = cq.Workplane().box(1, 1, 1)").ok  # the worker is fine
+    assert processes_in(str(tmp_path)) == [] and list(tmp_path.iterdir()) == []
+
+
+def processes_in(directory: str) -> list[int]:
+    """Processes working in `directory` or below it."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.cwd().startswith(directory):
+                found.append(p.pid)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+FORGED_FAILURE = "import os\nfrom img2cq.executor import _encode\nos.write(3, _encode({'ok': False, 'error_kind': '{kind}', 'message': 'forged {kind}'}))\nos._exit(0)\n"
+
+
+def test_failure_kinds_are_decided_by_the_trusted_side(lone):
+    codes = {
+        "forged timeout": FORGED_FAILURE.replace("{kind}", "timeout"),
+        "forged crash": FORGED_FAILURE.replace("{kind}", "crash"),
+        "forged worker": FORGED_FAILURE.replace("{kind}", "worker"),
+        "own SIGXCPU": "import signal\nsignal.raise_signal(signal.SIGXCPU)\n",
+        "exit status of a failed set-up": "import os\nos._exit(3)\n",
+    }
+    results = dict(zip(codes, lone.map(list(codes.values()))))
+    for name in ("forged timeout", "forged crash", "forged worker"):
+        r = results[name]
+        assert (r.ok, r.error_kind) == (False, "runtime") and "forged" in r.message, f"{name}: {r.reason}"
+    assert results["own SIGXCPU"].error_kind == "crash", results["own SIGXCPU"].reason
+    assert results["exit status of a failed set-up"].error_kind == "exit", results["exit status of a failed set-up"].reason
+    assert lone.run("import time\ntime.sleep(60)").error_kind == "timeout"
+
+
+def peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
+def test_a_huge_answer_does_not_grow_the_worker(lone):
+    """A well-formed frame whose JSON header holds millions of tiny objects (48 MB of text)."""
+    code = ("import os, struct\nheader = b'{\"value\": {\"ok\": false, \"error_kind\": \"runtime\", \"message\": \"x\", \"pad\": ['"
+            " + b'[],' * 16_000_000 + b'[]]}, \"sizes\": []}'\nview = memoryview(struct.pack('<Q', len(header)) + header)\n"
+            "while view:\n    view = view[os.write(3, view):]\nos._exit(0)\n")
+    worker = lone._all[0].process.pid
+    assert lone.run("import cadquery as cq\nsolid = cq.Workplane().box(1, 1, 1)").ok
+    before = peak_rss_mb(worker)
+    r = lone.run(code)
+    assert not r.ok and r.error_kind == "crash", r.reason
+    assert peak_rss_mb(worker) - before < 150
+
+
+def test_error_messages_are_always_valid_utf8(lone):
+    forged = "import os\nfrom img2cq.executor import _encode\nos.write(3, _encode({'ok': False, 'error_kind': 'runtime', 'message': chr(0xDC80) + 'x'}))\nos._exit(0)\n"
+    for code in ("raise ValueError(chr(0xD800))", forged):
+        r = lone.run(code)
+        assert not r.ok and r.error_kind == "runtime", r.reason
+        assert r.message.encode("utf-8")
+        assert "\\ud800" in r.message or "\\udc80" in r.message, r.message

@@ -13,12 +13,10 @@ from typing import Literal
 
 from fastapi import FastAPI, Request
 from pydantic import BaseModel
-from sqlalchemy import select
 
 from img2cq import db
 from img2cq.serving import errors, model_api, schedule_api
-from img2cq.serving.batching import Lane
-from img2cq.serving.schedule_api import SessionDep
+from img2cq.serving.batching import Gate, Lane
 from img2cq.serving.settings import Settings
 
 
@@ -34,8 +32,12 @@ async def lifespan(app: FastAPI):
     from img2cq.search import PRELOAD  # workers ready to render: /generate's search compares renders
 
     settings = app.state.settings = Settings()
-    app.state.engine = db.make_engine(settings.sqlalchemy_url())
-    db.create_schema(app.state.engine)
+    url = settings.sqlalchemy_url()
+    app.state.engine = None if url is None else db.make_engine(url, connections=settings.db_connections)
+    if app.state.engine is not None:
+        db.create_schema(app.state.engine)
+    app.state.database_gate = Gate(limit=settings.db_connections, max_queue=settings.db_queue_size,
+                                   waits_for="the database")
     app.state.executor = Executor(workers=settings.exec_workers, timeout=settings.exec_timeout,
                                   memory_mb=settings.exec_memory_mb, preload=PRELOAD, nice=settings.background_nice)
     app.state.sandbox = Lane(workers=settings.exec_workers, max_queue=settings.queue_size, name="sandbox")
@@ -43,7 +45,8 @@ async def lifespan(app: FastAPI):
     app.state.model_service = model_api.ModelService(
         settings.model, torch_threads=settings.torch_threads, max_batch=settings.batch_size,
         max_wait_s=settings.batch_wait_ms / 1000, max_queue=settings.queue_size, executor=app.state.executor,
-        search_train_json=settings.search_train_json, nice=settings.background_nice)
+        search_train_json=settings.search_train_json, nice=settings.background_nice,
+        search_queue=settings.search_queue_size)
     app.state.model_service.start()
     try:
         yield
@@ -51,35 +54,85 @@ async def lifespan(app: FastAPI):
         await app.state.model_service.stop()
         app.state.sandbox.close()
         app.state.executor.close()
-        app.state.engine.dispose()
+        if app.state.engine is not None:
+            app.state.engine.dispose()
 
 
 class RefuseAtTheDoor:
-    """POST /generate is answered 503 + Retry-After before its upload is read while the model's
-    queue is full, so that an overloaded server spends next to nothing on what it must refuse."""
+    """POST /generate is answered 503 + Retry-After before its upload is read while its lane's
+    queue (plain generation, or test-time search) is full, so that an overloaded server spends
+    next to nothing on what it must refuse."""
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/generate":
-            batcher = scope["app"].state.model_service.batcher
-            if batcher.full:
-                await errors.overloaded_response(batcher.refusal())(scope, receive, send)
+            lane = scope["app"].state.model_service.lane(model_api.searching_query(scope["query_string"]))
+            if lane.full:
+                await errors.overloaded_response(lane.refusal())(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
+# room for the multipart framing around an upload of IMG2CQ_MAX_IMAGE_BYTES
+MULTIPART_FRAMING = 64 * 2**10
+
+
+class BoundedBody:
+    """Request bodies are bounded before they are read (``IMG2CQ_MAX_BODY_BYTES``; for /generate,
+    ``IMG2CQ_MAX_IMAGE_BYTES`` and its framing): a larger Content-Length is answered 413 at once,
+    and a body without one (chunked) is counted as it arrives and cut off with 413 at the limit."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        settings = scope["app"].state.settings
+        limit = (settings.max_image_bytes + MULTIPART_FRAMING if scope["path"] == "/generate"
+                 else settings.max_body_bytes)
+        declared = next((value for name, value in scope["headers"] if name == b"content-length"), None)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await errors.too_large_response(limit)(scope, receive, send)
+            return
+        received, started = 0, False
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise errors.BodyTooLarge(limit)
+            return message
+
+        async def watched_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, watched_send)
+        except errors.BodyTooLarge:  # raised where no handler answered it
+            if started:
+                raise
+            await errors.too_large_response(limit)(scope, receive, send)
+
+
 app = FastAPI(title="img2cq", summary="Image -> CadQuery code, and a project critical-path API",
-              lifespan=lifespan)
+              lifespan=lifespan, default_response_class=errors.SafeJSONResponse)
 app.add_middleware(RefuseAtTheDoor)
+app.add_middleware(BoundedBody)
 errors.install(app)
 app.include_router(schedule_api.router)
 app.include_router(model_api.router)
 
 
 @app.get("/health", response_model=Health, tags=["service"])
-def health(request: Request, session: SessionDep) -> Health:
-    """Up, and the database answers."""
-    session.execute(select(1))
+async def health(request: Request) -> Health:
+    """Up: answered from memory on the event loop, whatever the database, the model and the
+    sandbox are doing (and with no database configured)."""
     return Health(status="ok", model_configured=request.app.state.model_dir is not None)

@@ -1,18 +1,18 @@
 """Database tables and the engine/session for the project scheduling API (SQLAlchemy 2).
 
 Any SQLAlchemy database works; two are tested. SQLite runs in WAL mode with foreign keys on and a
-busy timeout, and every transaction starts with ``BEGIN IMMEDIATE``: writers queue up instead of
-failing, and a cycle check and the insert it guards see the same graph. PostgreSQL
+busy timeout. A transaction that may write starts with ``BEGIN IMMEDIATE`` (the default): writers
+queue up instead of failing, and a cycle check and the insert it guards see the same graph. A
+session opened with ``write=False`` starts with a plain ``BEGIN`` and takes no write lock: in WAL
+mode readers never wait for the writer, nor it for them, and each still reads one snapshot. PostgreSQL
 (``postgresql+psycopg://...``, the ``postgres`` extra) runs READ COMMITTED, so a statement issued
 after a row lock is granted sees what the lock holder committed: ``lock_project`` serialises the
 link inserts of one project across every process and replica; ``read_snapshot`` gives a read of
 several tables one consistent view.
 """
 
-from collections.abc import Iterator
-
 from sqlalchemy import (BigInteger, CheckConstraint, Engine, Float, ForeignKey, Integer, String,
-                        UniqueConstraint, create_engine, event, select)
+                        UniqueConstraint, create_engine, event, make_url, select)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from img2cq.cpm import LinkType
@@ -62,11 +62,17 @@ class Dependency(Base):
     lag: Mapped[float] = mapped_column(Float, default=0.0)
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url`` with the per-database settings above."""
+READ_ONLY = "img2cq_read_only"  # execution option of the sessions that only read
+
+
+def make_engine(url: str, connections: int = 8) -> Engine:
+    """An engine for ``url`` with the per-database settings above, at most ``connections`` open."""
+    pool = {"pool_size": connections, "max_overflow": 0, "pool_timeout": BUSY_TIMEOUT_S}
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True, isolation_level="READ COMMITTED")
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_S})
+        return create_engine(url, pool_pre_ping=True, isolation_level="READ COMMITTED", **pool)
+    in_memory = make_url(url).database in (None, "", ":memory:")  # one connection per thread: no pool to size
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_S},
+                           **({} if in_memory else pool))
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection, _record):
@@ -78,8 +84,8 @@ def make_engine(url: str) -> Engine:
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _begin_immediate(connection):
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    def _begin(connection):
+        connection.exec_driver_sql("BEGIN" if connection.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -88,10 +94,11 @@ def create_schema(engine: Engine) -> None:
     Base.metadata.create_all(engine)
 
 
-def sessions(engine: Engine) -> Iterator[Session]:
-    """One session per request, committed by the route; closed (rolled back if open) afterwards."""
-    with Session(engine, expire_on_commit=False) as session:
-        yield session
+def session(engine: Engine, write: bool = True) -> Session:
+    """A session for one request, committed by its route and closed (rolled back if open) by its
+    caller; its objects stay readable after both. ``write=False``: it only reads, and on SQLite
+    takes no write lock."""
+    return Session(engine if write else engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
 
 
 def lock_project(session: Session, project_id: int) -> Project | None:

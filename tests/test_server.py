@@ -431,7 +431,7 @@ def test_generation_and_the_sandbox_run_below_the_http_loop(sqlite_url, model_di
 def test_a_full_queue_answers_503_with_retry_after_at_once(sqlite_url, model_dir, gated, monkeypatch):
     pictures_read = []
     read_image = model_api.read_image
-    monkeypatch.setattr(model_api, "read_image", lambda data: pictures_read.append(1) or read_image(data))
+    monkeypatch.setattr(model_api, "read_image", lambda data, *limits: pictures_read.append(1) or read_image(data, *limits))
     with serve(sqlite_url, model_dir, batch_size=1, queue_size=2) as client, ThreadPoolExecutor(3) as pool:
         batcher = client.app.state.model_service.batcher
         admitted = [pool.submit(post_image, client)]

@@ -9,9 +9,42 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException
 
 from img2cq.serving.batching import DeadlineExceeded, Disconnected, Overloaded
 from img2cq.serving.model_api import ModelUnavailable
+from img2cq.serving.schedule_api import NoDatabase
+
+
+def encodable(value):
+    """``value`` with every string made encodable as UTF-8: what cannot be (a lone surrogate, as a
+    program's error message may carry) is written as its escape, e.g. ``\\ud800``."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
+    if isinstance(value, dict):
+        return {encodable(k): encodable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [encodable(v) for v in value]
+    return value
+
+
+class SafeJSONResponse(JSONResponse):
+    """Every answer's JSON (the app's default response class): always valid UTF-8."""
+
+    def render(self, content) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return super().render(encodable(content))
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int):
+        super().__init__(413, f"request body larger than {limit} bytes: refused before reading it")
 
 
 def _printable(value):
@@ -38,19 +71,30 @@ def _validation_error(_request: Request, exc: RequestValidationError) -> JSONRes
     return _AsciiJSONResponse({"detail": _printable(jsonable_encoder(exc.errors()))}, status_code=422)
 
 
+def _http_error(_request: Request, exc: HTTPException) -> Response:
+    """FastAPI's own answer to an HTTPException, in valid UTF-8 whatever its detail carries."""
+    if exc.status_code < 200 or exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    return SafeJSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+def too_large_response(limit: int) -> JSONResponse:
+    return _http_error(None, BodyTooLarge(limit))
+
+
 def _integrity_error(_request: Request, exc: IntegrityError) -> JSONResponse:
     """A concurrent request won a race on a constraint (duplicate link, deleted task)."""
-    return JSONResponse({"detail": f"conflicts with stored data: {exc.orig}"}, status_code=409)
+    return SafeJSONResponse({"detail": f"conflicts with stored data: {exc.orig}"}, status_code=409)
 
 
 def _database_busy(_request: Request, exc: OperationalError | PoolTimeout) -> JSONResponse:
     reason = exc.orig if isinstance(exc, OperationalError) else exc
-    return JSONResponse({"detail": f"database unavailable, retry: {reason}"}, status_code=503,
+    return SafeJSONResponse({"detail": f"database unavailable, retry: {reason}"}, status_code=503,
                         headers={"Retry-After": "1"})
 
 
 def overloaded_response(exc: Overloaded) -> JSONResponse:
-    return JSONResponse({"detail": f"{exc}; retry after {exc.retry_after} s"}, status_code=503,
+    return SafeJSONResponse({"detail": f"{exc}; retry after {exc.retry_after} s"}, status_code=503,
                         headers={"Retry-After": str(exc.retry_after)})
 
 
@@ -59,8 +103,8 @@ def _overloaded(_request: Request, exc: Overloaded) -> JSONResponse:
 
 
 def _deadline(_request: Request, exc: DeadlineExceeded) -> JSONResponse:
-    return JSONResponse({"detail": f"{exc}: the server is busy, retry later (IMG2CQ_REQUEST_TIMEOUT sets the limit)"},
-                        status_code=504)
+    return SafeJSONResponse({"detail": f"{exc}: the server is busy, retry later "
+                                       "(IMG2CQ_REQUEST_TIMEOUT sets the limit)"}, status_code=504)
 
 
 def _disconnected(_request: Request, _exc: Disconnected) -> Response:
@@ -68,11 +112,12 @@ def _disconnected(_request: Request, _exc: Disconnected) -> Response:
     return Response(status_code=499)
 
 
-def _model_unavailable(_request: Request, exc: ModelUnavailable) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=503)
+def _unavailable(_request: Request, exc: ModelUnavailable | NoDatabase) -> JSONResponse:
+    return SafeJSONResponse({"detail": str(exc)}, status_code=503)
 
 
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(IntegrityError, _integrity_error)
     app.add_exception_handler(OperationalError, _database_busy)
@@ -80,4 +125,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Overloaded, _overloaded)
     app.add_exception_handler(DeadlineExceeded, _deadline)
     app.add_exception_handler(Disconnected, _disconnected)
-    app.add_exception_handler(ModelUnavailable, _model_unavailable)
+    app.add_exception_handler(ModelUnavailable, _unavailable)
+    app.add_exception_handler(NoDatabase, _unavailable)

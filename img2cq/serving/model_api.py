@@ -3,8 +3,10 @@
 Neither route blocks the event loop. /generate goes through two batchers (``ModelService``): the
 pictures of concurrent requests are generated in one batched call on one dedicated thread, then
 their programs are checked in the sandbox as one batch, each distinct program once, spread over
-the ``exec_workers`` sandbox workers. /score's pairs run in the sandbox through a ``Lane``.
-Programs never run in the server process.
+the ``exec_workers`` sandbox workers. Requests with test-time search (seconds to minutes each) go
+through a lane of their own, one at a time on a thread of their own, so that plain requests never
+wait behind them. /score's pairs run in the sandbox through a ``Lane``. A picture's size is read
+from its header and refused before it is decoded. Programs never run in the server process.
 """
 
 import asyncio
@@ -15,6 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated
+from urllib.parse import parse_qs
 
 from fastapi import APIRouter, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -25,7 +28,6 @@ from img2cq.scoring import execute, score_pair
 from img2cq.serving.batching import Batcher
 
 MAX_PROGRAM_CHARS = 100_000
-MAX_IMAGE_BYTES = 20 * 2**20
 
 
 class ScoreRequest(BaseModel):
@@ -60,6 +62,15 @@ class GenerateOptions:
         return self.candidates > 1 or self.refine_seconds > 0
 
 
+def searching_query(query_string: bytes) -> bool:
+    """Whether a /generate query asks for test-time search (a malformed one: no, the route refuses it)."""
+    query = parse_qs(query_string.decode("latin-1"))
+    try:
+        return int(query.get("candidates", ["1"])[-1]) > 1 or float(query.get("refine", ["0"])[-1]) > 0
+    except ValueError:
+        return False
+
+
 def generate_programs(model, images: list, options: GenerateOptions, executor=None, index=None) -> list[str]:
     """The one call into the model: a batch of images generated with the same options; with search
     options, each image's program is the proposal whose render agrees best with it (``executor``
@@ -81,28 +92,38 @@ CHECK_WAIT_S = 0.002
 
 
 class ModelService:
-    """The model, loaded on first use by the generation thread, behind a dynamic batcher; and the
-    batcher that checks generated programs in ``executor``. Only the generation thread runs torch,
-    so one intra-op thread count serves the process (set at load)."""
+    """The model, loaded on first use, behind a dynamic batcher (plain generation) and a lane of
+    its own for test-time search (one request at a time, at most ``search_queue`` waiting); and the
+    batcher that checks generated programs in ``executor``. Only these two threads run torch, with
+    one intra-op thread count for the process (set at load)."""
 
     def __init__(self, model_dir: str | None, *, torch_threads: int, max_batch: int, max_wait_s: float,
-                 max_queue: int, executor, search_train_json: str | None = None, nice: int = 0):
+                 max_queue: int, executor, search_train_json: str | None = None, nice: int = 0,
+                 search_queue: int = 8):
         self.model_dir, self.torch_threads = model_dir, torch_threads
         self.executor, self.search_train_json = executor, search_train_json
         self.model = self._index = None
         self._load_lock = threading.Lock()
         self.batcher = Batcher(self._run_batch, max_batch=max_batch, max_wait_s=max_wait_s,
                                max_queue=max_queue, name="generate", nice=nice)
+        self.searcher = Batcher(self._run_batch, max_batch=1, max_wait_s=0, max_queue=search_queue, name="search",
+                                nice=nice, waits_for="test-time search")
         # every request generated (queued or running) must find room here: none is refused after its generation
         self.checker = Batcher(self._check_batch, max_batch=max_batch, max_wait_s=CHECK_WAIT_S,
-                               max_queue=max_queue + max_batch, name="check", nice=nice)
+                               max_queue=max_queue + max_batch + search_queue + 1, name="check", nice=nice)
+
+    def lane(self, searching: bool) -> Batcher:
+        """Where a request goes: test-time search has a lane of its own."""
+        return self.searcher if searching else self.batcher
 
     def start(self) -> None:
         self.batcher.start()
+        self.searcher.start()
         self.checker.start()
 
     async def stop(self) -> None:
         await self.batcher.stop()
+        await self.searcher.stop()
         await self.checker.stop()
 
     def _check_batch(self, programs: list[str]) -> list:
@@ -150,11 +171,18 @@ class ModelService:
         return programs
 
 
-def read_image(data: bytes) -> Image.Image:
+def read_image(data: bytes, max_pixels: int, max_side: int) -> Image.Image:
+    """The picture in RGB; its size is read from its header and checked before it is decoded."""
     try:
         with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > max_pixels or max(width, height) > max_side:
+                raise HTTPException(400, f"picture of {width} x {height} pixels is too large: at most "
+                                         f"{max_pixels} pixels and {max_side} per side")
             return image.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
+    except Image.DecompressionBombError:  # PIL's own, far larger, limit: caught while reading the header
+        raise HTTPException(400, f"picture is too large: at most {max_pixels} pixels and {max_side} per side") from None
+    except (OSError, ValueError, SyntaxError) as e:
         raise HTTPException(400, f"not a readable image: {e}") from None
 
 
@@ -180,8 +208,9 @@ router = APIRouter(tags=["model"])
 
 
 @router.post("/generate", response_model=Generated,
-             responses={400: {"description": "not a readable image"}, 413: {"description": "image too large"},
-                        503: {"description": "no model configured, or the queue is full (Retry-After)"},
+             responses={400: {"description": "not a readable image, or too many pixels"},
+                        413: {"description": "image too large"},
+                        503: {"description": "no model configured, or its queue is full (Retry-After)"},
                         504: {"description": "not answered within the request timeout"}})
 async def generate(request: Request, image: UploadFile,
                    max_new_tokens: Annotated[int | None, Query(ge=1, le=4096, description="cap on generated tokens "
@@ -196,16 +225,16 @@ async def generate(request: Request, image: UploadFile,
     state = request.app.state
     if state.model_dir is None:
         raise HTTPException(503, "no model configured: start the server with IMG2CQ_MODEL=/path/to/model_dir")
-    deadline = asyncio.get_running_loop().time() + state.settings.request_timeout
-    data = await image.read(MAX_IMAGE_BYTES + 1)
-    if len(data) > MAX_IMAGE_BYTES:
-        raise HTTPException(413, f"image larger than {MAX_IMAGE_BYTES} bytes")
-    picture = await run_in_threadpool(read_image, data)
+    settings = state.settings
+    deadline = asyncio.get_running_loop().time() + settings.request_timeout
+    data = await image.read(settings.max_image_bytes + 1)
+    if len(data) > settings.max_image_bytes:
+        raise HTTPException(413, f"image larger than {settings.max_image_bytes} bytes")
+    picture = await run_in_threadpool(read_image, data, settings.max_image_pixels, settings.max_image_side)
+    options = GenerateOptions(max_new_tokens=max_new_tokens, candidates=candidates, refine_seconds=refine)
     async with client_gone(request) as disconnected:
-        program = await state.model_service.batcher.submit(
-            (picture, GenerateOptions(max_new_tokens=max_new_tokens, candidates=candidates, refine_seconds=refine)),
-            timeout=_time_left(deadline),
-            disconnected=disconnected)
+        program = await state.model_service.lane(options.searching).submit(
+            (picture, options), timeout=_time_left(deadline), disconnected=disconnected)
         result = await state.model_service.checker.submit(program, timeout=_time_left(deadline),
                                                           disconnected=disconnected)
     return Generated(program=program, valid=result.ok, error=result.reason or None)

@@ -1,10 +1,17 @@
 """The project critical-path API: request/response bodies, and thin routes over img2cq.db
-(storage) and img2cq.cpm (scheduling)."""
+(storage) and img2cq.cpm (scheduling).
 
-from collections.abc import Iterator
+Each route gets its session from ``ReadSession`` (takes no write lock) or ``WriteSession``; a
+request first waits for one of the database's ``IMG2CQ_DB_CONNECTIONS`` places on the event loop
+(a full queue is answered 503 at once), and its session is closed, and its place freed, as soon as
+the route returns, before the answer is sent."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import insert, select
@@ -152,11 +159,35 @@ class CriticalPath(BaseModel):
 router = APIRouter()
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    yield from db.sessions(request.app.state.engine)
+class NoDatabase(Exception):
+    pass
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+@asynccontextmanager
+async def _session(request: Request, write: bool) -> AsyncIterator[Session]:
+    state = request.app.state
+    if state.engine is None:
+        raise NoDatabase("no database configured: start the server with DATABASE_URL or IMG2CQ_DB")
+    async with state.database_gate.admit(timeout=state.settings.request_timeout):
+        session = db.session(state.engine, write=write)
+        try:
+            yield session
+        finally:
+            await run_in_threadpool(session.close)
+
+
+async def read_session(request: Request) -> AsyncIterator[Session]:
+    async with _session(request, write=False) as session:
+        yield session
+
+
+async def write_session(request: Request) -> AsyncIterator[Session]:
+    async with _session(request, write=True) as session:
+        yield session
+
+
+ReadSession = Annotated[Session, Depends(read_session, scope="function")]
+WriteSession = Annotated[Session, Depends(write_session, scope="function")]
 
 
 def _field_error(field: str, message: str) -> RequestValidationError:
@@ -182,7 +213,7 @@ def _task(session: Session, project_id: int, task_id: int) -> db.Task:
 # Projects
 
 @router.post("/projects", status_code=201, response_model=ProjectRead, tags=["projects"])
-def create_project(body: ProjectCreate, session: SessionDep) -> db.Project:
+def create_project(body: ProjectCreate, session: WriteSession) -> db.Project:
     project = db.Project(name=body.name)
     session.add(project)
     session.commit()
@@ -191,7 +222,7 @@ def create_project(body: ProjectCreate, session: SessionDep) -> db.Project:
 
 @router.post("/projects/import", status_code=201, response_model=ProjectImported, tags=["projects"],
           responses={409: {"description": "the dependencies contain a cycle; nothing is stored"}})
-def import_project(body: ProjectImport, session: SessionDep) -> ProjectImported:
+def import_project(body: ProjectImport, session: WriteSession) -> ProjectImported:
     """Create a project with its tasks and dependencies in one transaction: all or nothing."""
     cycle = cpm.find_cycle([t.key for t in body.tasks], [(d.predecessor, d.successor) for d in body.dependencies])
     if cycle:
@@ -213,18 +244,18 @@ def import_project(body: ProjectImport, session: SessionDep) -> ProjectImported:
 
 
 @router.get("/projects", response_model=list[ProjectRead], tags=["projects"])
-def list_projects(session: SessionDep, offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+def list_projects(session: ReadSession, offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
                   limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[db.Project]:
     return list(session.scalars(select(db.Project).order_by(db.Project.id).offset(offset).limit(limit)))
 
 
 @router.get("/projects/{project_id}", response_model=ProjectRead, tags=["projects"])
-def get_project(project_id: PathId, session: SessionDep) -> db.Project:
+def get_project(project_id: PathId, session: ReadSession) -> db.Project:
     return _project(session, project_id)
 
 
 @router.delete("/projects/{project_id}", status_code=204, tags=["projects"])
-def delete_project(project_id: PathId, session: SessionDep) -> None:
+def delete_project(project_id: PathId, session: WriteSession) -> None:
     session.delete(_project(session, project_id))
     session.commit()
 
@@ -233,7 +264,7 @@ def delete_project(project_id: PathId, session: SessionDep) -> None:
 # Tasks
 
 @router.post("/projects/{project_id}/tasks", status_code=201, response_model=TaskRead, tags=["tasks"])
-def create_task(project_id: PathId, body: TaskCreate, session: SessionDep) -> db.Task:
+def create_task(project_id: PathId, body: TaskCreate, session: WriteSession) -> db.Task:
     task = db.Task(project_id=_project(session, project_id).id, name=body.name, duration=body.duration)
     session.add(task)
     session.commit()
@@ -241,17 +272,17 @@ def create_task(project_id: PathId, body: TaskCreate, session: SessionDep) -> db
 
 
 @router.get("/projects/{project_id}/tasks", response_model=list[TaskRead], tags=["tasks"])
-def list_tasks(project_id: PathId, session: SessionDep) -> list[db.Task]:
+def list_tasks(project_id: PathId, session: ReadSession) -> list[db.Task]:
     return _project(session, project_id).tasks
 
 
 @router.get("/projects/{project_id}/tasks/{task_id}", response_model=TaskRead, tags=["tasks"])
-def get_task(project_id: PathId, task_id: PathId, session: SessionDep) -> db.Task:
+def get_task(project_id: PathId, task_id: PathId, session: ReadSession) -> db.Task:
     return _task(session, project_id, task_id)
 
 
 @router.patch("/projects/{project_id}/tasks/{task_id}", response_model=TaskRead, tags=["tasks"])
-def update_task(project_id: PathId, task_id: PathId, body: TaskUpdate, session: SessionDep) -> db.Task:
+def update_task(project_id: PathId, task_id: PathId, body: TaskUpdate, session: WriteSession) -> db.Task:
     task = _task(session, project_id, task_id)
     for field, value in body.model_dump(exclude_none=True).items():
         setattr(task, field, value)
@@ -260,7 +291,7 @@ def update_task(project_id: PathId, task_id: PathId, body: TaskUpdate, session: 
 
 
 @router.put("/projects/{project_id}/tasks/{task_id}", response_model=TaskRead, tags=["tasks"])
-def replace_task(project_id: PathId, task_id: PathId, body: TaskCreate, session: SessionDep) -> db.Task:
+def replace_task(project_id: PathId, task_id: PathId, body: TaskCreate, session: WriteSession) -> db.Task:
     task = _task(session, project_id, task_id)
     task.name, task.duration = body.name, body.duration
     session.commit()
@@ -268,7 +299,7 @@ def replace_task(project_id: PathId, task_id: PathId, body: TaskCreate, session:
 
 
 @router.delete("/projects/{project_id}/tasks/{task_id}", status_code=204, tags=["tasks"])
-def delete_task(project_id: PathId, task_id: PathId, session: SessionDep) -> None:
+def delete_task(project_id: PathId, task_id: PathId, session: WriteSession) -> None:
     """Deleting a task deletes its dependencies."""
     session.delete(_task(session, project_id, task_id))
     session.commit()
@@ -280,7 +311,7 @@ def delete_task(project_id: PathId, task_id: PathId, session: SessionDep) -> Non
 @router.post("/projects/{project_id}/dependencies", status_code=201, response_model=DependencyRead,
           tags=["dependencies"],
           responses={409: {"description": "duplicate, or it would close a cycle (ids in the message)"}})
-def create_dependency(project_id: PathId, body: DependencyCreate, session: SessionDep) -> db.Dependency:
+def create_dependency(project_id: PathId, body: DependencyCreate, session: WriteSession) -> db.Dependency:
     """The project row lock makes the cycle check and the insert one step: links of one project
     are added one at a time, by any number of server processes."""
     _project(session, project_id, lock=True)
@@ -304,12 +335,12 @@ def create_dependency(project_id: PathId, body: DependencyCreate, session: Sessi
 
 
 @router.get("/projects/{project_id}/dependencies", response_model=list[DependencyRead], tags=["dependencies"])
-def list_dependencies(project_id: PathId, session: SessionDep) -> list[db.Dependency]:
+def list_dependencies(project_id: PathId, session: ReadSession) -> list[db.Dependency]:
     return _project(session, project_id).dependencies
 
 
 @router.delete("/projects/{project_id}/dependencies/{dependency_id}", status_code=204, tags=["dependencies"])
-def delete_dependency(project_id: PathId, dependency_id: PathId, session: SessionDep) -> None:
+def delete_dependency(project_id: PathId, dependency_id: PathId, session: WriteSession) -> None:
     dependency = session.get(db.Dependency, dependency_id)
     if dependency is None or dependency.project_id != project_id:
         raise HTTPException(404, f"dependency {dependency_id} not found in project {project_id}")
@@ -321,7 +352,7 @@ def delete_dependency(project_id: PathId, dependency_id: PathId, session: Sessio
 # Critical path
 
 @router.get("/projects/{project_id}/critical-path", response_model=CriticalPath, tags=["projects"])
-def critical_path(project_id: PathId, session: SessionDep,
+def critical_path(project_id: PathId, session: ReadSession,
                   max_paths: Annotated[int, Query(ge=1, le=100, description="cap on listed tied chains")] = cpm.MAX_PATHS,
                   ) -> CriticalPath:
     """Early/late dates, floats and critical chains (conventions: img2cq/cpm.py)."""

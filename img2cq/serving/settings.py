@@ -19,7 +19,12 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, validation_alias=AliasChoices("DATABASE_URL"),
                                      description="any SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db; "
                                                  "unset: the SQLite file IMG2CQ_DB")
-    db: str = Field("./img2cq.db", description="SQLite file used when DATABASE_URL is unset")
+    db: str = Field("./img2cq.db", description="SQLite file used when DATABASE_URL is unset; set empty: no "
+                                                "database (the scheduling routes answer 503, the model serves)")
+    db_connections: int = Field(8, ge=1, le=256, description="database connections of this process (its pool), "
+                                                             "and scheduling requests served at once")
+    db_queue_size: int = Field(256, ge=0, description="scheduling requests that may wait for a connection; "
+                                                      "beyond it: 503 with Retry-After")
     model: str | None = Field(None, description="model directory for /generate, loaded on first use; "
                                                 "unset: /generate answers 503")
     exec_workers: int = Field(default_factory=usable_cpus, ge=1,
@@ -32,8 +37,18 @@ class Settings(BaseSettings):
                                  description="how long a batch waits for more images after its first")
     queue_size: int = Field(64, ge=1, description="requests that may wait for the model (and, separately, "
                                                  "for the sandbox); beyond it: 503 with Retry-After")
+    search_queue_size: int = Field(8, ge=1, description="/generate requests with test-time search (candidates "
+                                   "> 1 or refine > 0) that may wait for their own lane; beyond it: 503 with "
+                                   "Retry-After (plain /generate never waits behind them)")
     request_timeout: float = Field(120.0, gt=0, description="seconds a /generate or /score request may wait and "
                                                             "run before it is answered 504")
+    max_body_bytes: int = Field(32 * 2**20, ge=1024, description="largest request body (JSON) in bytes; a larger "
+                                "Content-Length is answered 413 before reading, a chunked body is cut off there")
+    max_image_bytes: int = Field(20 * 2**20, ge=1024, description="largest /generate upload in bytes (the "
+                                 "multipart framing aside); beyond it: 413 before reading")
+    max_image_pixels: int = Field(4096 * 4096, ge=1, description="largest picture, width x height, read from "
+                                  "its header before decoding; beyond it: 400")
+    max_image_side: int = Field(8192, ge=1, description="largest picture width or height, in pixels; beyond it: 400")
     torch_threads: int = Field(1, ge=1, le=usable_cpus(),
                                description="torch intra-op threads of the one generation thread; more help "
                                            "only on idle cores (on shared ones they wait for each other)")
@@ -51,5 +66,8 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value):
         return value or None
 
-    def sqlalchemy_url(self) -> str:
-        return self.database_url or "sqlite:///" + self.db
+    def sqlalchemy_url(self) -> str | None:
+        """The database's URL; None where none is configured."""
+        if self.database_url:
+            return self.database_url
+        return "sqlite:///" + self.db if self.db else None

@@ -16,6 +16,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-samples", type=int, default=None, help="search only the first N training images")
     p.add_argument("--exclude-programs-in", default=None, metavar="SPLIT",
                    help="leave out training images whose program is in this split (as the model's training did)")
+    p.add_argument("--no-train", action="store_true",
+                   help="skip the nearest-training-image baseline (e.g. on a benchmark without a training split)")
+    p.add_argument("--library", default=None, metavar="DIR",
+                   help="part library of the nearest-library-part baseline (default: the shipped one)")
+    p.add_argument("--no-library", action="store_true", help="skip the nearest-library-part baseline")
     p.add_argument("--workers", type=int, default=2, help="sandbox processes running programs")
     p.add_argument("--cluster", metavar="ADDRESS|auto|local", default=None,
                    help="run the programs on a Dask cluster (scheduler address, auto = $DASK_SCHEDULER_ADDRESS, "
@@ -34,7 +39,8 @@ if __name__ == "__main__":
     a = parse_args()
     from img2cq.evaluation import evaluate_baselines, run_cli  # after parsing: --help answers at once
 
-    sys.exit(run_cli(evaluate_baselines, samples=a.samples, eval_json=a.eval_json, train_json=a.train_json,
+    sys.exit(run_cli(evaluate_baselines, samples=a.samples, eval_json=a.eval_json, train_json=None if a.no_train else a.train_json,
                      train_samples=a.train_samples, workers=a.workers, results_csv=a.results_csv,
                      output_dir=a.output_dir, command=" ".join(["python", *sys.argv]), cluster=a.cluster,
-                     exclude_programs_in=a.exclude_programs_in))
+                     exclude_programs_in=a.exclude_programs_in, library_dir=a.library,
+                     use_library=not a.no_library))

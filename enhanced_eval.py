@@ -1,7 +1,7 @@
 """Evaluate a trained model on test images: VSR, IoU, per-sample predictions, a results.csv row.
 
     python enhanced_eval.py ./models/enhanced --samples 50
-    python enhanced_eval.py ./models/enhanced --samples 50 --candidates 8 --refine 20 --train-json data/train.jsonl
+    python enhanced_eval.py models/img2cq-cpu --samples 50 --candidates 8 --refine 8   # search: shipped part library
 """
 
 import argparse
@@ -26,18 +26,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output-dir", default=None,
                    help="where the per-sample predictions go (default: runs/eval/<model directory name>)")
     p.add_argument("--candidates", type=int, default=1,
-                   help="test-time search: propose N programs per image (greedy, beam, sampled and, with "
-                        "--train-json, retrieved) and keep the one whose render agrees best with the image")
+                   help="> 1: test-time search: the model proposes N programs per image (greedy, beam, sampled), "
+                        "the part library its nearest parts, and the one whose render agrees best is kept")
     p.add_argument("--refine", type=float, default=0.0, metavar="SECONDS",
-                   help="test-time search: tune the numbers of the kept program for SECONDS per image")
+                   help="test-time search: then edit the kept program (proportions, holes, sketches) for "
+                        "SECONDS per image")
+    p.add_argument("--shortlist", type=int, default=None,
+                   help="test-time search: library parts rendered and re-ranked per image (default 64; 0: none)")
     p.add_argument("--train-json", default=None,
-                   help="training split for retrieval candidates (its index is built once and saved beside it)")
+                   help="retrieve from this split's pictures instead of the part library (its library is "
+                        "built once and saved beside it)")
+    p.add_argument("--library", default=None, metavar="DIR", help="part library to retrieve from (default: the shipped one)")
     args = p.parse_args(argv)
     for flag in ('samples', 'num_beams', 'best_of', 'batch_size', 'workers', 'max_new_tokens'):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             p.error(f"{flag.replace('_', '-')} must be at least 1")
-    if args.candidates < 1 or args.refine < 0:
-        p.error("--candidates must be >= 1 and --refine >= 0")
+    if args.candidates < 1 or args.refine < 0 or (args.shortlist is not None and args.shortlist < 0):
+        p.error("--candidates must be >= 1, --refine and --shortlist >= 0")
     return args
 
 
@@ -49,4 +54,4 @@ if __name__ == "__main__":
                      num_beams=a.num_beams, best_of=a.best_of, batch_size=a.batch_size, workers=a.workers,
                      max_new_tokens=a.max_new_tokens, results_csv=a.results_csv, output_dir=a.output_dir,
                      command=" ".join(["python", *sys.argv]), candidates=a.candidates, refine_seconds=a.refine,
-                     train_json=a.train_json, cluster=a.cluster))
+                     train_json=a.train_json, cluster=a.cluster, shortlist=a.shortlist, library_dir=a.library))

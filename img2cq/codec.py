@@ -154,40 +154,57 @@ def arc_midpoint(start, end, sweep: float):
     return ((start[0] + end[0]) / 2 + dy * bulge / 2, (start[1] + end[1]) / 2 - dx * bulge / 2)
 
 
+def to_float(sketches: list[Sketch]) -> list["FloatSketch"]:
+    """Canonical sketches as the float geometry their program states (every number exactly as
+    printed): what ``to_program`` prints and ``img2cq.build`` builds, so both give one solid."""
+    out = []
+    for s in sketches:
+        normal, x_dir = plane_vectors(s.plane)
+        origin = tuple(c / DISTANCE_LEVELS + 0.0 for c in s.plane.origin)
+        unit = s.scale / DISTANCE_LEVELS / SKETCH_LEVELS
+        point = lambda p: (p[0] * unit + 0.0, p[1] * unit + 0.0)
+        loops = []
+        for loop in s.loops:
+            if isinstance(loop, Circle):
+                loops.append(("circle", point(loop.center), loop.radius * unit))
+                continue
+            segments, current = [], point(loop.start)
+            for seg in loop.segments:
+                end = point(seg.end)
+                mid = None
+                if isinstance(seg, Arc):
+                    mid = arc_midpoint(current, end, seg.sweep * 2 * math.pi / SWEEP_LEVELS)
+                    mid = tuple(0.0 if abs(c) < 1e-12 else c + 0.0 for c in mid)  # no 1e-17 rounding dust
+                segments.append((end, mid))
+                current = end
+            loops.append(("path", point(loop.start), segments))
+        out.append(FloatSketch(origin, x_dir, normal, loops, s.distance / DISTANCE_LEVELS, s.both, s.op))
+    return out
+
+
 def to_program(sketches: list[Sketch]) -> str:
     """Print canonical sketches as a GenCAD-Code program (the exact style of the dataset)."""
     lines = ["import cadquery as cq"]
     loop_id = 0
-    for i, s in enumerate(sketches):
-        normal, x_dir = plane_vectors(s.plane)
-        origin = tuple(c / DISTANCE_LEVELS for c in s.plane.origin)
+    pair = lambda p: f"{_fmt(p[0])}, {_fmt(p[1])}"
+    for i, s in enumerate(to_float(sketches)):
         lines.append(f"# Generating a workplane for sketch {i}")
-        lines.append(f"wp_sketch{i} = cq.Workplane(cq.Plane({_vec(origin)}, {_vec(x_dir)}, {_vec(normal)}))")
-        unit = s.scale / DISTANCE_LEVELS / SKETCH_LEVELS
-        point = lambda p: (p[0] * unit, p[1] * unit)
-        pair = lambda p: f"{_fmt(p[0])}, {_fmt(p[1])}"
+        lines.append(f"wp_sketch{i} = cq.Workplane(cq.Plane({_vec(s.origin)}, {_vec(s.x_dir)}, {_vec(s.normal)}))")
         names = []
-        for loop in s.loops:
-            if isinstance(loop, Circle):
-                body = f".moveTo({pair(point(loop.center))}).circle({_fmt(loop.radius * unit)})"
+        for kind, start, rest in s.loops:
+            if kind == "circle":
+                body = f".moveTo({pair(start)}).circle({_fmt(rest)})"
             else:
-                body, current = f".moveTo({pair(point(loop.start))})", point(loop.start)
-                for seg in loop.segments:
-                    end = point(seg.end)
-                    if isinstance(seg, Line):
-                        body += f".lineTo({pair(end)})"
-                    else:
-                        mid = arc_midpoint(current, end, seg.sweep * 2 * math.pi / SWEEP_LEVELS)
-                        mid = tuple(0.0 if abs(c) < 1e-12 else c for c in mid)  # no 1e-17 rounding dust
-                        body += f".threePointArc(({pair(mid)}), ({pair(end)}))"
-                    current = end
+                body = f".moveTo({pair(start)})"
+                for end, mid in rest:
+                    body += f".lineTo({pair(end)})" if mid is None else f".threePointArc(({pair(mid)}), ({pair(end)}))"
                 body += ".close()"
             lines.append(f"loop{loop_id}=wp_sketch{i}{body}")
             names.append(f"loop{loop_id}")
             loop_id += 1
         adds = "".join(f".add({n})" for n in names)
         both = ", both=True" if s.both else ""
-        lines.append(f"solid{i}=wp_sketch{i}{adds}.extrude({_fmt(s.distance / DISTANCE_LEVELS)}{both})")
+        lines.append(f"solid{i}=wp_sketch{i}{adds}.extrude({_fmt(s.distance)}{both})")
         lines.append("solid=solid0" if i == 0 else f"solid=solid.{s.op}(solid{i})")
     return "\n".join(lines) + "\n"
 

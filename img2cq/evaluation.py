@@ -16,18 +16,17 @@ from __future__ import annotations
 import csv
 import datetime
 import json
+import os
 import platform
 import sys
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
 from img2cq.data import DOWNLOAD_HINT, load_split
 from img2cq.executor import Executor
-from img2cq.framing import frame_silhouette
 from img2cq.scoring import execute, executor_or_new, score_executed
 
 RESULTS_FIELDS = ["Model", "VSR", "IOU", "Delta", "IOU_valid", "samples", "decoding", "eval_json", "date", "command"]
@@ -165,11 +164,13 @@ def evaluate_model(model_dir: str, eval_json: str = "data/test.jsonl", samples: 
                    num_beams: int = 1, best_of: int | None = None, batch_size: int = 8, workers: int = 2,
                    max_new_tokens: int | None = None, results_csv: str = "results.csv",
                    output_dir: str | None = None, command: str = "", device=None, candidates: int = 1,
-                   refine_seconds: float = 0.0, train_json: str | None = None, cluster: str | None = None) -> dict:
+                   refine_seconds: float = 0.0, train_json: str | None = None, cluster: str | None = None,
+                   shortlist: int | None = None, library_dir: str | None = None) -> dict:
     """Generate for the first ``samples`` test images, score, write predictions JSONL, append results.csv.
 
-    ``candidates > 1`` or ``refine_seconds > 0``: test-time search (``img2cq.search``; retrieval
-    candidates from ``train_json``) instead of plain decoding.
+    ``candidates > 1`` or ``refine_seconds > 0``: test-time search (``img2cq.search``) instead of
+    plain decoding, with ``shortlist`` retrieved parts (default ``search.SHORTLIST``) from the library
+    of ``train_json``, else of ``library_dir`` (default: the shipped part library).
     """
     from img2cq.modeling import ModelError, load_pretrained  # torch: only model evaluation pays for it
 
@@ -186,12 +187,19 @@ def evaluate_model(model_dir: str, eval_json: str = "data/test.jsonl", samples: 
         decoding += f"+best_of{best_of}"
     predictions = []
     if searching:
-        from img2cq.search import search_rows
+        from img2cq.search import SHORTLIST, search_rows
 
-        predictions, decoding = search_rows(model, rows, candidates, refine_seconds, train_json, workers,
-                                            max_new_tokens)
+        shortlist = SHORTLIST if shortlist is None else shortlist
+
+        try:
+            predictions, decoding, results = search_rows(model, rows, candidates, refine_seconds, train_json, workers,
+                                                         max_new_tokens, shortlist, library_dir)
+        except (FileNotFoundError, ValueError) as e:
+            raise EvalError(str(e)) from e
         if not predictions:
             raise EvalError("interrupted before any image was searched")
+        print(f"search: {np.mean([r.seconds for r in results]):.1f} s per image over {len(results)} images "
+              f"({workers} workers, load average {os.getloadavg()[0]:.1f})")
         rows = rows[:len(predictions)]  # Ctrl-C: score the images searched so far
     with open_executor(workers, cluster) as ex:
         for start in [] if searching else tqdm(range(0, len(rows), batch_size), desc="generating", unit="batch"):
@@ -202,7 +210,8 @@ def evaluate_model(model_dir: str, eval_json: str = "data/test.jsonl", samples: 
 
     how = {"command": command, "model": str(model_dir), "eval_json": eval_json, "samples": len(rows),
            "decoding": decoding, "num_beams": num_beams, "best_of": best_of, "max_new_tokens": max_new_tokens,
-           "candidates": candidates, "refine_seconds": refine_seconds, "train_json": train_json}
+           "candidates": candidates, "refine_seconds": refine_seconds, "train_json": train_json,
+           "shortlist": shortlist, "library": None if not searching or train_json else (library_dir or "shipped")}
     out = write_predictions(output_dir or default_output_dir(model_dir), rows, predictions, scores, how)
     result = result_row(str(model_dir), scores, decoding, eval_json, command)
     append_result(results_csv, result)
@@ -211,44 +220,55 @@ def evaluate_model(model_dir: str, eval_json: str = "data/test.jsonl", samples: 
     return {**scores, "predictions_path": str(out)}
 
 
-def _thumbnail(image) -> np.ndarray:
-    """A 32 x 32 grey thumbnail as a unit-free float vector (for nearest-neighbour look-up)."""
-    return np.asarray(frame_silhouette(image).convert("L").resize((32, 32), Image.Resampling.BILINEAR),
-                      np.float32).ravel() / 255.0
-
-
 def nearest_neighbour_programs(train_json: str, test_rows: list[dict], train_samples: int | None = None,
                                exclude_programs_in: str | None = None) -> list[str]:
-    """For each test image, the program of the training image closest in 32 x 32 pixel distance."""
+    """For each test image, the program of the training image nearest in retrieval features
+    (``img2cq.library``: the same look-up the search uses)."""
+    from img2cq.library import PartLibrary
+
     train = load_samples(train_json, train_samples, exclude_programs_in)
-    bank = np.stack([_thumbnail(r["image"]) for r in tqdm(train, desc="indexing training images")])
-    programs = []
-    for row in test_rows:
-        nearest = int(np.argmin(((bank - _thumbnail(row["image"])) ** 2).sum(axis=1)))
-        programs.append(train[nearest]["cadquery"])
-    return programs
+    library = PartLibrary.from_pictures([r["image"] for r in train], [r["cadquery"] for r in train],
+                                        {"source": {"split": train_json, "rows": len(train)}})
+    return [library.program(library.nearest(row["image"], 1)[0]) for row in test_rows]
+
+
+def nearest_library_programs(test_rows: list[dict], library_dir: str | None = None) -> tuple[list[str], int]:
+    """For each test image, the program of the nearest part of the part library (default: the
+    shipped one), and the library's size."""
+    from img2cq.library import PartLibrary
+
+    library = PartLibrary.load(*([library_dir] if library_dir else []))
+    return [library.program(library.nearest(row["image"], 1)[0]) for row in test_rows], len(library)
 
 
 def evaluate_baselines(samples: int = 50, eval_json: str = "data/test.jsonl", train_json: str = "data/train.jsonl",
                        train_samples: int | None = None, workers: int = 2, results_csv: str = "results.csv",
                        output_dir: str | None = None, command: str = "", cluster: str | None = None,
-                       exclude_programs_in: str | None = None) -> list[dict]:
-    """Score the constant box and the nearest-training-image baselines on the same test samples
-    (``exclude_programs_in``: leave the training samples whose program is in that split out of the
-    look-up, as training left them out)."""
+                       exclude_programs_in: str | None = None, library_dir: str | None = None,
+                       use_library: bool = True) -> list[dict]:
+    """Score the baselines on the same test samples: the constant box, the nearest training image
+    (with ``train_json``; ``exclude_programs_in``: leave the training samples whose program is in
+    that split out of the look-up, as training left them out) and the nearest part of the part
+    library (``use_library``; ``library_dir``, default the shipped one)."""
     rows = load_samples(eval_json, samples)
     references = [r["cadquery"] for r in rows]
-    candidates = {
-        ("baseline-constant-box", "fixed"): [CONSTANT_PROGRAM] * len(rows),
-        ("baseline-nearest-train-image", "nearest"): nearest_neighbour_programs(
-            train_json, rows, train_samples, exclude_programs_in=exclude_programs_in),
-    }
+    candidates = {("baseline-constant-box", "fixed"): [CONSTANT_PROGRAM] * len(rows)}
+    if train_json:
+        candidates[("baseline-nearest-train-image", "nearest")] = nearest_neighbour_programs(
+            train_json, rows, train_samples, exclude_programs_in=exclude_programs_in)
+    if use_library:
+        try:
+            programs, size = nearest_library_programs(rows, library_dir)
+        except (FileNotFoundError, ValueError) as e:
+            raise EvalError(str(e)) from e
+        candidates[("baseline-nearest-library-part", f"nearest of {size} library parts")] = programs
     results, paths = [], []
     with open_executor(workers, cluster) as ex:
         for (name, decoding), predictions in candidates.items():
             scores = score_programs(references, predictions, ex)
             how = {"command": command, "model": name, "eval_json": eval_json, "samples": len(rows),
                    "decoding": decoding, "train_json": train_json, "train_samples": train_samples,
+                   "library": library_dir or "shipped" if name.endswith("library-part") else None,
                    "exclude_programs_in": exclude_programs_in}
             paths.append(write_predictions(output_dir or default_output_dir("baselines"), rows, predictions,
                                            scores, how))

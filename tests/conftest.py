@@ -49,6 +49,15 @@ def executor():
         yield ex
 
 
+@pytest.fixture(scope="session")
+def build_pool():
+    """One two-worker pool of long-lived build workers (codec structures, no program text)."""
+    from img2cq.build import BuildPool
+
+    with BuildPool(workers=2) as pool:
+        yield pool
+
+
 @pytest.fixture
 def one_torch_thread():
     """One intra-op thread: on a small shared CPU, tiny matrices run many times faster than with two."""

@@ -1,4 +1,4 @@
-"""Test-time search: agreement, candidate choice, refinement, retrieval index."""
+"""Test-time search: agreement, candidate choice, refinement of programs outside the codec."""
 
 import io
 import json
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from img2cq import search
+from img2cq import agreement, search
 from img2cq.evaluation import CONSTANT_PROGRAM
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,10 +39,10 @@ def rendered_image(code, executor) -> Image.Image:
 
 
 def test_agreement_prefers_the_right_program(executor):
-    reference = search.Reference.from_views(search.views_from_image(rendered_image(PLATE_BOSS, executor)))
-    right, wrong = search.render_programs([PLATE_BOSS, CONSTANT_PROGRAM], executor)
-    assert search.agreement(reference, right) > 0.95
-    assert search.agreement(reference, right) > search.agreement(reference, wrong) + 0.1
+    reference = agreement.Reference.from_views(agreement.views_from_image(rendered_image(PLATE_BOSS, executor)))
+    right, wrong = agreement.render_programs([PLATE_BOSS, CONSTANT_PROGRAM], executor)
+    assert agreement.agreement(reference, right) > 0.95
+    assert agreement.agreement(reference, right) > agreement.agreement(reference, wrong) + 0.1
 
 
 class FixedModel:
@@ -52,9 +52,9 @@ class FixedModel:
         return ["import cadquery as cq\nsolid = cq.Workplane().box(1, 1,"] if num_beams == 1 else [CONSTANT_PROGRAM]
 
 
-def test_a_candidate_that_fails_to_build_never_wins(executor):
+def test_a_candidate_that_fails_to_build_never_wins(executor, build_pool):
     image = rendered_image(CONSTANT_PROGRAM, executor)
-    result = search.search(FixedModel(), image, candidates=2, executor=executor)
+    result = search.search(FixedModel(), image, candidates=2, pool=build_pool, executor=executor)
     assert result.program == CONSTANT_PROGRAM and result.source.startswith("beam")
     scores = {c.source: c.agreement for c in result.candidates}
     assert scores["greedy"] == -np.inf and scores[result.source] > 0.9
@@ -75,37 +75,13 @@ def test_numeric_parameters_round_trip_and_keep_plane_directions():
 
 
 def test_refinement_improves_a_perturbed_program(executor):
-    reference = search.Reference.from_views(search.views_from_image(rendered_image(L_SHAPE, executor)))
+    reference = agreement.Reference.from_views(agreement.views_from_image(rendered_image(L_SHAPE, executor)))
     params = search.numeric_parameters(L_SHAPE)
     perturbed = params.program(params.values * np.array([1, 1, 1, 1.6, 0.7, 1.4]))
-    start = search.agreement(reference, search.render_programs([perturbed], executor)[0])
-    refined, score, evaluated = search.refine(perturbed, reference, executor, seconds=8, start_score=start)
+    start = agreement.agreement(reference, agreement.render_programs([perturbed], executor)[0])
+    refined, score, evaluated = search.refine_text(perturbed, reference, executor, seconds=8, start_score=start)
     assert evaluated > 0 and score > start
-    assert score == pytest.approx(search.agreement(reference, search.render_programs([refined], executor)[0]))
+    assert score == pytest.approx(agreement.agreement(reference, agreement.render_programs([refined], executor)[0]))
     # structure kept: the same text apart from the numbers, still parsed into the same parameters
     assert non_number_tokens(refined) == non_number_tokens(L_SHAPE)
     assert len(search.numeric_parameters(refined).spans) == len(params.spans)
-
-
-def test_index_save_load_round_trip(tmp_path):
-    (tmp_path / "images").mkdir()
-    rows = []
-    for i, box in enumerate([(50, 50, 400, 150), (200, 30, 260, 420), (100, 100, 300, 300)]):
-        image = Image.new("RGB", (448, 448), "white")
-        ImageDraw.Draw(image).rectangle(box, fill=(141, 141, 138), outline=(0, 0, 0))
-        image.save(tmp_path / "images" / f"{i}.png")
-        rows.append({"id": f"part{i}", "image": f"images/{i}.png", "cadquery": f"# program {i}\n"})
-    train_json = tmp_path / "train.jsonl"
-    train_json.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-    built = search.load_or_build_index(train_json, progress=False)
-    path = search.index_path(train_json)
-    assert path == tmp_path / "train.index.npz" and path.is_file()
-    loaded = search.RetrievalIndex.load(path)
-    assert loaded.ids == built.ids and loaded.programs == built.programs and loaded.meta == built.meta
-    np.testing.assert_array_equal(loaded.features, built.features)
-    probe = Image.open(tmp_path / "images" / "1.png")
-    assert loaded.nearest(probe, 1) == [("part1", "# program 1\n")]
-    saved = path.stat().st_mtime_ns
-    assert search.load_or_build_index(train_json, progress=False).ids == built.ids
-    assert path.stat().st_mtime_ns == saved  # reused, not rebuilt

@@ -71,15 +71,15 @@ def searching_query(query_string: bytes) -> bool:
         return False
 
 
-def generate_programs(model, images: list, options: GenerateOptions, executor=None, index=None) -> list[str]:
+def generate_programs(model, images: list, options: GenerateOptions, executor=None, library=None) -> list[str]:
     """The one call into the model: a batch of images generated with the same options; with search
-    options, each image's program is the proposal whose render agrees best with it (``executor``
-    must preload ``img2cq.search.PRELOAD``; ``index``: retrieval candidates, or None)."""
+    options, each image's program is the proposal whose render agrees best with it (the model's
+    and the part ``library``'s; ``executor`` must preload ``img2cq.search.PRELOAD``)."""
     if not options.searching:
         return model.generate(images, max_new_tokens=options.max_new_tokens)
     from img2cq.search import search
 
-    return [search(model, image, options.candidates, options.refine_seconds, executor=executor, index=index,
+    return [search(model, image, options.candidates, options.refine_seconds, executor=executor, library=library,
                    max_new_tokens=options.max_new_tokens).program for image in images]
 
 
@@ -102,7 +102,7 @@ class ModelService:
                  search_queue: int = 8):
         self.model_dir, self.torch_threads = model_dir, torch_threads
         self.executor, self.search_train_json = executor, search_train_json
-        self.model = self._index = None
+        self.model = self._library = None
         self._load_lock = threading.Lock()
         self.batcher = Batcher(self._run_batch, max_batch=max_batch, max_wait_s=max_wait_s,
                                max_queue=max_queue, name="generate", nice=nice)
@@ -148,13 +148,15 @@ class ModelService:
                 gc.freeze()
             return self.model
 
-    def _search_index(self):
-        """The retrieval index of ``search_train_json`` (loaded, or built and saved, on first search)."""
-        if self._index is None and self.search_train_json:
-            from img2cq.search import load_or_build_index
+    def _search_library(self):
+        """The part library searches retrieve from: the library of ``search_train_json`` (built
+        beside it once), else the shipped one; loaded on the first search."""
+        if self._library is None:
+            from img2cq.library import PartLibrary
 
-            self._index = load_or_build_index(self.search_train_json, progress=False)
-        return self._index
+            self._library = (PartLibrary.from_split(self.search_train_json, progress=False) if self.search_train_json
+                             else PartLibrary.load())
+        return self._library
 
     def _run_batch(self, items: list[tuple[Image.Image, GenerateOptions]]) -> list[str]:
         """One generate call per distinct set of options in the batch (usually one)."""
@@ -164,9 +166,9 @@ class ModelService:
         for i, (_, options) in enumerate(items):
             groups.setdefault(options, []).append(i)
         for options, indices in groups.items():
-            index = self._search_index() if options.searching else None
+            library = self._search_library() if options.searching else None
             for i, program in zip(indices, generate_programs(model, [items[i][0] for i in indices], options,
-                                                             self.executor, index), strict=True):
+                                                             self.executor, library), strict=True):
                 programs[i] = program
         return programs
 

@@ -57,9 +57,9 @@ class Settings(BaseSettings):
                                  description="niceness of generation and of the sandbox workers above the "
                                              "HTTP loop, so that /health and admission answer at once under load")
 
-    search_train_json: str | None = Field(None, description="training split (jsonl) whose retrieval index "
-                                          "/generate?candidates=N draws candidates from (built beside it once); "
-                                          "unset: model candidates only")
+    search_train_json: str | None = Field(None, description="training split (jsonl) whose pictures "
+                                          "/generate?candidates=N retrieves from (its library built beside it once); "
+                                          "unset: the shipped part library")
 
     @field_validator("database_url", "model", "search_train_json", mode="before")
     @classmethod

@@ -1,0 +1,122 @@
+"""Codec structures built into CadQuery solids by API calls, in long-lived worker processes.
+
+Program text written by a model or sent by a user only ever runs in the sandboxed executor. A
+codec structure is different: integers and enums (``codec.Sketch``), read without executing
+anything. ``build_shape`` makes its solid with the CadQuery calls its program states, every number
+taken from ``codec.to_float`` (the same numbers ``codec.to_program`` prints), so the solid is the
+program's. ``BuildPool`` runs such builds, and the renders of what they build, in long-lived
+worker processes that import CadQuery and the renderer once: no fork per part, a timeout per job,
+and a crashed or hung worker replaced by a fresh one (pebble's ``ProcessPool``).
+"""
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import threading
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from img2cq import codec
+
+BUILD_TIMEOUT_S = 20.0      # one build and render; a sampler part takes ~0.1 s, a hung OCC call is cut off
+MAX_TASKS_PER_WORKER = 2000  # a worker is replaced after this many jobs (OCC and VTK caches grow)
+
+
+def build_shape(sketches: list[codec.Sketch], seams: bool = False):
+    """The ``cadquery.Workplane`` of a codec structure. ``seams=True`` keeps the edges where
+    sketches were joined (``clean=False``), as the dataset's pictures show them."""
+    import cadquery as cq
+
+    solid = None
+    for s in codec.to_float(sketches):
+        plane = cq.Workplane(cq.Plane(cq.Vector(*s.origin), cq.Vector(*s.x_dir), cq.Vector(*s.normal)))
+        body = plane
+        for kind, start, rest in s.loops:
+            loop = plane.moveTo(*start)
+            if kind == "circle":
+                loop = loop.circle(rest)
+            else:
+                for end, mid in rest:
+                    loop = loop.lineTo(*end) if mid is None else loop.threePointArc(mid, end)
+                loop = loop.close()
+            body = body.add(loop)
+        extruded = body.extrude(s.distance, both=s.both)
+        solid = extruded if solid is None else getattr(solid, s.op)(extruded, clean=not seams)
+    return solid
+
+
+def result_shape(workplane):
+    """The single shape a program's ``solid`` variable stands for (what the executor measures)."""
+    import cadquery as cq
+
+    shapes = [v for v in workplane.vals() if isinstance(v, cq.Shape)]
+    return shapes[0] if len(shapes) == 1 else cq.Compound.makeCompound(shapes)
+
+
+def structure_views(sketches: list[codec.Sketch]) -> bytes | None:
+    """Job: packed framed views (``agreement.pack_views``) of a structure's render, None if it
+    does not build into a valid solid."""
+    from img2cq.agreement import FRAME, pack_views, views_from_pixels
+    from img2cq.render import render_array
+
+    try:
+        shape = result_shape(build_shape(sketches, seams=True))
+        if not shape.isValid() or shape.Volume() <= 0:
+            return None
+        return pack_views(views_from_pixels(render_array(shape, size=FRAME)))
+    except Exception:  # noqa: BLE001 - OCC raises many kinds for a bad structure: it does not build
+        return None
+
+
+def _warm_up() -> None:
+    """Worker start: import CadQuery and the renderer (its GL context) once, at low priority."""
+    import cadquery  # noqa: F401
+
+    import img2cq.render  # noqa: F401
+
+
+class BuildPool:
+    """Long-lived build workers. ``map(function, items)`` calls a module-level ``function`` on each
+    item in the workers and returns the results in order; a job that raises, times out or kills
+    its worker gives ``None`` (its worker is replaced)."""
+
+    def __init__(self, workers: int = 2, timeout: float = BUILD_TIMEOUT_S):
+        from pebble import ProcessPool
+
+        self.workers, self.timeout = workers, timeout
+        # spawn: a worker never inherits the caller's threads, GL context or model
+        self._pool = ProcessPool(max_workers=workers, max_tasks=MAX_TASKS_PER_WORKER, initializer=_warm_up,
+                                 context=multiprocessing.get_context("spawn"))
+
+    def map(self, function, items: list) -> list:
+        futures = [self._pool.schedule(function, args=(item,), timeout=self.timeout) for item in items]
+        results = []
+        for future in futures:
+            try:
+                results.append(future.result())
+            except (FutureTimeout, Exception):  # noqa: BLE001 - a failed job is a None, never the caller's crash
+                results.append(None)
+        return results
+
+    def close(self) -> None:
+        self._pool.stop()
+        self._pool.join()
+
+    def __enter__(self) -> "BuildPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_shared: BuildPool | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_pool(workers: int = 2) -> BuildPool:
+    """One long-lived pool per process (the server's searches share it), closed at exit."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = BuildPool(workers)
+            atexit.register(_shared.close)
+        return _shared

@@ -1,0 +1,159 @@
+"""Structured refinement: edit a codec structure, not the number literals of program text.
+
+A kept candidate is usually right in kind but wrong in proportions, or too simple (holes or a
+sketch missing). ``mutate`` applies one random edit to a structure (``codec.Sketch`` list):
+
+- continuous: a sketch's scale, its aspect (x against y), its extrusion depth, its plane's offset
+  along the normal, a circle's radius, a loop's position;
+- discrete: drop a loop, add a round hole, drop a sketch, swap cut and union, flip the extrusion
+  side, extrude both ways or one.
+
+``refine`` is a (1 + lambda) evolution: each generation ``lambda`` edits of the best structure are
+built and rendered by ``img2cq.build.BuildPool`` (no program text runs, no fork per candidate),
+scored by their agreement with the input picture, and the best replaces the current one when it
+agrees better. Every edited structure stays inside the codec's number ranges, so the result prints
+as a program of the GenCAD-Code grammar.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+
+from img2cq import codec
+from img2cq.agreement import Reference, agreement, unpack_views
+
+STEP_SIGMA = 0.15            # continuous edits multiply by exp(N(0, STEP_SIGMA)) (~15 %)
+DISCRETE_SHARE = 0.3         # share of edits that change the structure (loops, sketches, operations)
+GRID = codec.SKETCH_LEVELS
+
+
+def _clamp(v: float, low: int, high: int, zero: bool = True) -> int:
+    k = int(round(min(high, max(low, v))))
+    return k if k or zero else (1 if v >= 0 else -1)
+
+
+def _point(p, fx: float = 1.0, fy: float = 1.0, dx: float = 0.0, dy: float = 0.0) -> tuple[int, int]:
+    return _clamp(p[0] * fx + dx, -GRID, GRID), _clamp(p[1] * fy + dy, -GRID, GRID)
+
+
+def _map_loop(loop, fx=1.0, fy=1.0, dx=0.0, dy=0.0):
+    if isinstance(loop, codec.Circle):
+        return codec.Circle(_point(loop.center, fx, fy, dx, dy), loop.radius)
+    segments = tuple(codec.Line(_point(s.end, fx, fy, dx, dy)) if isinstance(s, codec.Line)
+                     else codec.Arc(_point(s.end, fx, fy, dx, dy), s.sweep) for s in loop.segments)
+    return codec.Path(_point(loop.start, fx, fy, dx, dy), segments)
+
+
+def _loop_points(loop) -> np.ndarray:
+    if isinstance(loop, codec.Circle):
+        c, r = loop.center, loop.radius
+        return np.array([[c[0] - r, c[1] - r], [c[0] + r, c[1] + r]], float)
+    return np.array([loop.start, *(s.end for s in loop.segments)], float)
+
+
+def _with_sketch(sketches: list, i: int, **changes) -> list:
+    out = list(sketches)
+    out[i] = dataclasses.replace(sketches[i], **changes)
+    return out
+
+
+def _with_loops(sketches: list, i: int, loops: list) -> list:
+    return _with_sketch(sketches, i, loops=tuple(loops))
+
+
+def mutate(sketches: list[codec.Sketch], rng: np.random.Generator) -> list[codec.Sketch]:
+    """One random edit of a structure (a new list; the input is left as it is)."""
+    i = int(rng.integers(len(sketches)))
+    s = sketches[i]
+    factor = lambda: float(np.exp(rng.normal(0.0, STEP_SIGMA)))
+    if rng.random() < DISCRETE_SHARE:
+        kinds = ["add_hole", "flip"]
+        if len(s.loops) > 1:
+            kinds.append("drop_loop")
+        if len(sketches) > 1:
+            kinds.append("drop_sketch")
+        if i > 0 and s.op in ("union", "cut"):
+            kinds.append("swap_op")
+        if i > 0 or len(sketches) == 1:
+            kinds.append("both")
+        kind = kinds[int(rng.integers(len(kinds)))]
+        if kind == "add_hole":
+            lo, hi = np.concatenate([_loop_points(loop) for loop in s.loops]).min(0), \
+                np.concatenate([_loop_points(loop) for loop in s.loops]).max(0)
+            span = float(max(hi - lo))
+            radius = _clamp(span * rng.uniform(0.05, 0.25), 1, GRID, zero=False)
+            centre = _point(rng.uniform(lo + radius, np.maximum(hi - radius, lo + radius)))
+            return _with_loops(sketches, i, [*s.loops, codec.Circle(centre, radius)])
+        if kind == "drop_loop":
+            j = int(rng.integers(1, len(s.loops)))  # the first loop is the outline
+            return _with_loops(sketches, i, [loop for k, loop in enumerate(s.loops) if k != j])
+        if kind == "drop_sketch":
+            out = [sk for k, sk in enumerate(sketches) if k != i]
+            if i == 0:
+                out[0] = dataclasses.replace(out[0], op="new")
+            return out
+        if kind == "swap_op":
+            return _with_sketch(sketches, i, op="cut" if s.op == "union" else "union")
+        if kind == "flip":
+            return _with_sketch(sketches, i, distance=-s.distance)
+        return _with_sketch(sketches, i, both=not s.both)
+    kinds = ["scale", "aspect", "depth", "offset"]
+    circles = [j for j, loop in enumerate(s.loops) if isinstance(loop, codec.Circle)]
+    if circles:
+        kinds.append("radius")
+    if len(s.loops) > 1:
+        kinds.append("move_loop")
+    kind = kinds[int(rng.integers(len(kinds)))]
+    if kind == "scale":
+        return _with_sketch(sketches, i, scale=_clamp(s.scale * factor(), 1, codec.NUMBER_RANGE, zero=False))
+    if kind == "aspect":
+        a = factor()
+        return _with_loops(sketches, i, [_map_loop(loop, a, 1 / a) for loop in s.loops])
+    if kind == "depth":
+        r = codec.NUMBER_RANGE
+        return _with_sketch(sketches, i, distance=_clamp(s.distance * factor(), -r, r, zero=False))
+    if kind == "offset":
+        normal, _ = codec.plane_vectors(s.plane)
+        step = rng.normal(0.0, STEP_SIGMA) * max(abs(s.distance), s.scale / 4)
+        origin = tuple(_clamp(o + step * n, -codec.NUMBER_RANGE, codec.NUMBER_RANGE) for o, n in zip(s.plane.origin, normal))
+        return _with_sketch(sketches, i, plane=dataclasses.replace(s.plane, origin=origin))
+    if kind == "radius":
+        j = circles[int(rng.integers(len(circles)))]
+        loops = list(s.loops)
+        loops[j] = codec.Circle(loops[j].center, _clamp(loops[j].radius * factor(), 1, GRID, zero=False))
+        return _with_loops(sketches, i, loops)
+    j = int(rng.integers(1, len(s.loops)))  # move_loop: an inner loop (hole) moves
+    loops = list(s.loops)
+    loops[j] = _map_loop(loops[j], dx=rng.normal(0.0, STEP_SIGMA * GRID / 2), dy=rng.normal(0.0, STEP_SIGMA * GRID / 2))
+    return _with_loops(sketches, i, loops)
+
+
+def score_structures(structures: list[list[codec.Sketch]], reference: Reference, pool) -> list[float]:
+    """Agreement of each structure's render with the reference (-inf where it does not build)."""
+    from img2cq.build import structure_views
+
+    return [agreement(reference, unpack_views(v) if v is not None else None)
+            for v in pool.map(structure_views, structures)]
+
+
+def refine(sketches: list[codec.Sketch], reference: Reference, pool, seconds: float, start_score: float,
+           seed: int = 0, population: int | None = None) -> tuple[list[codec.Sketch], float, int]:
+    """Edit the structure for about ``seconds`` to maximise agreement.
+    Returns (best structure, its agreement, structures evaluated)."""
+    rng = np.random.default_rng(seed)
+    population = population or 4 * pool.workers
+    best, best_score, evaluated = sketches, start_score, 0
+    deadline, generation_s = time.perf_counter() + seconds, 0.0
+    while time.perf_counter() + generation_s <= deadline:
+        started = time.perf_counter()
+        edits = [mutate(best, rng) for _ in range(population)]
+        scores = score_structures(edits, reference, pool)
+        evaluated += len(edits)
+        top = int(np.argmax(scores))
+        if math.isfinite(scores[top]) and scores[top] > best_score:
+            best, best_score = edits[top], scores[top]
+        generation_s = time.perf_counter() - started
+    return best, best_score, evaluated

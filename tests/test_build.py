@@ -1,0 +1,65 @@
+"""Codec structures built by CadQuery calls, in long-lived workers: the same solid as the program."""
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+
+from img2cq import agreement, codec
+from img2cq.build import BuildPool, build_shape, result_shape, structure_views
+from img2cq.data import draw_rng, seamed_program
+from img2cq.sampler import sample_program
+
+
+def sampler_programs(n: int) -> list[str]:
+    return [sample_program(draw_rng(11, "train", i)) for i in range(n)]
+
+
+def real_programs(repo_root, n: int) -> list[str]:
+    rows = [json.loads(line) for line in (repo_root / "benchmarks/real_dev/test.jsonl").read_text().splitlines()]
+    return [codec.canonical_program(r["cadquery"]) for r in rows[:n]]
+
+
+def test_built_solid_is_the_programs_solid(executor, repo_root):
+    programs = sampler_programs(6) + real_programs(repo_root, 6)
+    results = executor.map(programs, mesh=False)
+    for program, result in zip(programs, results):
+        assert result.ok, result.reason
+        shape = result_shape(build_shape(codec.parse(program)))
+        assert shape.Volume() == pytest.approx(result.volume, rel=1e-9)
+
+
+def test_built_render_is_the_programs_render(build_pool):
+    from img2cq.executor import Executor
+    from img2cq.search import PRELOAD
+
+    programs = sampler_programs(4)
+    with Executor(workers=2, preload=PRELOAD) as executor:
+        sandboxed = executor.map([seamed_program(p) for p in programs], mesh=False,
+                                 postprocess="img2cq.agreement:render_views")
+    built = build_pool.map(structure_views, [codec.parse(p) for p in programs])
+    for result, views in zip(sandboxed, built):
+        np.testing.assert_array_equal(agreement.unpack_views(views), agreement.unpack_views(result.extras["value"]["views"]))
+
+
+def test_a_structure_that_does_not_build_gives_none(build_pool):
+    sketch = codec.parse(sampler_programs(1)[0])[0]
+    flat = codec.Sketch("new", sketch.plane, sketch.scale, (codec.Path((0, 0), (codec.Line((5, 0)), codec.Line((10, 0)))),),
+                        sketch.distance, False)
+    assert build_pool.map(structure_views, [[flat]]) == [None]
+
+
+def crash(_):
+    os._exit(9)
+
+
+def hang(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_crashed_or_hung_worker_is_replaced():
+    with BuildPool(workers=1, timeout=2.0) as pool:
+        assert pool.map(crash, [0]) == [None]
+        assert pool.map(hang, [30, 0.01]) == [None, 0.01]  # the hung job is cut off; the next runs

@@ -35,9 +35,15 @@ SEED_SIGNS = (np.diag([1, 1, 1]), np.diag([-1, 1, 1]), np.diag([1, -1, 1]), np.d
 
 
 def executor_cpu_s(worker: "psutil.Process") -> float:
-    """CPU seconds of an executor worker and of the children it has reaped."""
-    t = worker.cpu_times()
-    return t.user + t.system + t.children_user + t.children_system
+    """CPU seconds of an executor worker, of its fork server and of the children they have reaped."""
+    total = 0.0
+    for process in (worker, *worker.children()):  # the sandbox children are the fork server's
+        try:
+            t = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
 
 
 def seed_iou(a, b) -> float:

@@ -1,8 +1,8 @@
 """Safe execution of CadQuery programs: the one place where untrusted code runs.
 
 Every program a model writes is untrusted. A pool of long-lived workers imports CadQuery once (the
-2-3 s import is paid once per worker); each program then runs in two fresh children forked from a
-worker, both forked ahead of their job so the 10-20 ms fork is off the caller's clock:
+2-3 s import is paid once per worker); each program then runs in two fresh children, both forked
+ahead of their job so the 10-20 ms fork is off the caller's clock:
 
 1. the *program child* runs the program and hands back only the BREP of its result solid, or its
    error;
@@ -10,22 +10,34 @@ worker, both forked ahead of their job so the 10-20 ms fork is off the caller's 
    gets (validity, volume, centre, inertia, mesh, BREP bytes, the ``postprocess`` value). A
    program that forges its output can at worst hand over a solid it could have built anyway.
 
-Every child is fenced in before it touches its job (``isolation="strict"``, the default):
+Children are forked by each worker's *fork server*, itself forked from the worker after its
+imports and before its first job, and told nothing but "fork" and "reap": a child starts from
+memory that never held another program, result or argument, and receives its own job through its
+pipe after its fork. Every child is fenced in before it touches its job (``isolation="strict"``,
+the default):
 
 * in the kernel: Landlock lets it read only the Python installation and its packages, this
   project's ``img2cq/`` and ``metrics/`` packages, the shared libraries, ``/dev/null`` and
   ``/dev/urandom``, and write only its private temporary directory (no ``/proc``, ``/etc``,
-  ``/tmp``, home directories or databases), and neither bind nor connect TCP, signal processes
-  outside itself nor reach their abstract unix sockets; a seccomp filter refuses sockets of any
-  family (pathname unix sockets are beyond Landlock's reach), System V and POSIX message-queue
-  IPC, the kernel keyrings and io_uring; it holds no capabilities and can gain none;
+  ``/tmp``, home directories or databases), and neither bind nor connect TCP, signal or trace
+  processes outside itself nor reach their abstract unix sockets. A seccomp filter refuses sockets
+  of any family (pathname unix sockets are beyond Landlock's reach), System V and POSIX
+  message-queue IPC, the kernel keyrings, io_uring, namespaces and mounts, running any program,
+  ptrace and other processes' memory, bpf, perf events, userfaultfd and the administrator's calls;
+  it refuses changing the limits, priority, CPUs or scheduling of any process but the caller. It
+  holds no capabilities and can gain none. Where the worker runs as root, each child is also in a
+  PID namespace of its own, so it sees no process but its own and those it starts;
 * every inherited descriptor is closed but its result pipe; stdio is /dev/null; the environment is
   scrubbed (and the worker itself only ever gets the variables Python, OCC, BLAS and GL read);
-* resource limits: address space (``memory_mb``), CPU seconds, file size, open files, no core dumps;
-  the worker enforces the wall-clock timeout, kills the child's process group and, being a child
-  subreaper, anything left behind;
+* resource limits: address space (``memory_mb``), CPU seconds, file size, open files, no core
+  dumps. The worker enforces the wall-clock timeout and bounds what it reads; after each job the
+  fork server kills the child's process group and its PID namespace (else, as a child subreaper,
+  whatever came back to it), so nothing a program started outlives its answer. Failure kinds are
+  the worker's findings (its clock, exit statuses, the CPU time the kernel counted); a program's
+  bytes carry only an answer or its own error;
 * a Python audit hook in the program child refuses process creation, sockets, ctypes and writes
-  outside its directory, and marks the program ``forbidden`` even if it catches the exception.
+  outside its directory, and marks the program ``forbidden`` even if it catches the exception: an
+  early, readable error, not a boundary.
 
 Where the kernel cannot do its part (Landlock ABI < 6, no seccomp, not x86_64 Linux), ``Executor``
 refuses to start unless the caller opts into ``isolation="trusted"`` (or ``IMG2CQ_ISOLATION=trusted``):
@@ -41,6 +53,7 @@ from __future__ import annotations
 
 import ast
 import atexit
+import collections
 import ctypes
 import errno
 import functools
@@ -742,35 +755,56 @@ class _ForkServer:
 
     The fork server is forked from the worker once the worker has imported and warmed up
     everything, before it receives any job; it forks every sandbox child and is told nothing but
-    "fork" and "reap". So a child starts from memory that never held a program, a result or a
-    caller's argument (not even freed), and gets its own job only after its fork, through its pipe.
-    Where it can (as root), it puts each child in a PID namespace of its own, under a stand-in
-    process 1: the child sees no other process, and killing that process 1 ends everything the
-    child started, wherever it went.
+    "fork", "reap" and "drop". So a child starts from memory that never held a program, a result
+    or a caller's argument (not even freed), and gets its own job only after its fork, through its
+    pipe. Where it can (as root), it puts each child in a PID namespace of its own, under a
+    stand-in process 1: the child sees no other process, and killing that process 1 ends
+    everything the child started, wherever it went.
+
+    Forks are asked for ahead and answered in order (the fork server forks while the worker
+    waits for work); a child that gave a complete answer in its own PID namespace is dropped
+    (killed at once, reaped by the fork server in its own time), any other is reaped at once for
+    its exit status.
     """
 
     def __init__(self, isolation: str, inherited: tuple[int, ...]):
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.pending: collections.deque[_SpareChild] = collections.deque()  # forks asked for, in order
         self.pid = os.fork()
         if self.pid == 0:
             os.close(self.sock.detach())
             _fork_server_main(theirs, isolation, inherited)
         theirs.close()
 
-    def _ask(self, words: list, fds: list[int] = ()) -> list[str]:
+    def _send(self, words: list, fds: list[int] = ()) -> None:
         socket.send_fds(self.sock, [" ".join(map(str, words)).encode()], list(fds))
+
+    def _reply(self) -> list[int]:
         reply = self.sock.recv(256)
         if not reply:
             raise EOFError("the sandbox's fork server is gone")
-        return reply.decode().split()
+        return [float(word) if "." in word else int(word) for word in reply.decode().split()]
 
-    def fork(self, job_r: int, result_w: int) -> int:
-        return int(self._ask(["fork"], [job_r, result_w])[0])
+    def fork(self, spare: "_SpareChild", job_r: int, result_w: int) -> None:
+        """Ask for a child waiting on these pipe ends; `spare` learns its pids from wait_for."""
+        self._send(["fork"], [job_r, result_w])
+        self.pending.append(spare)
+
+    def wait_for(self, spare: "_SpareChild") -> None:
+        while spare.pid is None:
+            self.pending.popleft().started(*self._reply())
 
     def reap(self, pid: int) -> tuple[int, float, int]:
         """Kill child `pid` and all it started; (wait status, CPU seconds it used, processes it left)."""
-        status, cpu, leftovers = self._ask(["reap", pid])
+        while self.pending:
+            self.wait_for(self.pending[-1])
+        self._send(["reap", pid])
+        status, cpu, leftovers = self._reply()
         return int(status), float(cpu), int(leftovers)
+
+    def drop(self, pid: int) -> None:
+        """Kill child `pid` and its PID namespace; the fork server reaps them in its own time."""
+        self._send(["drop", pid])
 
     def close(self) -> None:
         self.sock.close()
@@ -783,6 +817,7 @@ class _ForkServer:
 def _fork_server_main(sock: socket.socket, isolation: str, inherited: tuple[int, ...]) -> None:
     """Fork and reap sandbox children on the worker's word until the worker goes. Never returns."""
     children: dict[int, tuple[str, int, int]] = {}  # pid: (directory, its process 1, pipe keeping that alive)
+    dropped: dict[int, tuple[int, tuple]] = {}  # pidfd: (pid, entry) of killed children not yet reaped
     status = 0
     try:
         for fd in inherited:  # the pipes to the caller are the worker's alone
@@ -792,6 +827,14 @@ def _fork_server_main(sock: socket.socket, isolation: str, inherited: tuple[int,
         init = _pid_namespace_init()
         own_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC) if init else -1
         while True:
+            ready, _, _ = select.select([sock, *dropped], [], [])
+            for pidfd in ready:
+                if pidfd in dropped:  # a dropped child has ended: reap it and its process 1
+                    pid, entry = dropped.pop(pidfd)
+                    os.close(pidfd)
+                    _reap_child(pid, *entry, keep=children)
+            if sock not in ready:
+                continue
             message, fds, _, _ = socket.recv_fds(sock, 256, 2, socket.MSG_CMSG_CLOEXEC)
             if not message:
                 break
@@ -799,14 +842,19 @@ def _fork_server_main(sock: socket.socket, isolation: str, inherited: tuple[int,
             if command == "fork":
                 pid, entry = _fork_child(fds, isolation, init, own_namespace)
                 children[pid] = entry
-                sock.send(str(pid).encode())
+                sock.send(f"{pid} {entry[1]}".encode())
             elif command == "reap":
                 pid = int(args[0])
                 status_, cpu, leftovers = _reap_child(pid, *children.pop(pid), keep=children)
                 sock.send(f"{status_} {cpu:.6f} {leftovers}".encode())
+            elif command == "drop":
+                pid = int(args[0])
+                entry = children.pop(pid)
+                _kill_child(pid, entry[1])
+                dropped[os.pidfd_open(pid)] = (pid, entry)
     except BaseException:  # noqa: BLE001 - the worker sees the fork server gone
         status = 1
-    for pid, entry in list(children.items()):
+    for pid, entry in [*children.items(), *dropped.values()]:
         try:
             _reap_child(pid, *entry, keep={})
         except OSError:
@@ -840,14 +888,19 @@ def _fork_child(fds: list[int], isolation: str, init: str | None, own_namespace:
     return pid, (workdir, init_pid, keep_alive)
 
 
-def _reap_child(pid: int, workdir: str, init_pid: int, keep_alive: int, keep) -> tuple[int, float, int]:
-    """Kill a child, its process group and (its namespace's process 1) everything it started; reap it."""
-    leftovers = _count_children(pid) + (_count_children(init_pid) if init_pid else 0)
+def _kill_child(pid: int, init_pid: int) -> None:
+    """SIGKILL a child, its process group and (its namespace's process 1) everything it started."""
     for kill, target in ((os.killpg, pid), (os.kill, pid)) + (((os.kill, init_pid),) if init_pid else ()):
         try:
             kill(target, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def _reap_child(pid: int, workdir: str, init_pid: int, keep_alive: int, keep) -> tuple[int, float, int]:
+    """Kill a child and all it started, reap it; (wait status, CPU seconds, processes it left)."""
+    leftovers = _count_children(pid) + (_count_children(init_pid) if init_pid else 0)
+    _kill_child(pid, init_pid)
     _, status, usage = os.wait4(pid, 0)
     if init_pid:  # its end waits for every other process of the namespace to be gone
         os.waitpid(init_pid, 0)
@@ -919,15 +972,18 @@ class _SpareChild:
     """
 
     def __init__(self, server: _ForkServer):
-        self.server = server
+        self.server, self.pid, self.init = server, None, 0
         job_r, self.job_w = os.pipe()
         self.result_r, result_w = os.pipe()
         try:
-            self.pid = server.fork(job_r, result_w)
+            server.fork(self, job_r, result_w)
         finally:
             os.close(job_r)
             os.close(result_w)
-        self.pidfd = os.pidfd_open(self.pid)  # readable once the child has ended; it is not reaped before _reap
+
+    def started(self, pid: int, init: int) -> None:
+        """The fork server's answer: the child's pid and that of its namespace's process 1 (0: none)."""
+        self.pid, self.init = pid, init
 
     def run(self, job: tuple, deadline: float, timeout: float, memory_mb: int,
             max_header: int | None = None, max_bytes: int | None = None) -> tuple[bytes | None, str]:
@@ -935,16 +991,26 @@ class _SpareChild:
 
         Every failure kind here is the worker's own finding: the clock, the exit status, the CPU
         time the kernel counted, the bounds. The child's bytes can only be an answer."""
+        self.server.wait_for(self)
+        pidfd = os.pidfd_open(self.pid)  # readable once the child has ended (it is not reaped before we say)
         cpu = int(math.ceil(max(deadline - time.monotonic(), 0.0))) + 1  # CPU-second limit
         try:
             with os.fdopen(self.job_w, "wb") as f:
                 pickle.dump((*job, cpu, memory_mb), f)
         except BrokenPipeError:  # the child died before its job (reported from its exit status)
             pass
+        fenced, data, problem = False, None, "worker"
         try:
-            fenced, data, problem = _read_answer(self.result_r, self.pidfd, deadline, max_header, max_bytes)
+            fenced, data, problem = _read_answer(self.result_r, pidfd, deadline, max_header, max_bytes)
         finally:
-            status, cpu_used, leftovers = self._reap()
+            os.close(pidfd)
+            os.close(self.result_r)
+            if data is not None and self.init:  # answered: nothing to learn from its end, which costs time
+                status, cpu_used = 0, 0.0
+                leftovers = _count_children(self.pid) + _count_children(self.init)  # in this order: none slips by
+                self.server.drop(self.pid)
+            else:
+                status, cpu_used, leftovers = self.server.reap(self.pid)
         if problem == "timeout":
             return None, f"timeout: exceeded {timeout:g} s wall time"
         if leftovers:
@@ -967,13 +1033,10 @@ class _SpareChild:
 
     def discard(self) -> None:
         """Kill an unused spare (the worker is closing)."""
+        self.server.wait_for(self)
         os.close(self.job_w)
-        self._reap()
-
-    def _reap(self) -> tuple[int, float, int]:
         os.close(self.result_r)
-        os.close(self.pidfd)
-        return self.server.reap(self.pid)
+        self.server.reap(self.pid)
 
 
 # Failure kinds a program child may report: each describes what the program's own code did, and
@@ -1010,7 +1073,7 @@ def _serve(spares: dict, job: tuple, timeout: float, memory_mb: int) -> tuple[by
     if kind == "program":
         code, opts = payload
         started = time.perf_counter()
-        data, why = spares.pop("program").run(("program", code), deadline, timeout, memory_mb,
+        data, why = spares["program"].popleft().run(("program", code), deadline, timeout, memory_mb,
                                               _MAX_PROGRAM_HEADER, MAX_BREP_BYTES)
         timings["exec"] = time.perf_counter() - started
         name, brep, why = _program_outcome(data) if data is not None else ("", b"", why)
@@ -1020,7 +1083,7 @@ def _serve(spares: dict, job: tuple, timeout: float, memory_mb: int) -> tuple[by
     else:
         job = ("call", payload)
     started = time.perf_counter()
-    data, why = spares.pop("trusted").run(job, deadline, timeout, memory_mb)
+    data, why = spares["trusted"].popleft().run(job, deadline, timeout, memory_mb)
     timings["measure" if kind == "program" else "call"] = time.perf_counter() - started
     if why and kind == "program":
         error, _, message = why.partition(": ")
@@ -1043,6 +1106,11 @@ def _warm_up() -> None:
     _seccomp_filter()
 
 
+# Children each worker keeps forked ahead, by role. Two measuring children: a program uses one,
+# and the call that often follows it (an exact IoU on the two results) then finds the other ready.
+_SPARES = {"program": 1, "trusted": 2}
+
+
 def _worker_main(read_fd: int, write_fd: int, isolation: str, nice: int, preload: list[str]) -> None:
     """Serve jobs from the parent until it closes the pipe."""
     os.nice(nice)  # inherited by every child
@@ -1055,17 +1123,21 @@ def _worker_main(read_fd: int, write_fd: int, isolation: str, nice: int, preload
     _warm_up()
     server = _ForkServer(isolation, (read_fd, write_fd))  # before any job: see _ForkServer
     conn_in, conn_out = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
-    roles = ("program", "trusted")
-    spares = {role: _SpareChild(server) for role in roles}
+    spares: dict[str, collections.deque[_SpareChild]] = {role: collections.deque() for role in _SPARES}
+
+    def replenish() -> None:  # asks the fork server; the program children first: a program needs one at once
+        for role, count in _SPARES.items():
+            while len(spares[role]) < count:
+                spares[role].append(_SpareChild(server))
+
+    replenish()
     try:
         conn_out.send("ready")
         while True:
             conn_out.send(_serve(spares, *conn_in.recv()))
-            for role in roles:  # replace the children the job used
-                if role not in spares:
-                    spares[role] = _SpareChild(server)
+            replenish()
     except (EOFError, BrokenPipeError):  # the caller closed the executor (or the fork server is gone)
-        for spare in spares.values():
+        for spare in (spare for queue in spares.values() for spare in queue):
             try:
                 spare.discard()
             except (EOFError, OSError):

@@ -109,21 +109,21 @@ def test_hostile_corpus_is_refused_with_the_right_reason(ex, tmp_path):
     # the pool survives all of it and still works
     assert ex.run(BOX_WITH_HOLE).ok
     # nothing left behind: only the two workers are our children; each has one child, its fork
-    # server, which, once it has forked the spares again after the last answer, has exactly two
-    # sandbox children (program and measuring child, forked ahead of the next job) and, where it
-    # gives each its own PID namespace, their two stand-in process 1s; none has children of its own
+    # server, which, once it has forked the spares again after the last answer, has exactly three
+    # sandbox children (a program child and two measuring children, forked ahead of the next jobs)
+    # and, where it gives each its own PID namespace, their stand-in process 1s; none has children
     pids = {worker.process.pid for worker in ex._all}  # other pools (the shared fixture's) may be alive too
     workers = [p for p in psutil.Process().children() if p.pid in pids]
     assert len(workers) == 2
     deadline = time.monotonic() + 10
-    while any(len(sandbox_children(w)) < 2 for w in workers) and time.monotonic() < deadline:
+    while any(len(sandbox_children(w)) < 3 for w in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     for worker in workers:
         descendants = worker.children(recursive=True)  # one snapshot
         (server,) = [d for d in descendants if d.ppid() == worker.pid]
         below = [d for d in descendants if d != server]
         assert all(d.ppid() == server.pid for d in below)
-        assert len([d for d in below if d.name() != "cat"]) == 2 and len(below) in (2, 4)
+        assert len([d for d in below if d.name() != "cat"]) == 3 and len(below) in (3, 6)
 
 
 def sandbox_children(worker: psutil.Process) -> list[psutil.Process]:
@@ -183,17 +183,17 @@ def test_non_string_program_is_invalid_not_an_exception(ex):
 
 
 def test_close_leaves_no_process_and_no_working_directory(tmp_path, monkeypatch):
-    """Workers keep two spare children forked ahead of the next job: close() must take them away too,
-    with the fork servers that forked them."""
+    """Workers keep three spare children forked ahead of the next jobs: close() must take them away
+    too, with the fork servers that forked them."""
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # the workers' temporary directories go here
     others = set(psutil.Process().children())
     with Executor(workers=2) as executor:
         assert executor.run(BOX_WITH_HOLE).ok
         workers = [p for p in psutil.Process().children() if p not in others]
         deadline = time.monotonic() + 10
-        while len(spares := [c for w in workers for c in sandbox_children(w)]) < 4 and time.monotonic() < deadline:
+        while len(spares := [c for w in workers for c in sandbox_children(w)]) < 6 and time.monotonic() < deadline:
             time.sleep(0.05)  # each worker forks its next spares right after answering
-        assert len(spares) == 4 and len(list(tmp_path.glob("img2cq-run-*"))) == 4
+        assert len(spares) == 6 and len(list(tmp_path.glob("img2cq-run-*"))) == 6
         spares = list({*spares, *(c for w in workers for c in w.children(recursive=True))})  # with fork servers, process 1s
     psutil.wait_procs(workers + spares, timeout=10)
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers + spares)

@@ -224,10 +224,14 @@ def bilevel_png(width: int, height: int) -> bytes:
 
 
 class PeakMemory:
-    """The process's resident memory, sampled every 5 ms while in the block: .growth in bytes."""
+    """A process's resident memory (this one's by default), sampled every 5 ms while in the block:
+    .growth in bytes."""
+
+    def __init__(self, pid: int | None = None):
+        self.pid = pid
 
     def __enter__(self):
-        self.process, self.done = psutil.Process(), threading.Event()
+        self.process, self.done = psutil.Process(self.pid), threading.Event()
         self.before = self.peak = self.process.memory_info().rss
         self.sampler = threading.Thread(target=self._sample)
         self.sampler.start()
@@ -330,6 +334,33 @@ def test_a_streamed_body_is_cut_off_at_the_limit(sqlite_url, model_dir, path, co
     assert read <= LIMIT + 64 * 2**10 + CHUNK  # the upload limit allows the form's own framing
 
 
+def test_large_bodies_cost_a_real_server_no_memory(tmp_path):
+    """Over HTTP to uvicorn, default limits: 64 MiB of JSON with a Content-Length, then streamed
+    (chunked), and a streamed 64 MiB upload are each answered 413, the server growing < 100 MB."""
+    def chunked(start: bytes, total: int):
+        yield start
+        for _ in range(total // 2**20):
+            yield b"a" * 2**20
+
+    size = 64 * 2**20
+    bodies = {"/projects": [{"content": b'{"name": "' + b"a" * size + b'"}'},
+                            {"content": chunked(b'{"name": "', size)}],
+              "/generate": [{"content": chunked(FORM_START, size)}]}
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'bodies.db'}", "IMG2CQ_EXEC_WORKERS": "1"}
+    with live_server(env) as (base, server), PeakMemory(server.pid) as memory:
+        answers = []
+        for path, sends in bodies.items():
+            content_type = "application/json" if path == "/projects" else "multipart/form-data; boundary=x"
+            for send in sends:
+                r = httpx.post(base + path, headers={"content-type": content_type}, timeout=120, **send)
+                answers.append((r.status_code, r.json()["detail"]))
+        health = httpx.get(base + "/health").status_code
+    print(f"\n64 MiB bodies: {[status for status, _ in answers]}, server memory +{memory.growth / 2**20:.1f} MiB")
+    assert answers == [(413, f"request body larger than {32 * 2**20} bytes")] * 2 + \
+        [(413, f"request body larger than {20 * 2**20 + 2**16} bytes")]
+    assert memory.growth < 100 * 2**20 and health == 200
+
+
 def test_bodies_within_the_limits_still_work(sqlite_url, model_dir):
     with serve(sqlite_url, model_dir, max_body_bytes=LIMIT, max_image_bytes=LIMIT) as client:
         assert post_image(client).status_code == 200
@@ -383,6 +414,7 @@ class HeldSearch:
 def test_plain_generate_is_not_held_up_by_a_searching_request(sqlite_url, model_dir, monkeypatch):
     held = HeldSearch()
     monkeypatch.setattr(model_api, "generate_programs", held)
+    monkeypatch.setattr(model_api.ModelService, "_search_library", lambda self: None)  # no retrieval
     searching = {"max_new_tokens": 8, "candidates": 4, "refine": 20}
     with serve(sqlite_url, model_dir, search_queue_size=1) as client, ThreadPoolExecutor(4) as pool:
         assert post_image(client).status_code == 200  # model loaded, sandbox started

@@ -44,7 +44,7 @@ class SafeJSONResponse(JSONResponse):
 
 class BodyTooLarge(HTTPException):
     def __init__(self, limit: int):
-        super().__init__(413, f"request body larger than {limit} bytes: refused before reading it")
+        super().__init__(413, f"request body larger than {limit} bytes")
 
 
 def _printable(value):

@@ -231,7 +231,8 @@ class Gate:
             raise Overloaded(f"server busy: {self._waiting} requests already wait for {self.waits_for}", retry)
         self._waiting += 1
         try:
-            await asyncio.wait_for(self._free.acquire(), max(timeout, 0))
+            async with asyncio.timeout(max(timeout, 0)):  # cancels the acquire itself: no place is lost
+                await self._free.acquire()
         except TimeoutError:
             raise DeadlineExceeded(f"not answered within {timeout:.0f} s") from None
         finally:

@@ -961,6 +961,7 @@ def _read_answer(fd: int, pidfd: int, deadline: float, max_header: int | None,
                 need = 8 + n + sum(sizes)
     if need is None or len(buffer) < need:
         return bool(fenced), None, ""
+    del buffer[need:]  # whatever came after the frame is not part of the answer
     return True, bytes(buffer), ""
 
 

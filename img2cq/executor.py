@@ -469,7 +469,7 @@ def _text(value: Any, limit: int = _MESSAGE_CHARS) -> str:
 def _enter_sandbox(workdir: str, cpu: int, memory_mb: int, result_fd: int, isolation: str) -> None:
     """Fence this process in before it runs its job: limits, stdio, descriptors, environment, and
     (strict isolation) the kernel sandbox. Afterwards the result pipe is descriptor _RESULT_FD."""
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))  # every soft limit is its hard limit: none can be raised
     resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 20, 64 << 20))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))

@@ -340,6 +340,24 @@ def prlimit_others() -> list[str]:
     return out
 
 
+def raise_own_limits() -> list[str]:
+    """Try to raise each of a sandboxed child's own limits by one; return those that rose."""
+    import resource
+
+    raised = []
+    for name in ("RLIMIT_CPU", "RLIMIT_AS", "RLIMIT_FSIZE", "RLIMIT_NOFILE", "RLIMIT_CORE"):
+        which = getattr(resource, name)
+        soft, hard = resource.getrlimit(which)
+        for new in ((hard, hard), (hard + 1, hard + 1)):
+            try:
+                resource.setrlimit(which, new)
+                if resource.getrlimit(which) != (soft, hard):
+                    raised.append(f"{name} {(soft, hard)} -> {new}")
+            except (OSError, ValueError):
+                pass
+    return raised
+
+
 def kernel_escapes(worker: int) -> dict[str, int]:
     """Try the system calls a confined child must not get, without Python's audit hook in the way;
     return each one's errno (0: it worked). `worker` is the worker's process id as its caller sees it."""
@@ -395,6 +413,8 @@ def test_a_child_cannot_touch_other_processes_limits_or_namespaces(lone):
     r = lone.call("tests.test_sandbox_hostile:prlimit_others")
     assert r.ok, r.reason
     assert all(line.endswith(f"errno {1}") for line in r.extras["value"]), r.extras["value"]  # EPERM
+    r = lone.call("tests.test_sandbox_hostile:raise_own_limits")
+    assert r.ok and r.extras["value"] == [], r.reason or r.extras["value"]
     r = lone.call("tests.test_sandbox_hostile:kernel_escapes", worker.pid)
     assert r.ok, r.reason
     expected = {name: 1 for name in r.extras["value"]} | {"clone3": 38}  # EPERM; ENOSYS: libc falls back to clone

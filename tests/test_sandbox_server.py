@@ -59,10 +59,10 @@ def hostile_candidates(db_path: Path, server_pid: int) -> dict[str, str]:
         "read_worker_environ": "import os\nraise RuntimeError(open(f'/proc/{os.getppid()}/environ', 'rb').read())\n",
         "list_tmp": "import os\nraise RuntimeError(os.listdir('/tmp'))\n",
         "list_database_directory": f"import os\nraise RuntimeError(os.listdir({str(db_path.parent)!r}))\n",
-        # with the audit hook's tables emptied: a CPU limit of one second on the server would end it
-        "limit_the_server_cpu": "import img2cq.executor as E\nE._FORBIDDEN_EVENTS = ()\nimport os, resource\n"
-                                f"resource.prlimit({server_pid}, resource.RLIMIT_CPU, (1, 1))\n"
-                                f"resource.prlimit(os.getpgid({server_pid}), resource.RLIMIT_CPU, (1, 1))\n",
+        # with the audit hook's tables emptied: the server's own limits, low enough to stop it
+        "limit_the_server": "import img2cq.executor as E\nE._FORBIDDEN_EVENTS = ()\nimport resource\n"
+                            f"resource.prlimit({server_pid}, resource.RLIMIT_NOFILE, (3, 3))\n"
+                            f"resource.prlimit({server_pid}, resource.RLIMIT_CPU, (1, 1))\n",
     }
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from img2cq.framing import INK_THRESHOLD, frame_silhouette
+from img2cq.framing import INK_THRESHOLD, darkest_channel, frame_silhouette
 
 FRAME = 448                  # pictures are framed at the dataset's size, then reduced to RESOLUTION
 RESOLUTION = 112             # agreement resolution (compared in benchmarks/bench_rerank.py)
@@ -28,7 +28,7 @@ EDGE_THRESHOLD = 64          # darker than this: a drawn edge (edges are black, 
 
 def framed_grey(pixels: np.ndarray) -> np.ndarray:
     """(FRAME, FRAME) uint8: an RGB picture framed, each pixel its darkest channel."""
-    return np.asarray(frame_silhouette(Image.fromarray(pixels), size=FRAME)).min(axis=2)
+    return darkest_channel(np.asarray(frame_silhouette(Image.fromarray(pixels), size=FRAME)))
 
 
 def views_from_grey(framed: np.ndarray) -> np.ndarray:
@@ -61,22 +61,6 @@ def render_views(shape) -> dict:
     return {"views": pack_views(views_from_pixels(render_array(shape, size=FRAME)))}
 
 
-@dataclass
-class Reference:
-    """The input picture's masks at one resolution, with the distance transform of its edges."""
-
-    silhouette: np.ndarray
-    edges: np.ndarray
-    edge_distance: np.ndarray
-
-    @classmethod
-    def from_views(cls, views: np.ndarray, resolution: int = RESOLUTION) -> "Reference":
-        from scipy.ndimage import distance_transform_edt
-
-        silhouette, edges = reduce_views(views, resolution)
-        return cls(silhouette, edges, distance_transform_edt(~edges) / resolution)
-
-
 def reduce_views(views: np.ndarray, resolution: int) -> tuple[np.ndarray, np.ndarray]:
     """Silhouette (majority of each block) and edges (any pixel of each block) at ``resolution``."""
     if FRAME % resolution:
@@ -86,24 +70,97 @@ def reduce_views(views: np.ndarray, resolution: int) -> tuple[np.ndarray, np.nda
     return blocks[0].mean(axis=(1, 3)) > 0.5, blocks[1].any(axis=(1, 3))
 
 
-def agreement(reference: Reference, views: np.ndarray | None, edge_weight: float = EDGE_WEIGHT,
-              edge_scale: float = EDGE_SCALE) -> float:
-    """How well a candidate's framed render matches the reference, in [0, 1]; -inf for no render."""
-    from scipy.ndimage import distance_transform_edt
+@dataclass
+class Masks:
+    """One framed picture at ``RESOLUTION``: silhouette, edges and outline masks, the distance
+    transforms of edges and outline (fractions of the frame), a coarse grey picture, the log aspect
+    of the silhouette's box: what comparing two pictures needs, computed once per picture."""
 
+    silhouette: np.ndarray
+    edges: np.ndarray
+    edge_distance: np.ndarray
+    outline: np.ndarray
+    outline_distance: np.ndarray
+    grey: np.ndarray
+    aspect: float
+
+    @classmethod
+    def from_reduced(cls, silhouette: np.ndarray, edges: np.ndarray) -> "Masks":
+        from scipy.ndimage import binary_erosion, distance_transform_edt
+
+        n = silhouette.shape[0]
+        outline = silhouette & ~binary_erosion(silhouette)
+        shade = np.where(edges, 0.0, np.where(silhouette, 141.0, 255.0))
+        grey = shade.reshape(n // 4, 4, n // 4, 4).mean(axis=(1, 3)) / 255.0
+        rows, cols = np.flatnonzero(silhouette.any(axis=1)), np.flatnonzero(silhouette.any(axis=0))
+        aspect = math.log((rows[-1] - rows[0] + 1) / (cols[-1] - cols[0] + 1)) if len(rows) else 0.0
+        return cls(silhouette, edges, distance_transform_edt(~edges) / n, outline, distance_transform_edt(~outline) / n,
+                   grey, aspect)
+
+    @classmethod
+    def from_views(cls, views: np.ndarray, resolution: int = RESOLUTION) -> "Masks":
+        return cls.from_reduced(*reduce_views(views, resolution))
+
+
+FEATURES = ("silhouette_iou", "silhouette_iou_coarse", "edges_to_reference", "edges_to_candidate",
+            "outline_to_reference", "outline_to_candidate", "edge_similarity", "area_ratio", "edge_ratio",
+            "grey_distance", "aspect_difference")
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def _mean_distance(distance: np.ndarray, mask: np.ndarray) -> float:
+    return float(distance[mask].mean()) if mask.any() else 1.0
+
+
+def comparison(reference: Masks, candidate: Masks) -> np.ndarray:
+    """The ``FEATURES`` of a candidate's picture against the reference's."""
+    coarse = lambda m: m.reshape(m.shape[0] // 4, 4, m.shape[1] // 4, 4).mean(axis=(1, 3)) > 0.5
+    to_reference = _mean_distance(reference.edge_distance, candidate.edges)
+    to_candidate = _mean_distance(candidate.edge_distance, reference.edges)
+    log_ratio = lambda a, b: abs(math.log((a.sum() + 1) / (b.sum() + 1)))
+    return np.array([
+        _iou(reference.silhouette, candidate.silhouette), _iou(coarse(reference.silhouette), coarse(candidate.silhouette)),
+        to_reference, to_candidate,
+        _mean_distance(reference.outline_distance, candidate.outline),
+        _mean_distance(candidate.outline_distance, reference.outline),
+        math.exp(-(to_reference + to_candidate) / 2 / EDGE_SCALE),
+        log_ratio(reference.silhouette, candidate.silhouette), log_ratio(reference.edges, candidate.edges),
+        float(np.sqrt(((reference.grey - candidate.grey) ** 2).mean())), abs(reference.aspect - candidate.aspect)])
+
+
+def _load_weights() -> dict | None:
+    """The fitted combination of ``FEATURES`` (``scripts/fit_agreement.py``), if shipped."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parent / "assets" / "agreement.json"
+    if not path.is_file():
+        return None
+    weights = json.loads(path.read_text())
+    return weights if tuple(weights["features"]) == FEATURES else None
+
+
+WEIGHTS = _load_weights()
+
+
+def score_features(features: np.ndarray, weights: dict | None = WEIGHTS) -> float:
+    """Agreement from comparison features: the fitted linear estimate of 3D IoU where weights are
+    shipped, else the fixed mix of silhouette IoU and edge similarity."""
+    if weights is None:
+        return float((1 - EDGE_WEIGHT) * features[0] + EDGE_WEIGHT * features[6])
+    standard = (features - np.array(weights["mean"])) / np.array(weights["scale"])
+    return float(standard @ np.array(weights["coefficients"]) + weights["intercept"])
+
+
+def agreement(reference: Masks, views: np.ndarray | None) -> float:
+    """How well a candidate's framed render (``views``) matches the reference; -inf for no render."""
     if views is None:
         return -math.inf
-    resolution = reference.silhouette.shape[0]
-    silhouette, edges = reduce_views(views, resolution)
-    union = np.logical_or(silhouette, reference.silhouette).sum()
-    iou = np.logical_and(silhouette, reference.silhouette).sum() / union if union else 0.0
-    if edges.any() and reference.edges.any():
-        to_reference = reference.edge_distance[edges].mean()
-        to_candidate = (distance_transform_edt(~edges) / resolution)[reference.edges].mean()
-        edge_similarity = math.exp(-(to_reference + to_candidate) / 2 / edge_scale)
-    else:
-        edge_similarity = 0.0
-    return float((1 - edge_weight) * iou + edge_weight * edge_similarity)
+    return score_features(comparison(reference, Masks.from_views(views, reference.silhouette.shape[0])))
 
 
 def render_programs(programs: list[str], executor) -> list[np.ndarray | None]:

@@ -120,3 +120,41 @@ def shared_pool(workers: int = 2) -> BuildPool:
             _shared = BuildPool(workers)
             atexit.register(_shared.close)
         return _shared
+
+
+def _measured(sketches: list[codec.Sketch]):
+    """An ``ExecResult`` of a structure's solid with everything the IoU metric reads, as the
+    sandbox's measuring child makes one for a program."""
+    import cadquery as cq
+    import numpy as np
+
+    from img2cq.executor import ExecResult, mesh_arrays
+
+    shape = result_shape(build_shape(sketches))
+    if not shape.isValid() or shape.Volume() <= 0:
+        return ExecResult(ok=False, error_kind="invalid", message="not a valid solid")
+    vertices, faces = mesh_arrays(shape)
+    centre = cq.Shape.centerOfMass(shape)
+    return ExecResult(ok=True, volume=shape.Volume(), center=np.array([centre.x, centre.y, centre.z]),
+                      inertia=np.asarray(cq.Shape.matrixOfInertia(shape)), vertices=vertices, faces=faces)
+
+
+def structure_ious(job: tuple[list[codec.Sketch], list[list[codec.Sketch]]]) -> list[float | None]:
+    """Job: the project's 3D IoU (``img2cq.iou``) of each candidate structure against a reference
+    structure (None where one does not build or the metric fails). For structures of trusted
+    origin (sampler parts), e.g. to fit the re-ranker."""
+    from img2cq.iou import iou_from_results
+
+    reference, candidates = job
+    try:
+        measured = _measured(reference)
+    except Exception:  # noqa: BLE001 - OCC raises many kinds for a structure that does not build
+        return [None] * len(candidates)
+    out = []
+    for candidate in candidates:
+        try:
+            other = _measured(candidate)
+            out.append(iou_from_results(measured, other) if measured.ok and other.ok else None)
+        except Exception:  # noqa: BLE001 - one failed pair is that pair's None
+            out.append(None)
+    return out

@@ -14,18 +14,16 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 
 TOLERANCE_PX = 2.0  # allowed error of a tight side and of the centre, in pixels at any image size
 
 
 def _ink_box(image) -> tuple[float, float, float, float] | None:
-    """(x_min, x_max, y_min, y_max) of the non-white pixels, or None for a blank image."""
-    ink = (np.asarray(image.convert("RGB")) < 250).any(axis=2)
-    ys, xs = np.nonzero(ink)
-    if not len(xs):
-        return None
-    return float(xs.min()), float(xs.max()), float(ys.min()), float(ys.max())
+    """(x_min, x_max, y_min, y_max) of the non-white pixels (inclusive), or None for a blank image."""
+    from img2cq.framing import silhouette_box
+
+    box = silhouette_box(image)
+    return None if box is None else (float(box[0]), float(box[2] - 1), float(box[1]), float(box[3] - 1))
 
 
 def measure(extents: dict, image) -> dict | None:

@@ -25,9 +25,15 @@ def on_white(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def darkest_channel(pixels: np.ndarray) -> np.ndarray:
+    """(H, W) darkest channel of an (H, W, 3) array (channel by channel: numpy's reductions over a
+    length-3 last axis are ~20x slower)."""
+    return np.minimum(np.minimum(pixels[..., 0], pixels[..., 1]), pixels[..., 2])
+
+
 def silhouette_box(image: Image.Image) -> tuple[int, int, int, int] | None:
     """(left, top, right, bottom) of the non-white pixels (right/bottom exclusive), or None if blank."""
-    ink = (np.asarray(on_white(image)) < INK_THRESHOLD).any(axis=2)
+    ink = darkest_channel(np.asarray(on_white(image))) < INK_THRESHOLD
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
     if not len(rows):
         return None

@@ -116,8 +116,8 @@ def draw_parts_here(jobs: list[tuple[int, int]]) -> list[dict | None]:
 
 def build_chunks(work: str | Path, parts: int, seed: int = DEFAULT_SEED, workers: int = 2,
                  progress: bool = True, chunk: int = CHUNK, cluster: str | None = None) -> int:
-    """Draw chunks until the work folder holds at least ``parts`` accepted parts; resumable.
-    Returns the number of accepted parts (duplicates included; ``pack_library`` drops them).
+    """Draw chunks until the work folder holds at least ``parts`` distinct parts (by geometry
+    signature; ``pack_library`` drops the duplicates); resumable. Returns the number of distinct parts.
     ``cluster``: a Dask scheduler address ("local": a cluster of ``workers`` processes here, "auto":
     $DASK_SCHEDULER_ADDRESS); each chunk is split over its workers."""
     from contextlib import ExitStack
@@ -134,7 +134,8 @@ def build_chunks(work: str | Path, parts: int, seed: int = DEFAULT_SEED, workers
                          f"resume it with the same seed and chunk, or use another work folder")
     settings_path.write_text(json.dumps(settings))
     done = read_chunks(work, seed)
-    accepted = sum(len(c["index"]) for c in done)
+    seen = {str(signature) for c in done for signature in c["signature"]}
+    accepted = len(seen)
     bar = tqdm(total=parts, initial=min(accepted, parts), desc=f"drawing library parts (seed {seed})", unit="part",
                disable=not progress, smoothing=0.05)
     number = len(done)
@@ -155,9 +156,10 @@ def build_chunks(work: str | Path, parts: int, seed: int = DEFAULT_SEED, workers
             records = [by_index.get(index, {"index": index, "reject": "worker"}) for _, index in jobs]
             write_chunk(chunk_path(work, seed, number), records)
             kept = sum(r["reject"] is None for r in records)
-            accepted += kept
-            bar.update(kept)
-            log.info("chunk %d: %d of %d draws accepted, %d parts in all", number, kept, chunk, accepted)
+            seen.update(r["signature"] for r in records if r["reject"] is None)
+            bar.update(len(seen) - accepted)
+            accepted = len(seen)
+            log.info("chunk %d: %d of %d draws accepted, %d distinct parts in all", number, kept, chunk, accepted)
             number += 1
     bar.close()
     return accepted
@@ -234,8 +236,11 @@ class PartLibrary:
 
     def nearest(self, image, k: int) -> list[int]:
         """Indices of the k parts nearest to ``image`` in feature space, nearest first."""
-        query = self.project(picture_features(image))
-        distance = self._norms - 2 * self.features @ query
+        return self.nearest_features(picture_features(image), k)
+
+    def nearest_features(self, features: np.ndarray, k: int) -> list[int]:
+        """Indices of the k parts nearest to a picture's ``picture_features``, nearest first."""
+        distance = self._norms - 2 * self.features @ self.project(features)
         k = min(k, len(self))
         top = np.argpartition(distance, k - 1)[:k] if k < len(self) else np.arange(len(self))
         return [int(i) for i in top[np.argsort(distance[top])]]

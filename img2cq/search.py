@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from img2cq import codec
-from img2cq.agreement import Reference, agreement, render_programs, views_from_image
+from img2cq.agreement import Masks, agreement, render_programs, views_from_image
 
 PRELOAD = ("img2cq.render", "img2cq.agreement")  # modules the executor's workers import before forking
 NUM_BEAMS = 4
@@ -100,7 +100,7 @@ def _is_float(node) -> bool:
     return isinstance(node, ast.Constant) and type(node.value) is float
 
 
-def refine_text(program: str, reference: Reference, executor, seconds: float, start_score: float | None = None,
+def refine_text(program: str, reference: Masks, executor, seconds: float, start_score: float | None = None,
            seed: int = 0) -> tuple[str, float, int]:
     """Tune the program text's numbers by CMA-ES to maximise agreement for about ``seconds``.
 
@@ -209,7 +209,7 @@ def pick_and_refine(image: Image.Image, proposals: list[Candidate], refine_secon
     from img2cq.structured import refine, score_structures
 
     started = time.perf_counter()
-    reference = Reference.from_views(views_from_image(image))
+    reference = Masks.from_views(views_from_image(image))
     structured = [c for c in proposals if c.sketches is not None]
     for candidate, score in zip(structured, score_structures([c.sketches for c in structured], reference, pool)):
         candidate.agreement = score

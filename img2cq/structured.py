@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from img2cq import codec
-from img2cq.agreement import Reference, agreement, unpack_views
+from img2cq.agreement import Masks, agreement, unpack_views
 
 STEP_SIGMA = 0.15            # continuous edits multiply by exp(N(0, STEP_SIGMA)) (~15 %)
 DISCRETE_SHARE = 0.3         # share of edits that change the structure (loops, sketches, operations)
@@ -131,7 +131,7 @@ def mutate(sketches: list[codec.Sketch], rng: np.random.Generator) -> list[codec
     return _with_loops(sketches, i, loops)
 
 
-def score_structures(structures: list[list[codec.Sketch]], reference: Reference, pool) -> list[float]:
+def score_structures(structures: list[list[codec.Sketch]], reference: Masks, pool) -> list[float]:
     """Agreement of each structure's render with the reference (-inf where it does not build)."""
     from img2cq.build import structure_views
 
@@ -139,7 +139,7 @@ def score_structures(structures: list[list[codec.Sketch]], reference: Reference,
             for v in pool.map(structure_views, structures)]
 
 
-def refine(sketches: list[codec.Sketch], reference: Reference, pool, seconds: float, start_score: float,
+def refine(sketches: list[codec.Sketch], reference: Masks, pool, seconds: float, start_score: float,
            seed: int = 0, population: int | None = None) -> tuple[list[codec.Sketch], float, int]:
     """Edit the structure for about ``seconds`` to maximise agreement.
     Returns (best structure, its agreement, structures evaluated)."""

@@ -39,7 +39,7 @@ def rendered_image(code, executor) -> Image.Image:
 
 
 def test_agreement_prefers_the_right_program(executor):
-    reference = agreement.Reference.from_views(agreement.views_from_image(rendered_image(PLATE_BOSS, executor)))
+    reference = agreement.Masks.from_views(agreement.views_from_image(rendered_image(PLATE_BOSS, executor)))
     right, wrong = agreement.render_programs([PLATE_BOSS, CONSTANT_PROGRAM], executor)
     assert agreement.agreement(reference, right) > 0.95
     assert agreement.agreement(reference, right) > agreement.agreement(reference, wrong) + 0.1
@@ -75,7 +75,7 @@ def test_numeric_parameters_round_trip_and_keep_plane_directions():
 
 
 def test_refinement_improves_a_perturbed_program(executor):
-    reference = agreement.Reference.from_views(agreement.views_from_image(rendered_image(L_SHAPE, executor)))
+    reference = agreement.Masks.from_views(agreement.views_from_image(rendered_image(L_SHAPE, executor)))
     params = search.numeric_parameters(L_SHAPE)
     perturbed = params.program(params.values * np.array([1, 1, 1, 1.6, 0.7, 1.4]))
     start = agreement.agreement(reference, agreement.render_programs([perturbed], executor)[0])

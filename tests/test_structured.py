@@ -28,7 +28,7 @@ def test_refinement_recovers_a_stretched_part(build_pool):
     target = codec.parse(sample_program(draw_rng(5, "train", 3)))
     first = target[0]
     stretched = [dataclasses.replace(first, scale=int(first.scale * 1.3), distance=int(first.distance * 0.6)), *target[1:]]
-    reference = agreement.Reference.from_views(agreement.unpack_views(build_pool.map(structure_views, [target])[0]))
+    reference = agreement.Masks.from_views(agreement.unpack_views(build_pool.map(structure_views, [target])[0]))
     start = structured.score_structures([stretched], reference, build_pool)[0]
     refined, score, evaluated = structured.refine(stretched, reference, build_pool, seconds=6.0, start_score=start)
     assert evaluated >= 16 and score > start + 0.03

@@ -154,8 +154,11 @@ class ModelService:
         if self._library is None:
             from img2cq.library import PartLibrary
 
-            self._library = (PartLibrary.from_split(self.search_train_json, progress=False) if self.search_train_json
-                             else PartLibrary.load())
+            try:
+                self._library = (PartLibrary.from_split(self.search_train_json, progress=False)
+                                 if self.search_train_json else PartLibrary.load())
+            except (FileNotFoundError, ValueError) as e:
+                raise ModelUnavailable(f"test-time search has no part library: {e}") from None
         return self._library
 
     def _run_batch(self, items: list[tuple[Image.Image, GenerateOptions]]) -> list[str]:

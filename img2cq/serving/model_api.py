@@ -10,20 +10,25 @@ from its header and refused before it is decoded. Programs never run in the serv
 """
 
 import asyncio
+import base64
 import gc
+import hashlib
 import io
+import math
+import re
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, HTTPException, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from PIL import Image
 from pydantic import BaseModel, Field
 
+from img2cq.cadfiles import FORMATS, CadFileError, cad_files
 from img2cq.scoring import execute, score_pair
 from img2cq.serving.batching import Batcher
 
@@ -47,6 +52,19 @@ class Generated(BaseModel):
     program: str
     valid: bool
     error: str | None
+    source: str | None = Field(None, description="with test-time search: which proposal was kept (greedy, "
+                               "beam4, sample, library:<part>, + \"+refined\"); null without search")
+    agreement: float | None = Field(None, description="with test-time search: how well the kept program's "
+                                    "render agrees with the picture; null without search")
+    files: dict[str, str] | None = Field(None, description="with ?embed=: the kept program's files (png, step, "
+                                         "stl, glb), base64; null when not asked for or the program builds no solid")
+
+
+class SearchedProgram(str):
+    """A program kept by test-time search, with the proposal it came from and its agreement."""
+
+    source: str | None = None
+    agreement: float | None = None
 
 
 @dataclass(frozen=True)
@@ -79,8 +97,15 @@ def generate_programs(model, images: list, options: GenerateOptions, executor=No
         return model.generate(images, max_new_tokens=options.max_new_tokens)
     from img2cq.search import search
 
-    return [search(model, image, options.candidates, options.refine_seconds, executor=executor, library=library,
-                   max_new_tokens=options.max_new_tokens).program for image in images]
+    return [_searched(search(model, image, options.candidates, options.refine_seconds, executor=executor,
+                             library=library, max_new_tokens=options.max_new_tokens)) for image in images]
+
+
+def _searched(result) -> SearchedProgram:
+    program = SearchedProgram(result.program)
+    program.source = result.source
+    program.agreement = float(result.agreement) if math.isfinite(result.agreement) else None
+    return program
 
 
 class ModelUnavailable(Exception):
@@ -212,9 +237,32 @@ def _time_left(deadline: float) -> float:
 router = APIRouter(tags=["model"])
 
 
+ANSWER_FORMATS = ("json", "py", *FORMATS)
+
+
+def download_name(upload_name: str | None, program: str, extension: str) -> str:
+    """The file name of an answer: the picture's name with the format's extension (safe characters
+    only), else ``part-<hash of the program>``."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", (upload_name or "").rsplit("/", 1)[-1].rsplit(".", 1)[0]).strip("._")
+    return f"{stem[:80] or 'part-' + hashlib.sha256(program.encode()).hexdigest()[:8]}.{extension}"
+
+
+def embedded_formats(embed: str | None) -> list[str]:
+    """The formats of ``?embed=png,stl``, checked (422 for an unknown one)."""
+    names = [name.strip() for name in (embed or "").split(",") if name.strip()]
+    unknown = [name for name in names if name not in FORMATS]
+    if unknown:
+        raise HTTPException(422, f"embed: unknown format(s) {', '.join(unknown)}; known: {', '.join(FORMATS)}")
+    return list(dict.fromkeys(names))
+
+
 @router.post("/generate", response_model=Generated,
-             responses={400: {"description": "not a readable image, or too many pixels"},
+             responses={200: {"description": "the program and its check (format=json), or the file of the kept "
+                              "program (py) or of its solid (step, stl, glb, png)",
+                              "content": {"text/x-python": {}, **{media: {} for media, _ in FORMATS.values()}}},
+                        400: {"description": "not a readable image, or too many pixels"},
                         413: {"description": "image too large"},
+                        422: {"description": "bad parameters, or a CAD format asked for a program that builds no solid"},
                         503: {"description": "no model configured, or its queue is full (Retry-After)"},
                         504: {"description": "not answered within the request timeout"}})
 async def generate(request: Request, image: UploadFile,
@@ -225,11 +273,19 @@ async def generate(request: Request, image: UploadFile,
                                                     "the picture (1: plain greedy decoding)")] = 1,
                    refine: Annotated[float, Query(ge=0, le=120, description="test-time search: seconds spent "
                                                   "tuning the kept program's numbers (0: none)")] = 0.0,
-                   ) -> Generated:
-    """Write a CadQuery program for an uploaded picture, and check that it builds a solid."""
+                   format: Annotated[Literal[ANSWER_FORMATS], Query(  # type: ignore[valid-type]
+                       description="json: the program and its check; py: the program as a file; step, stl, glb: "
+                                   "the kept program's solid as a CAD file; png: a render of it")] = "json",
+                   embed: Annotated[str | None, Query(max_length=64, description="with format=json: files of the "
+                                                      "solid to include, base64, comma-separated: png,step,stl,glb")
+                                    ] = None,
+                   ) -> Generated | Response:
+    """Write a CadQuery program for an uploaded picture, and check that it builds a solid; answer
+    the program (JSON or a .py file) or a file of its solid, made in the sandbox."""
     state = request.app.state
     if state.model_dir is None:
         raise HTTPException(503, "no model configured: start the server with IMG2CQ_MODEL=/path/to/model_dir")
+    embedded = embedded_formats(embed)
     settings = state.settings
     deadline = asyncio.get_running_loop().time() + settings.request_timeout
     data = await image.read(settings.max_image_bytes + 1)
@@ -242,7 +298,25 @@ async def generate(request: Request, image: UploadFile,
             (picture, options), timeout=_time_left(deadline), disconnected=disconnected)
         result = await state.model_service.checker.submit(program, timeout=_time_left(deadline),
                                                           disconnected=disconnected)
-    return Generated(program=program, valid=result.ok, error=result.reason or None)
+        wanted = [format] if format in FORMATS else embedded if format == "json" and result.ok else []
+        files = None
+        if wanted:
+            if not result.ok:
+                raise HTTPException(422, f"the program builds no solid, so there is no {format} file: {result.reason}")
+            try:
+                made = await state.sandbox.call(cad_files, str(program), wanted, state.executor,
+                                                timeout=_time_left(deadline), disconnected=disconnected)
+            except CadFileError as e:
+                raise HTTPException(422, f"no {'/'.join(wanted)} file of the program's solid: {e.reason}") from None
+            files = made.files
+    if format != "json":
+        media, extension = FORMATS.get(format, ("text/x-python; charset=utf-8", "py"))
+        name = download_name(image.filename, program, extension)
+        return Response(files[format] if format in FORMATS else str(program), media_type=media,
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    return Generated(program=program, valid=result.ok, error=result.reason or None,
+                     source=getattr(program, "source", None), agreement=getattr(program, "agreement", None),
+                     files={k: base64.b64encode(v).decode() for k, v in files.items()} if files else None)
 
 
 @router.post("/score", response_model=ScoreResult,

@@ -1,0 +1,271 @@
+"""The `img2cq` command: pictures to CadQuery programs and CAD files, the web server, scoring.
+
+    img2cq generate bracket.png                    # bracket.py beside the picture
+    img2cq generate bracket.png -o bracket.step    # the solid as STEP (format from the extension)
+    img2cq generate shots/*.png -o out/ --format stl --candidates 8 --refine 8
+    img2cq serve --port 8000                       # the web page at http://127.0.0.1:8000/
+    img2cq score reference.py prediction.py        # {"iou": ..., "reference_valid": ..., ...}
+
+Messages go to stderr, results to files (or stdout). Exit status: 0 done, 1 a program did not
+build a solid, 2 bad input (a missing or unreadable picture, a bad flag). Programs run only in
+the sandbox (img2cq.executor). Heavy modules (torch, CadQuery) are imported after the arguments
+are read, so ``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = REPO / "models" / "img2cq-cpu"
+FORMATS = ("py", "step", "stl")
+MAX_PICTURE_BYTES = 20 * 2**20       # the server's defaults (img2cq.serving.settings)
+MAX_PICTURE_PIXELS = 4096 * 4096
+MAX_PICTURE_SIDE = 8192
+
+
+class BadInput(Exception):
+    """Exit 2 with this message."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not usage + message
+        raise BadInput(f"{message} (see `{self.prog} --help`)")
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="img2cq", description="Pictures of mechanical parts to CadQuery programs and CAD files.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    commands.required = True
+
+    gen = commands.add_parser("generate", help="write the CadQuery program (or CAD file) of each picture",
+                              description="Write the CadQuery program of each picture (PNG or JPEG) with the shipped "
+                                          "model, or its solid as a CAD file built in the sandbox.")
+    gen.add_argument("pictures", nargs="+", metavar="PICTURE", help="PNG or JPEG pictures of parts")
+    gen.add_argument("-o", "--output", metavar="OUT",
+                     help="one picture: the file to write ('-' for stdout, py only); several: a folder. "
+                          "Default: beside each picture, with the format's extension")
+    gen.add_argument("--format", choices=FORMATS,
+                     help="py (the program), step or stl (its solid). Default: from OUT's extension, else py")
+    gen.add_argument("--candidates", type=int, default=1, metavar="N",
+                     help="test-time search: keep the best of N proposals, by how well their renders agree with "
+                          "the picture (1: plain greedy decoding; default 1)")
+    gen.add_argument("--refine", type=float, default=0.0, metavar="S",
+                     help="test-time search: seconds spent tuning the kept program's numbers (default 0)")
+    gen.add_argument("--model", metavar="DIR", default=str(DEFAULT_MODEL), help="model directory (default: the "
+                                                                                "shipped models/img2cq-cpu)")
+
+    serve = commands.add_parser("serve", help="run the web page and the API (uvicorn server:app)",
+                                description="Run the web page (/) and the API (/docs) with uvicorn.")
+    serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000, help="default 8000")
+    serve.add_argument("--model", metavar="DIR", help="model directory (default: $IMG2CQ_MODEL, else the shipped "
+                                                      "models/img2cq-cpu)")
+
+    score = commands.add_parser("score", help="IoU of a predicted program's solid against a reference's",
+                                description="Run both programs in the sandbox; print one JSON line with the IoU "
+                                            "and whether each builds a solid.")
+    score.add_argument("reference", metavar="REF.py")
+    score.add_argument("prediction", metavar="PRED.py")
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------
+# generate
+
+def read_picture(path: Path):
+    """The picture in RGB; BadInput for a missing, unreadable, corrupt or huge one."""
+    from PIL import Image
+
+    if not path.exists():
+        raise BadInput(f"no such picture: {path}")
+    if not path.is_file():
+        raise BadInput(f"not a file: {path}")
+    if path.stat().st_size > MAX_PICTURE_BYTES:
+        raise BadInput(f"picture {path} is larger than {MAX_PICTURE_BYTES >> 20} MiB")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_PICTURE_PIXELS or max(width, height) > MAX_PICTURE_SIDE:
+                raise BadInput(f"picture {path} of {width} x {height} pixels is too large: at most "
+                               f"{MAX_PICTURE_PIXELS} pixels and {MAX_PICTURE_SIDE} per side")
+            return image.convert("RGB")
+    except Image.DecompressionBombError:
+        raise BadInput(f"picture {path} is too large") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise BadInput(f"not a readable picture: {path} ({e})") from None
+
+
+def output_plan(pictures: list[Path], output: str | None, fmt: str | None) -> tuple[str, list[Path | None]]:
+    """The format and each picture's output path (None: stdout); BadInput where they clash."""
+    if output is not None and len(pictures) == 1 and output != "-" and not Path(output).is_dir():
+        suffix = Path(output).suffix.lower().lstrip(".")
+        suffix = {"stp": "step"}.get(suffix, suffix)
+        if fmt is None and suffix in FORMATS:
+            fmt = suffix
+        elif fmt is not None and suffix in FORMATS and suffix != fmt:
+            raise BadInput(f"-o {output} ends in .{suffix} but --format is {fmt}")
+    fmt = fmt or "py"
+    if output == "-":
+        if len(pictures) > 1 or fmt != "py":
+            raise BadInput("-o - (stdout) takes one picture and the py format")
+        return fmt, [None]
+    if output is not None and len(pictures) == 1 and not Path(output).is_dir():
+        outs = [Path(output)]
+    else:
+        folder = Path(output) if output is not None else None
+        if folder is not None and folder.exists() and not folder.is_dir():
+            raise BadInput(f"-o {output}: with several pictures OUT must be a folder")
+        outs = [(folder or p.parent) / f"{p.stem}.{fmt}" for p in pictures]
+        seen: dict[Path, Path] = {}
+        for picture, out in zip(pictures, outs):
+            if out.resolve() in seen:
+                raise BadInput(f"{picture} and {seen[out.resolve()]} would both be written to {out}")
+            seen[out.resolve()] = picture
+    inputs = {p.resolve() for p in pictures}
+    for out in outs:
+        if out.resolve() in inputs or (out.exists() and any(out.samefile(p) for p in pictures)):
+            raise BadInput(f"refusing to overwrite the input file {out}")
+    return fmt, outs
+
+
+def generate(args) -> int:
+    if args.candidates < 1:
+        raise BadInput("--candidates must be at least 1")
+    if not 0 <= args.refine <= 3600:
+        raise BadInput("--refine must be between 0 and 3600 seconds")
+    pictures = [Path(p) for p in args.pictures]
+    fmt, outs = output_plan(pictures, args.output, args.format)
+    images = [read_picture(p) for p in pictures]
+    model_dir = Path(args.model)
+    if not (model_dir / "config.json").is_file():
+        raise BadInput(f"no model in {model_dir} (expected its config.json)")
+    searching = args.candidates > 1 or args.refine > 0
+    library = None
+    if searching:
+        from img2cq.library import LIBRARY_DIR
+
+        if not (LIBRARY_DIR / "card.json").is_file():
+            raise BadInput(f"test-time search needs the part library {LIBRARY_DIR}, which is missing "
+                           "(build it with scripts/build_library.py, or leave out --candidates and --refine)")
+
+    say(f"loading the model from {model_dir} ...")
+    from img2cq.cadfiles import PRELOAD, CadFileError, cad_files
+    from img2cq.executor import Executor
+    from img2cq.modeling import ModelError, load_pretrained
+
+    try:
+        model = load_pretrained(model_dir)
+    except (ModelError, OSError, ValueError) as e:
+        raise BadInput(f"the model in {model_dir} could not be loaded: {e}") from None
+    preload = PRELOAD
+    if searching:
+        from img2cq.library import PartLibrary
+        from img2cq.search import PRELOAD as SEARCH_PRELOAD, search
+
+        library = PartLibrary.load()
+        preload = tuple(dict.fromkeys(PRELOAD + SEARCH_PRELOAD))
+    failed = 0
+    with Executor(workers=1, preload=preload) as executor:
+        if searching:
+            programs = []
+            for i, (picture, image) in enumerate(zip(pictures, images), 1):
+                say(f"[{i}/{len(pictures)}] {picture}: searching ({args.candidates} candidates, "
+                    f"{args.refine:g} s refinement) ...")
+                result = search(model, image, args.candidates, args.refine, executor=executor, library=library)
+                say(f"[{i}/{len(pictures)}] kept {result.source} (agreement {result.agreement:.3f})")
+                programs.append(result.program)
+        else:
+            say(f"writing {len(images)} program{'s' * (len(images) > 1)} ...")
+            programs = model.generate(images)
+        for i, (picture, program, out) in enumerate(zip(pictures, programs, outs), 1):
+            where = "stdout" if out is None else str(out)
+            if fmt == "py":
+                check = executor.run(program, mesh=False)
+                if out is None:
+                    sys.stdout.write(program if program.endswith("\n") else program + "\n")
+                    sys.stdout.flush()
+                else:
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    out.write_text(program)
+                if check.ok:
+                    say(f"[{i}/{len(pictures)}] {picture} -> {where} (builds a solid, volume {check.volume:.6g})")
+                else:
+                    failed += 1
+                    say(f"error: {picture}: the program written to {where} builds no solid: {check.reason}")
+                continue
+            try:
+                made = cad_files(program, [fmt], executor)
+            except CadFileError as e:
+                failed += 1
+                say(f"error: {picture}: the program builds no solid, so no {fmt} file was written: {e.reason}")
+                continue
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(made.files[fmt])
+            say(f"[{i}/{len(pictures)}] {picture} -> {where} (volume {made.volume:.6g})")
+    return 1 if failed else 0
+
+
+# ----------------------------------------------------------------------------------------------
+# serve and score
+
+def serve(args) -> int:
+    if not 0 < args.port < 65536:
+        raise BadInput("--port must be 1-65535")
+    model = args.model or os.environ.get("IMG2CQ_MODEL") or str(DEFAULT_MODEL)
+    if not (Path(model) / "config.json").is_file():
+        raise BadInput(f"no model in {model} (expected its config.json)")
+    os.environ["IMG2CQ_MODEL"] = model
+    if not (REPO / "server.py").is_file():
+        raise BadInput(f"server.py is not in {REPO}: run `img2cq serve` from a checkout of img2cq")
+    import uvicorn
+
+    say(f"serving the web page at http://{args.host}:{args.port}/ (model {model}; Ctrl-C stops)")
+    uvicorn.run("server:app", host=args.host, port=args.port, app_dir=str(REPO))
+    return 0
+
+
+def score(args) -> int:
+    texts = []
+    for name in (args.reference, args.prediction):
+        path = Path(name)
+        if not path.is_file():
+            raise BadInput(f"no such program file: {path}")
+        try:
+            texts.append(path.read_text())
+        except (OSError, UnicodeDecodeError) as e:
+            raise BadInput(f"cannot read {path}: {e}") from None
+    from img2cq.executor import Executor
+    from img2cq.scoring import score_pair
+
+    with Executor(workers=2) as executor:
+        result = score_pair(texts[0], texts[1], executor=executor)
+    print(json.dumps(result), flush=True)
+    return 0 if result["reference_valid"] and result["candidate_valid"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return {"generate": generate, "serve": serve, "score": score}[args.command](args)
+    except BadInput as e:
+        say(f"error: {e}")
+        return 2
+    except KeyboardInterrupt:
+        say("error: interrupted")
+        return 130
+    except Exception as e:  # noqa: BLE001 - e.g. a machine that cannot sandbox: one line, not a traceback
+        say(f"error: {type(e).__name__}: {e}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

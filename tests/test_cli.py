@@ -1,0 +1,98 @@
+"""The `img2cq` command, run as people run it (a subprocess): help, refusals, CAD files, scoring."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PICTURE = REPO / "tests" / "fixtures" / "render" / "plate_boss.png"  # rendered from plate_boss.py
+SCRIPT = Path(sys.executable).with_name("img2cq")
+
+
+def img2cq(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
+    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "img2cq.cli"]
+    env = {**os.environ, "VTK_DEFAULT_OPENGL_WINDOW": os.environ.get("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")}
+    return subprocess.run(command + [str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["generate", "--help"], ["serve", "--help"], ["score", "--help"]])
+def test_help_answers_at_once(args):
+    started = time.perf_counter()
+    out = img2cq(*args)
+    assert out.returncode == 0 and "usage: img2cq" in out.stdout
+    assert time.perf_counter() - started < 3.0  # no torch, no CadQuery before the arguments are read
+
+
+def one_error_line(out: subprocess.CompletedProcess) -> str:
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    assert "Traceback" not in out.stderr
+    return lines[0]
+
+
+def test_bad_input_is_exit_2_with_one_line(tmp_path):
+    out = img2cq("generate", tmp_path / "missing.png")
+    assert out.returncode == 2 and "missing.png" in one_error_line(out)
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(PICTURE.read_bytes()[:200])
+    out = img2cq("generate", corrupt)
+    assert out.returncode == 2 and "corrupt.png" in one_error_line(out)
+    out = img2cq("generate", "--frobnicate", PICTURE)
+    assert out.returncode == 2 and "frobnicate" in one_error_line(out)
+    out = img2cq("generate", PICTURE, "--format", "dwg")
+    assert out.returncode == 2 and "dwg" in one_error_line(out)
+    picture = tmp_path / "part.png"
+    shutil.copy(PICTURE, picture)
+    out = img2cq("generate", picture, "-o", picture)  # never overwrite what the user handed in
+    assert out.returncode == 2 and "overwrite" in one_error_line(out)
+    assert picture.read_bytes() == PICTURE.read_bytes()
+    out = img2cq("generate", picture, "-o", tmp_path / "part.step", "--format", "stl")
+    assert out.returncode == 2 and "step" in one_error_line(out)
+    out = img2cq("score", tmp_path / "nope.py", tmp_path / "nope.py")
+    assert out.returncode == 2 and "nope.py" in one_error_line(out)
+
+
+@pytest.mark.integration
+def test_generate_writes_a_step_file_with_the_volume_of_the_programs_solid(tmp_path):
+    """Greedy generation (no search): the STEP of the kept program's solid, read back by CadQuery,
+    has the volume of that program's solid as the sandbox builds it."""
+    import cadquery as cq
+
+    from img2cq.executor import Executor
+
+    picture = tmp_path / "picture.png"
+    shutil.copy(PICTURE, picture)
+    out = img2cq("generate", "picture.png", "-o", "part.step", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == ""
+    out = img2cq("generate", "picture.png", cwd=tmp_path)  # default: the program, beside the picture
+    assert out.returncode == 0, out.stderr
+    program = (tmp_path / "picture.py").read_text()
+    assert "cadquery" in program
+    with Executor(workers=1) as executor:
+        solid = executor.run(program)
+    assert solid.ok, solid.reason
+    step = cq.importers.importStep(str(tmp_path / "part.step"))
+    volume = sum(s.Volume() for s in step.solids().vals())
+    assert abs(volume - solid.volume) / solid.volume < 1e-6
+    assert picture.read_bytes() == PICTURE.read_bytes()
+
+
+@pytest.mark.integration
+def test_score_prints_one_json_line(tmp_path, reference_programs):
+    (tmp_path / "ref.py").write_text(reference_programs["gencad_box"])
+    (tmp_path / "pred.py").write_text(reference_programs["gencad_box"])
+    (tmp_path / "broken.py").write_text(reference_programs["runtime_error"])
+    out = img2cq("score", tmp_path / "ref.py", tmp_path / "pred.py")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["reference_valid"] and result["candidate_valid"] and result["iou"] > 0.999
+    out = img2cq("score", tmp_path / "ref.py", tmp_path / "broken.py")
+    assert out.returncode == 1 and json.loads(out.stdout)["iou"] == 0.0

@@ -132,28 +132,10 @@ def comparison(reference: Masks, candidate: Masks) -> np.ndarray:
         float(np.sqrt(((reference.grey - candidate.grey) ** 2).mean())), abs(reference.aspect - candidate.aspect)])
 
 
-def _load_weights() -> dict | None:
-    """The fitted combination of ``FEATURES`` (``scripts/fit_agreement.py``), if shipped."""
-    import json
-    from pathlib import Path
-
-    path = Path(__file__).parent / "assets" / "agreement.json"
-    if not path.is_file():
-        return None
-    weights = json.loads(path.read_text())
-    return weights if tuple(weights["features"]) == FEATURES else None
-
-
-WEIGHTS = _load_weights()
-
-
-def score_features(features: np.ndarray, weights: dict | None = WEIGHTS) -> float:
-    """Agreement from comparison features: the fitted linear estimate of 3D IoU where weights are
-    shipped, else the fixed mix of silhouette IoU and edge similarity."""
-    if weights is None:
-        return float((1 - EDGE_WEIGHT) * features[0] + EDGE_WEIGHT * features[6])
-    standard = (features - np.array(weights["mean"])) / np.array(weights["scale"])
-    return float(standard @ np.array(weights["coefficients"]) + weights["intercept"])
+def score_features(features: np.ndarray) -> float:
+    """Agreement from comparison features: silhouette IoU and edge similarity, mixed by EDGE_WEIGHT
+    (fitted combinations of all ``FEATURES`` did no better: ``benchmarks/bench_agreement.py``)."""
+    return float((1 - EDGE_WEIGHT) * features[0] + EDGE_WEIGHT * features[6])
 
 
 def agreement(reference: Masks, views: np.ndarray | None) -> float:

@@ -1,30 +1,26 @@
-"""Fit the agreement: a linear estimate of 3D IoU from how two pictures compare.
+"""How well agreement ranks a shortlist: each comparison feature, the shipped mix, and fitted mixes.
 
-    python scripts/fit_agreement.py --library models/part-library --queries 160 --shortlist 24
+    python benchmarks/bench_agreement.py --queries 120 --shortlist 16
 
 Query parts are sampler draws of a seed of their own (never library parts, never evaluation
 parts). Each query's picture retrieves its ``--shortlist`` nearest library parts; every candidate
 is rendered and compared with the query's picture (``agreement.comparison``), and its true 3D IoU
-with the query part is measured by the project's metric (``build.structure_ious``; sampler
-structures only, built by CadQuery calls in the build workers). A ridge regression from the
-standardised comparison features to the IoU is fitted on 3/4 of the queries and reported on the
-rest (mean Spearman correlation per query, IoU of the candidate each score keeps), then refitted on
-all and written to ``img2cq/assets/agreement.json`` with how it was made. Pairs are cached in
+with the query part is measured by the project's metric (``build.structure_ious``: sampler
+structures, built by CadQuery calls in the build workers). Printed: the mean Spearman correlation
+with 3D IoU among one query's candidates, and the IoU of the candidate kept, for each feature
+alone, the shipped mix (``agreement.score_features``), and, cross-validated over 4 folds of
+queries, a ridge regression to IoU and a pairwise (RankNet-style) logistic fit. Pairs are cached in
 ``--work``, so a stopped run resumes.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -35,7 +31,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ridge", type=float, default=1.0)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--work", type=Path, default=Path("runs/fit-agreement"))
-    p.add_argument("--out", type=Path, default=ROOT / "img2cq" / "assets" / "agreement.json")
     args = p.parse_args(argv)
     if args.queries < 8 or args.shortlist < 2:
         p.error("need --queries >= 8 and --shortlist >= 2")
@@ -83,28 +78,49 @@ def query_pairs(args, library) -> list[dict]:
     return out
 
 
-def fit(records: list[dict], ridge: float) -> dict:
+def standardise(records: list[dict]):
     import numpy as np
 
     x = np.concatenate([r["features"] for r in records])
-    y = np.concatenate([r["iou"] for r in records])
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-9
-    z = (x - mean) / scale
-    coefficients = np.linalg.solve(z.T @ z + ridge * np.eye(z.shape[1]), z.T @ (y - y.mean()))
-    return {"mean": mean.tolist(), "scale": scale.tolist(), "coefficients": coefficients.tolist(),
-            "intercept": float(y.mean())}
+    return lambda f: (f - mean) / scale
 
 
-def report(records: list[dict], weights: dict | None) -> tuple[float, float]:
-    """(mean Spearman per query, mean IoU of the kept candidate) of a scoring."""
+def fit_ridge(records: list[dict], ridge: float, standard):
+    import numpy as np
+
+    z = standard(np.concatenate([r["features"] for r in records]))
+    y = np.concatenate([r["iou"] for r in records])
+    w = np.linalg.solve(z.T @ z + ridge * np.eye(z.shape[1]), z.T @ (y - y.mean()))
+    return lambda f: standard(f) @ w
+
+
+def fit_pairwise(records: list[dict], ridge: float, standard, steps: int = 500):
+    """Logistic regression on feature differences of candidate pairs whose IoUs differ."""
+    import numpy as np
+
+    differences, better = [], []
+    for r in records:
+        z = standard(r["features"])
+        for i in range(len(z)):
+            for j in range(len(z)):
+                if abs(r["iou"][i] - r["iou"][j]) > 0.02:
+                    differences.append(z[i] - z[j])
+                    better.append(float(r["iou"][i] > r["iou"][j]))
+    d, y, w = np.array(differences), np.array(better), np.zeros(len(differences[0]))
+    for _ in range(steps):
+        w -= d.T @ (1 / (1 + np.exp(-d @ w)) - y) / len(y) + ridge * w / len(y)
+    return lambda f: standard(f) @ w
+
+
+def report(records: list[dict], score) -> tuple[float, float]:
+    """(mean Spearman per query, mean IoU of the kept candidate) of a scoring of feature rows."""
     import numpy as np
     from scipy.stats import spearmanr
 
-    from img2cq.agreement import score_features
-
     rhos, kept = [], []
     for r in records:
-        scores = np.array([score_features(f, weights) for f in r["features"]])
+        scores = np.asarray(score(r["features"]), float)
         kept.append(r["iou"][int(np.argmax(scores))])
         if r["iou"].std() > 0 and scores.std() > 0:
             rhos.append(spearmanr(scores, r["iou"]).statistic)
@@ -115,8 +131,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import numpy as np
 
-    from img2cq.agreement import FEATURES
-    from img2cq.data import provenance
+    from img2cq.agreement import FEATURES, score_features
     from img2cq.library import PartLibrary
 
     try:
@@ -126,22 +141,21 @@ def main(argv=None) -> int:
         return 2
     started = time.perf_counter()
     records = query_pairs(args, library)
-    split = len(records) * 3 // 4
-    held_out = fit(records[:split], args.ridge)
-    for name, weights in [("fixed mix", None), ("fitted", held_out)]:
-        rho, kept = report(records[split:], weights)
-        print(f"{name:<10} on {len(records) - split} held-out queries: Spearman {rho:.3f}, kept IoU {kept:.3f}")
-    print(f"feature-nearest kept IoU {np.mean([r['iou'][0] for r in records[split:]]):.3f}, "
-          f"oracle {np.mean([r['iou'].max() for r in records[split:]]):.3f}")
-    final = fit(records, args.ridge)
-    rho, kept = report(records[split:], held_out)
-    args.out.write_text(json.dumps({
-        "features": list(FEATURES), **final,
-        "made_by": {**provenance(), "queries": len(records), "pairs": int(sum(len(r["iou"]) for r in records)),
-                    "query_seed": args.seed, "shortlist": args.shortlist, "ridge": args.ridge,
-                    "library": library.card.get("parts"), "held_out_spearman": rho, "held_out_kept_iou": kept,
-                    "seconds": round(time.perf_counter() - started)}}, indent=1) + "\n")
-    print(f"written to {args.out}")
+    print(f"{len(records)} queries, {sum(len(r['iou']) for r in records)} pairs, shortlist {args.shortlist} of "
+          f"{len(library)} parts, {time.perf_counter() - started:.0f} s (load {os.getloadavg()[0]:.1f})")
+    print(f"feature-nearest kept IoU {np.mean([r['iou'][0] for r in records]):.3f}, "
+          f"oracle {np.mean([r['iou'].max() for r in records]):.3f}")
+    rows = [(name, report(records, lambda f, j=j: f[:, j] * (1 if j in (0, 1, 6) else -1)))
+            for j, name in enumerate(FEATURES)]
+    rows.append(("shipped mix", report(records, lambda f: [score_features(row) for row in f])))
+    for name, fit in [("ridge to IoU", fit_ridge), ("pairwise logistic", fit_pairwise)]:
+        folds = [report([r for i, r in enumerate(records) if i % 4 == k],
+                        fit([r for i, r in enumerate(records) if i % 4 != k], args.ridge,
+                            standardise([r for i, r in enumerate(records) if i % 4 != k]))) for k in range(4)]
+        rows.append((f"{name} (4-fold)", tuple(np.mean(folds, axis=0))))
+    print(f"{'score':28s} {'Spearman':>9s} {'kept IoU':>9s}")
+    for name, (rho, kept) in rows:
+        print(f"{name:28s} {rho:9.3f} {kept:9.3f}")
     return 0
 
 

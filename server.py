@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel
 
 from img2cq import db
-from img2cq.serving import errors, model_api, schedule_api
+from img2cq.serving import errors, model_api, page, schedule_api
 from img2cq.serving.batching import Gate, Lane
 from img2cq.serving.settings import Settings
 
@@ -129,6 +129,8 @@ app.add_middleware(BoundedBody)
 errors.install(app)
 app.include_router(schedule_api.router)
 app.include_router(model_api.router)
+app.include_router(page.router)
+app.mount("/static", page.static_files(), name="static")
 
 
 @app.get("/health", response_model=Health, tags=["service"])

@@ -1,0 +1,198 @@
+// The page: a picture in, POST /generate?embed=png,step,stl, the program, its render, a 3D view
+// and the files out. Either everything of an answer is shown, or nothing of it and one message.
+(function () {
+  "use strict";
+
+  const $ = (id) => document.getElementById(id);
+  const input = $("file"), drop = $("drop");
+  const statusBox = $("status"), statusText = $("status-text"), errorBox = $("error"), result = $("result");
+  const viewer = new window.MeshViewer($("view"));
+  const TYPES = ["image/png", "image/jpeg"];
+  let limits = null, busy = false, objectUrls = [];
+
+  fetch("/page/limits").then((r) => (r.ok ? r.json() : null)).then((l) => { limits = l; }).catch(() => {});
+  window.addEventListener("resize", () => { viewer.dirty = true; });
+
+  function megabytes(n) { return (n / 2 ** 20).toFixed(n < 2 ** 20 ? 2 : 0) + " MB"; }
+
+  function showError(message) {
+    clearResult();
+    errorBox.textContent = message;
+    errorBox.hidden = false;
+  }
+
+  function clearResult() {
+    result.hidden = true;
+    viewer.clear();
+    for (const url of objectUrls) URL.revokeObjectURL(url);
+    objectUrls = [];
+    for (const id of ["picture", "render"]) $(id).removeAttribute("src");
+    $("program").textContent = "";
+    for (const kind of ["py", "step", "stl"]) {
+      const link = $("download-" + kind);
+      link.removeAttribute("href");
+      link.setAttribute("aria-disabled", "true");
+    }
+    document.body.dataset.state = "idle";
+  }
+
+  function setBusy(on, text) {
+    busy = on;
+    input.disabled = on;
+    for (const radio of document.querySelectorAll("#mode input")) radio.disabled = on;
+    drop.setAttribute("aria-busy", on ? "true" : "false");
+    statusBox.hidden = !on;
+    if (text) statusText.textContent = text;
+  }
+
+  function blobUrl(blob) {
+    const url = URL.createObjectURL(blob);
+    objectUrls.push(url);
+    return url;
+  }
+
+  function bytesOf(base64) {
+    const text = atob(base64), out = new Uint8Array(text.length);
+    for (let i = 0; i < text.length; i++) out[i] = text.charCodeAt(i);
+    return out;
+  }
+
+  function stem(name) {
+    const base = (name || "part").replace(/\.[^.]*$/, "").replace(/[^A-Za-z0-9._-]+/g, "_");
+    return base || "part";
+  }
+
+  function pictureSize(file) {
+    return new Promise((resolve) => {
+      const url = URL.createObjectURL(file), image = new Image();
+      image.onload = () => { resolve([image.naturalWidth, image.naturalHeight]); URL.revokeObjectURL(url); };
+      image.onerror = () => { resolve(null); URL.revokeObjectURL(url); };
+      image.src = url;
+    });
+  }
+
+  async function refusal(response) {
+    let detail = "";
+    try { detail = (await response.json()).detail; } catch (e) { /* not JSON */ }
+    if (typeof detail !== "string") detail = JSON.stringify(detail);
+    switch (response.status) {
+      case 400: return "The server could not use this picture: " + detail;
+      case 413: return "The picture is too large for the server" +
+        (limits ? ` (at most ${megabytes(limits.max_image_bytes)})` : "") + ". Please send a smaller one.";
+      case 503: {
+        const retry = response.headers.get("Retry-After");
+        if (retry) return `The server is busy right now; please try again in ${retry} s.`;
+        return "The server cannot do this now: " + detail;
+      }
+      case 504: return "The server took too long to answer; please try again (Fast is quicker than Best).";
+      default: return `The server answered ${response.status}: ${detail || response.statusText}`;
+    }
+  }
+
+  async function run(file) {
+    if (busy) return;
+    errorBox.hidden = true;
+    clearResult();
+    if (!file) return;
+    const type = file.type || (/\.png$/i.test(file.name) ? "image/png" : /\.jpe?g$/i.test(file.name) ? "image/jpeg" : "");
+    if (!TYPES.includes(type)) {
+      showError(`“${file.name}” is not a PNG or JPEG picture. Please choose a .png or .jpg file.`);
+      return;
+    }
+    if (limits && file.size > limits.max_image_bytes) {
+      showError(`The picture is ${megabytes(file.size)}; the server takes at most ${megabytes(limits.max_image_bytes)}.`);
+      return;
+    }
+    const size = await pictureSize(file);
+    if (!size) { showError(`“${file.name}” could not be read as a picture.`); return; }
+    if (limits && (size[0] * size[1] > limits.max_image_pixels || Math.max(size[0], size[1]) > limits.max_image_side)) {
+      showError(`The picture is ${size[0]} × ${size[1]} pixels; the server takes at most ${limits.max_image_side} per side.`);
+      return;
+    }
+    const best = document.querySelector("#mode input:checked").value === "best";
+    const query = "embed=png,step,stl" + (best ? "&candidates=8&refine=8" : "");
+    const form = new FormData();
+    form.append("image", file, file.name);
+    const started = performance.now();
+    const words = best ? "Searching for the best program" : "Writing the program";
+    setBusy(true, words + "…");
+    document.body.dataset.state = "working";
+    const timer = setInterval(() => {
+      statusText.textContent = `${words}… ${Math.round((performance.now() - started) / 1000)} s`;
+    }, 500);
+    try {
+      let response;
+      try {
+        response = await fetch("/generate?" + query, { method: "POST", body: form });
+      } catch (e) {
+        showError("Could not reach the server. Is it still running?");
+        return;
+      }
+      if (!response.ok) { showError(await refusal(response)); return; }
+      const answer = await response.json();
+      show(file, answer, (performance.now() - started) / 1000);
+    } catch (e) {
+      showError("Something went wrong while showing the answer: " + e.message);
+    } finally {
+      clearInterval(timer);
+      setBusy(false);
+      input.value = "";
+    }
+  }
+
+  function show(file, answer, seconds) {
+    const name = stem(file.name), files = answer.files || {};
+    // everything is prepared first; the section appears only once all of it is in place
+    if (files.stl) viewer.load(bytesOf(files.stl).buffer);
+    $("picture").src = blobUrl(file);
+    if (files.png) $("render").src = "data:image/png;base64," + files.png;
+    $("program").textContent = answer.program;
+    const valid = $("valid");
+    valid.textContent = answer.valid ? "yes" : "no — " + (answer.error || "unknown error");
+    valid.className = answer.valid ? "good" : "bad";
+    $("agreement").textContent = answer.agreement == null ? "— (fast mode does not compare)" : answer.agreement.toFixed(3);
+    $("source").textContent = answer.source || "greedy (the model's first choice)";
+    const links = { py: new Blob([answer.program], { type: "text/x-python" }) };
+    if (files.step) links.step = new Blob([bytesOf(files.step)], { type: "application/step" });
+    if (files.stl) links.stl = new Blob([bytesOf(files.stl)], { type: "model/stl" });
+    for (const [kind, blob] of Object.entries(links)) {
+      const link = $("download-" + kind);
+      link.href = blobUrl(blob);
+      link.download = `${name}.${kind}`;
+      link.removeAttribute("aria-disabled");
+    }
+    result.hidden = false;
+    document.body.dataset.state = "done";
+    document.body.dataset.seconds = seconds.toFixed(1);
+    if (!answer.valid) {
+      errorBox.textContent = "The program was written but builds no solid, so there is no render, 3D view or CAD file.";
+      errorBox.hidden = false;
+    }
+  }
+
+  input.addEventListener("change", () => run(input.files[0]));
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    if (e.dataTransfer.files.length > 1) { showError("Please drop one picture at a time."); return; }
+    run(e.dataTransfer.files[0]);
+  });
+  drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); input.click(); } });
+
+  $("copy").addEventListener("click", async () => {
+    const text = $("program").textContent, button = $("copy");
+    try {
+      await navigator.clipboard.writeText(text);
+    } catch (e) {
+      const range = document.createRange();
+      range.selectNodeContents($("program"));
+      const selection = window.getSelection();
+      selection.removeAllRanges(); selection.addRange(range);
+      document.execCommand("copy");
+    }
+    button.textContent = "Copied";
+    setTimeout(() => { button.textContent = "Copy"; }, 1500);
+  });
+})();

@@ -261,7 +261,7 @@ def evaluate_baselines(samples: int = 50, eval_json: str = "data/test.jsonl", tr
             programs, size = nearest_library_programs(rows, library_dir)
         except (FileNotFoundError, ValueError) as e:
             raise EvalError(str(e)) from e
-        candidates[("baseline-nearest-library-part", f"nearest of {size} library parts")] = programs
+        candidates[("baseline-nearest-library-part", f"nearest-of-{size}")] = programs
     results, paths = [], []
     with open_executor(workers, cluster) as ex:
         for (name, decoding), predictions in candidates.items():

@@ -95,6 +95,8 @@ def test_baseline_eval_scores_both_baselines_without_torch(workspace, repo_root)
     for decoding, row in (("fixed", constant), ("nearest", nearest)):
         scored = jsonl(workspace / "runs" / "eval" / "baselines" / f"predictions_test_{decoding}.jsonl")
         assert float(row["IOU"]) == pytest.approx(mean([r["iou"] for r in scored]), abs=1e-4)
+    library = rows["baseline-nearest-library-part"]  # the shipped part library
+    assert float(library["VSR"]) == 1.0 and library["decoding"].startswith("nearest-of-")
 
 
 def test_nearest_image_baseline_leaves_out_the_programs_training_left_out(workspace, tmp_path):

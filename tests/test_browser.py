@@ -17,7 +17,7 @@ from tests.live_server import live_server
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
-PICTURE = REPO / "tests" / "fixtures" / "render" / "plate_boss.png"
+PICTURE = REPO / "benchmarks" / "pictures" / "images" / "syn-1000-test-0000036.png"  # seed-1000 test split
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -66,7 +66,7 @@ def test_the_page_turns_a_picture_into_a_program_a_render_a_3d_view_and_a_step_f
     page = browser_page
     page.goto(server + "/")
     assert page.title().startswith("img2cq")
-    picture = tmp_path / "bracket.png"
+    picture = tmp_path / "block.png"
     shutil.copy(PICTURE, picture)
     page.set_input_files("#file", str(picture))
     page.wait_for_selector("body[data-state=done]", timeout=60_000)
@@ -80,7 +80,7 @@ def test_the_page_turns_a_picture_into_a_program_a_render_a_3d_view_and_a_step_f
 
     with page.expect_download() as download:
         page.click("#download-step")
-    assert download.value.suggested_filename == "bracket.step"
+    assert download.value.suggested_filename == "block.step"
     step = tmp_path / "downloaded.step"
     download.value.save_as(step)
     solids = cq.importers.importStep(str(step)).solids().vals()

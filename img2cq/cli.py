@@ -105,8 +105,10 @@ def read_picture(path: Path):
 
 
 def output_plan(pictures: list[Path], output: str | None, fmt: str | None) -> tuple[str, list[Path | None]]:
-    """The format and each picture's output path (None: stdout); BadInput where they clash."""
-    if output is not None and len(pictures) == 1 and output != "-" and not Path(output).is_dir():
+    """The format and each picture's output path (None: stdout); BadInput where they clash. OUT is
+    a folder when several pictures are given, when it is one, or when it ends in a slash."""
+    folder_named = output is not None and (output.endswith(("/", os.sep)) or Path(output).is_dir())
+    if output is not None and len(pictures) == 1 and output != "-" and not folder_named:
         suffix = Path(output).suffix.lower().lstrip(".")
         suffix = {"stp": "step"}.get(suffix, suffix)
         if fmt is None and suffix in FORMATS:
@@ -118,7 +120,7 @@ def output_plan(pictures: list[Path], output: str | None, fmt: str | None) -> tu
         if len(pictures) > 1 or fmt != "py":
             raise BadInput("-o - (stdout) takes one picture and the py format")
         return fmt, [None]
-    if output is not None and len(pictures) == 1 and not Path(output).is_dir():
+    if output is not None and len(pictures) == 1 and not folder_named:
         outs = [Path(output)]
     else:
         folder = Path(output) if output is not None else None

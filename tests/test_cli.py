@@ -30,6 +30,17 @@ def test_help_answers_at_once(args):
     assert time.perf_counter() - started < 3.0  # no torch, no CadQuery before the arguments are read
 
 
+def png_header(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
 def one_error_line(out: subprocess.CompletedProcess) -> str:
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
@@ -44,6 +55,10 @@ def test_bad_input_is_exit_2_with_one_line(tmp_path):
     corrupt.write_bytes(PICTURE.read_bytes()[:200])
     out = img2cq("generate", corrupt)
     assert out.returncode == 2 and "corrupt.png" in one_error_line(out)
+    huge = tmp_path / "huge.png"  # a small file whose header declares 89,000,000 x 1 pixels
+    huge.write_bytes(png_header(89_000_000, 1))
+    out = img2cq("generate", huge)
+    assert out.returncode == 2 and "too large" in one_error_line(out)
     out = img2cq("generate", "--frobnicate", PICTURE)
     assert out.returncode == 2 and "frobnicate" in one_error_line(out)
     out = img2cq("generate", PICTURE, "--format", "dwg")
@@ -96,3 +111,19 @@ def test_score_prints_one_json_line(tmp_path, reference_programs):
     assert result["reference_valid"] and result["candidate_valid"] and result["iou"] > 0.999
     out = img2cq("score", tmp_path / "ref.py", tmp_path / "broken.py")
     assert out.returncode == 1 and json.loads(out.stdout)["iou"] == 0.0
+
+
+def test_where_each_picture_goes(tmp_path):
+    from img2cq.cli import BadInput, output_plan
+
+    a, b = tmp_path / "a.png", tmp_path / "sub" / "b.png"
+    assert output_plan([a], None, None) == ("py", [tmp_path / "a.py"])
+    assert output_plan([a], str(tmp_path / "part.stl"), None) == ("stl", [tmp_path / "part.stl"])
+    assert output_plan([a], str(tmp_path / "out") + "/", "step") == ("step", [tmp_path / "out" / "a.step"])
+    assert output_plan([a, b], str(tmp_path / "out"), "stl") == ("stl", [tmp_path / "out" / "a.stl",
+                                                                         tmp_path / "out" / "b.stl"])
+    assert output_plan([a], "-", None) == ("py", [None])
+    for pictures, output, fmt in [([a, tmp_path / "other" / "a.png"], str(tmp_path / "out"), None),  # same name
+                                  ([a, b], "-", None), ([a], "-", "step"), ([a], str(a), None)]:
+        with pytest.raises(BadInput):
+            output_plan(pictures, output, fmt)

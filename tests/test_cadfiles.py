@@ -101,3 +101,18 @@ def test_a_cad_format_for_a_program_that_builds_nothing_is_422(api, monkeypatch,
     assert r.status_code == 422 and "builds no solid" in r.json()["detail"]
     r = api.post("/generate", params={"embed": "stl"}, files={"image": ("p.png", picture(), "image/png")})
     assert r.status_code == 200 and r.json()["valid"] is False and r.json()["files"] is None
+
+
+@pytest.mark.integration
+def test_a_searched_answer_says_which_proposal_won_and_how_well_it_agrees(api, monkeypatch, reference_programs):
+    from types import SimpleNamespace
+
+    from img2cq.serving import model_api
+
+    kept = SimpleNamespace(program=reference_programs["gencad_box"], source="library:7+refined", agreement=0.81)
+    monkeypatch.setattr(model_api, "generate_programs",
+                        lambda model, images, *args: [model_api._searched(kept) for _ in images])
+    r = api.post("/generate", files={"image": ("p.png", picture(), "image/png")})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["valid"] and out["source"] == "library:7+refined" and out["agreement"] == pytest.approx(0.81)

@@ -139,10 +139,20 @@ def score_features(features: np.ndarray) -> float:
 
 
 def agreement(reference: Masks, views: np.ndarray | None) -> float:
-    """How well a candidate's framed render (``views``) matches the reference; -inf for no render."""
+    """How well a candidate's framed render (``views``) matches the reference; -inf for no render.
+    ``score_features`` of its ``comparison``, computing only the two features the mix uses."""
+    from scipy.ndimage import distance_transform_edt
+
     if views is None:
         return -math.inf
-    return score_features(comparison(reference, Masks.from_views(views, reference.silhouette.shape[0])))
+    n = reference.silhouette.shape[0]
+    silhouette, edges = reduce_views(views, n)
+    to_reference = _mean_distance(reference.edge_distance, edges)
+    to_candidate = _mean_distance(distance_transform_edt(~edges) / n, reference.edges)
+    features = np.zeros(len(FEATURES))
+    features[0] = _iou(reference.silhouette, silhouette)
+    features[6] = math.exp(-(to_reference + to_candidate) / 2 / EDGE_SCALE)
+    return score_features(features)
 
 
 def render_programs(programs: list[str], executor) -> list[np.ndarray | None]:

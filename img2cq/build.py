@@ -23,23 +23,34 @@ MAX_TASKS_PER_WORKER = 2000  # a worker is replaced after this many jobs (OCC an
 
 def build_shape(sketches: list[codec.Sketch], seams: bool = False):
     """The ``cadquery.Workplane`` of a codec structure. ``seams=True`` keeps the edges where
-    sketches were joined (``clean=False``), as the dataset's pictures show them."""
+    sketches were joined (``clean=False``), as the dataset's pictures show them.
+
+    Each loop is made with the calls ``Workplane.lineTo`` / ``threePointArc`` / ``close`` /
+    ``circle`` make, on world coordinates from the sketch's plane, without a workplane object per
+    call (their copies of the plane cost more than the geometry); the wires are then extruded
+    and combined by the workplane as in the program."""
     import cadquery as cq
 
     solid = None
     for s in codec.to_float(sketches):
-        plane = cq.Workplane(cq.Plane(cq.Vector(*s.origin), cq.Vector(*s.x_dir), cq.Vector(*s.normal)))
-        body = plane
+        plane = cq.Plane(cq.Vector(*s.origin), cq.Vector(*s.x_dir), cq.Vector(*s.normal))
+        wires = []
         for kind, start, rest in s.loops:
-            loop = plane.moveTo(*start)
             if kind == "circle":
-                loop = loop.circle(rest)
-            else:
-                for end, mid in rest:
-                    loop = loop.lineTo(*end) if mid is None else loop.threePointArc(mid, end)
-                loop = loop.close()
-            body = body.add(loop)
-        extruded = body.extrude(s.distance, both=s.both)
+                circle = cq.Wire.makeCircle(rest, cq.Vector(), cq.Vector(0, 0, 1))
+                wires.append(circle.moved(cq.Location(plane, plane.toWorldCoords(start))))
+                continue
+            first = current = plane.toWorldCoords(start)
+            edges = []
+            for end, mid in rest:
+                end = plane.toWorldCoords(end)
+                edges.append(cq.Edge.makeLine(current, end) if mid is None
+                             else cq.Edge.makeThreePointArc(current, plane.toWorldCoords(mid), end))
+                current = end
+            if current.sub(first).Length > 1e-6:  # close() draws the closing line only when needed
+                edges.append(cq.Edge.makeLine(current, first))
+            wires.append(cq.Wire.assembleEdges(edges))
+        extruded = cq.Workplane(plane).add(wires).toPending().extrude(s.distance, both=s.both)
         solid = extruded if solid is None else getattr(solid, s.op)(extruded, clean=not seams)
     return solid
 

@@ -18,7 +18,7 @@ from img2cq.tokenizer import decode_program, encode_program, load_codec_tokenize
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "codec"
-REAL_SAMPLE = ROOT.parent / "shared" / "reference" / "gencad-code-train-sample.jsonl"
+REAL_SAMPLE = ROOT / "benchmarks" / "real_dev" / "programs.jsonl"  # 131 real GenCAD-Code programs
 
 HAND_WRITTEN = [
     'import cadquery as cq\nresult = cq.Workplane("XY").box(1, 2, 3)\n',
@@ -125,8 +125,6 @@ def test_bad_token_sequences():
 
 
 def test_real_sample_parses():
-    if not REAL_SAMPLE.is_file():
-        pytest.skip(f"real GenCAD-Code sample not found at {REAL_SAMPLE}")
     programs = [json.loads(line)["cadquery"] for line in REAL_SAMPLE.open()]
     for program in programs:
         assert codec.parse(codec.canonical_program(program)) == codec.parse(program)

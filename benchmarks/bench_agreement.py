@@ -42,7 +42,7 @@ def query_pairs(args, library) -> list[dict]:
     import numpy as np
     from tqdm.auto import tqdm
 
-    from img2cq import agreement, library as lib
+    from img2cq import agreement, codec, library as lib
     from img2cq.build import BuildPool, structure_ious, structure_views
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -57,7 +57,7 @@ def query_pairs(args, library) -> list[dict]:
                 continue
             if part is None or part["reject"] is not None:
                 continue
-            query = lib.codec.from_tokens(part["tokens"].split())
+            query = codec.from_tokens(part["tokens"].split())
             n = agreement.RESOLUTION
             views = np.unpackbits(part["views"])[:2 * n * n].reshape(2, n, n).astype(bool)
             reference = agreement.Masks.from_reduced(views[0], views[1])
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     from img2cq.library import PartLibrary
 
     try:
-        library = PartLibrary.load(*([args.library] if args.library else []))
+        library = PartLibrary.load(args.library)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

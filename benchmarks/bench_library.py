@@ -36,7 +36,7 @@ def main() -> int:
 
     import numpy as np
 
-    from img2cq import library
+    from img2cq import codec, library
     from img2cq.data import load_split, read_rows
     from img2cq.executor import Executor
     from img2cq.scoring import execute, score_executed
@@ -69,7 +69,7 @@ def main() -> int:
                         lib_f, query_f = (lib_f - mean) @ components.T, (query_f - mean) @ components.T
                     distance = (lib_f ** 2).sum(1)[None] - 2 * query_f @ lib_f.T
                     nearest = distance.argmin(axis=1)
-                    programs = [library.codec.to_program(library.codec.from_tokens(tokens[i].split())) for i in nearest]
+                    programs = [codec.to_program(codec.from_tokens(tokens[i].split())) for i in nearest]
                     scores = score_executed(references, execute(programs, ex), ex)
                     rows.append((os.path.basename(os.path.dirname(path)) + "/" + os.path.basename(path), len(split),
                                  name, size, scores["vsr"], scores["iou"]))

@@ -82,7 +82,7 @@ def main() -> int:
     from img2cq.agreement import Reference, agreement, unpack_views
     from img2cq.library import PartLibrary
 
-    library = PartLibrary.load(*([args.library] if args.library else []))
+    library = PartLibrary.load(args.library)
     for spec in args.eval_json:
         data = candidates_of(spec, library, args.shortlist, args.workers, args.cache)
         iou = np.maximum(data["iou"], 0.0)

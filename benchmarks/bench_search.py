@@ -39,7 +39,7 @@ def main() -> int:
     from img2cq.search import search_label, search_many
 
     rows = load_samples(args.eval_json, args.samples)
-    library = PartLibrary.load(*([args.library] if args.library else []))
+    library = PartLibrary.load(args.library)
     model = None
     if args.model != "none":
         import torch

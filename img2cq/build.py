@@ -63,17 +63,21 @@ def result_shape(workplane):
     return shapes[0] if len(shapes) == 1 else cq.Compound.makeCompound(shapes)
 
 
+def valid_solid(sketches: list[codec.Sketch], seams: bool = False):
+    """The structure's result shape, or None where it is not a valid solid of positive volume
+    (raises what OCC raises for a structure that does not build)."""
+    shape = result_shape(build_shape(sketches, seams))
+    return shape if shape.isValid() and shape.Volume() > 0 else None
+
+
 def structure_views(sketches: list[codec.Sketch]) -> bytes | None:
-    """Job: packed framed views (``agreement.pack_views``) of a structure's render, None if it
+    """Job: packed framed views (``agreement.render_views``) of a structure's render, None if it
     does not build into a valid solid."""
-    from img2cq.agreement import FRAME, pack_views, views_from_pixels
-    from img2cq.render import render_array
+    from img2cq.agreement import render_views
 
     try:
-        shape = result_shape(build_shape(sketches, seams=True))
-        if not shape.isValid() or shape.Volume() <= 0:
-            return None
-        return pack_views(views_from_pixels(render_array(shape, size=FRAME)))
+        shape = valid_solid(sketches, seams=True)
+        return None if shape is None else render_views(shape)["views"]
     except Exception:  # noqa: BLE001 - OCC raises many kinds for a bad structure: it does not build
         return None
 
@@ -83,6 +87,10 @@ def _warm_up() -> None:
     import cadquery  # noqa: F401
 
     import img2cq.render  # noqa: F401
+
+
+def _ready(_) -> bool:
+    return True
 
 
 class BuildPool:
@@ -97,6 +105,10 @@ class BuildPool:
         # spawn: a worker never inherits the caller's threads, GL context or model
         self._pool = ProcessPool(max_workers=workers, max_tasks=MAX_TASKS_PER_WORKER, initializer=_warm_up,
                                  context=multiprocessing.get_context("spawn"))
+
+    def wait_ready(self) -> None:
+        """Return once every worker has started (imported CadQuery and the renderer)."""
+        self.map(_ready, list(range(self.workers)))
 
     def map(self, function, items: list) -> list:
         futures = [self._pool.schedule(function, args=(item,), timeout=self.timeout) for item in items]
@@ -141,8 +153,8 @@ def _measured(sketches: list[codec.Sketch]):
 
     from img2cq.executor import ExecResult, mesh_arrays
 
-    shape = result_shape(build_shape(sketches))
-    if not shape.isValid() or shape.Volume() <= 0:
+    shape = valid_solid(sketches)
+    if shape is None:
         return ExecResult(ok=False, error_kind="invalid", message="not a valid solid")
     vertices, faces = mesh_arrays(shape)
     centre = cq.Shape.centerOfMass(shape)
@@ -153,7 +165,7 @@ def _measured(sketches: list[codec.Sketch]):
 def structure_ious(job: tuple[list[codec.Sketch], list[list[codec.Sketch]]]) -> list[float | None]:
     """Job: the project's 3D IoU (``img2cq.iou``) of each candidate structure against a reference
     structure (None where one does not build or the metric fails). For structures of trusted
-    origin (sampler parts), e.g. to fit the re-ranker."""
+    origin (sampler parts), e.g. to measure re-ranking (``benchmarks/bench_agreement.py``)."""
     from img2cq.iou import iou_from_results
 
     reference, candidates = job

@@ -237,7 +237,7 @@ def nearest_library_programs(test_rows: list[dict], library_dir: str | None = No
     shipped one), and the library's size."""
     from img2cq.library import PartLibrary
 
-    library = PartLibrary.load(*([library_dir] if library_dir else []))
+    library = PartLibrary.load(library_dir)
     return [library.program(library.nearest(row["image"], 1)[0]) for row in test_rows], len(library)
 
 

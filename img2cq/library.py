@@ -7,7 +7,7 @@ resumable command (``scripts/build_library.py``) in two stages:
 1. **draw** (``build_chunks``): sampler parts are drawn, parsed into codec structures (the
    sampler's own output, never a model's or a user's text), built by ``img2cq.build`` in
    long-lived workers, checked (``data.reject_reason``), rendered in the dataset's style and reduced
-   to their retrieval and re-ranking features; ``CHUNK`` draws per file under a work folder, so a
+   to the thumbnail retrieval features are made from; ``CHUNK`` draws per file under a work folder, so a
    stopped build resumes at the next chunk.
 2. **pack** (``pack_library``): duplicates (same geometry) and parts whose program is in a held-out
    split are dropped, and the shipped artefact is written: token ids and features in files of at
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +82,6 @@ def write_chunk(path: Path, records: list[dict]) -> None:
     np.savez(tmp, index=np.array([r["index"] for r in kept], np.int64),
              tokens=np.array([r["tokens"] for r in kept]), signature=np.array([r["signature"] for r in kept]),
              thumb=np.stack([r["thumb"] for r in kept]) if kept else np.zeros((0, THUMB, THUMB), np.uint8),
-             views=np.stack([r["views"] for r in kept]) if kept else np.zeros((0, 0), np.uint8),
              draws=np.array(len(records)), rejected=np.array(json.dumps(rejected)))
     tmp.rename(path)
 
@@ -197,7 +195,8 @@ def fit_projection(features: np.ndarray, dims: int, sample: int = 20000, seed: i
     return mean.astype(np.float32), vt[:dims].astype(np.float32)
 
 
-_VOCAB = {t: i for i, t in enumerate(codec.KEYWORDS + codec.NUMBERS)}
+_TOKENS = codec.KEYWORDS + codec.NUMBERS   # token id -> token string
+_VOCAB = {t: i for i, t in enumerate(_TOKENS)}
 
 
 def encode_tokens(token_strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -222,8 +221,7 @@ class PartLibrary:
         return len(self.offsets) - 1
 
     def tokens(self, i: int) -> list[str]:
-        vocab = codec.KEYWORDS + codec.NUMBERS
-        return [vocab[t] for t in self.ids[self.offsets[i]:self.offsets[i + 1]]]
+        return [_TOKENS[t] for t in self.ids[self.offsets[i]:self.offsets[i + 1]]]
 
     def sketches(self, i: int) -> list[codec.Sketch]:
         return codec.from_tokens(self.tokens(i))
@@ -246,6 +244,14 @@ class PartLibrary:
         return [int(i) for i in top[np.argsort(distance[top])]]
 
     @classmethod
+    def from_features(cls, tokens: list[str], features: np.ndarray, card: dict, dims: int = FEATURE_DIMS) -> "PartLibrary":
+        """A library of parts (space-joined codec tokens) and the ``picture_features`` of their
+        pictures, projected on the principal components of those features."""
+        mean, components = fit_projection(features, dims)
+        ids, offsets = encode_tokens(tokens)
+        return cls(ids, offsets, (features - mean) @ components.T, mean, components, card)
+
+    @classmethod
     def from_pictures(cls, images, programs: list[str], card: dict, dims: int = FEATURE_DIMS) -> "PartLibrary":
         """A library of the given pictures and their programs (those the codec reads; the others
         are left out and counted in the card)."""
@@ -258,11 +264,8 @@ class PartLibrary:
             features.append(picture_features(image))
         if not tokens:
             raise ValueError("no picture with a program the codec reads: nothing to retrieve")
-        features = np.stack(features)
-        mean, components = fit_projection(features, dims)
-        ids, offsets = encode_tokens(tokens)
         card = {**card, "parts": len(tokens), "outside_codec": len(programs) - len(tokens)}
-        return cls(ids, offsets, (features - mean) @ components.T, mean, components, card)
+        return cls.from_features(tokens, np.stack(features), card, dims)
 
     @classmethod
     def from_split(cls, split: str | Path, progress: bool = True) -> "PartLibrary":
@@ -287,12 +290,6 @@ class PartLibrary:
         library.save(cached)
         return library
 
-    def subset(self, n: int) -> "PartLibrary":
-        """The first ``n`` parts (library-size measurements)."""
-        end = self.offsets[n]
-        return PartLibrary(self.ids[:end], self.offsets[:n + 1], self.features[:n], self.mean, self.components,
-                           {**self.card, "parts": n})
-
     def save(self, out: str | Path) -> list[Path]:
         """Shard files of at most MAX_SHARD_BYTES each, plus ``card.json``; returns the files written."""
         out = Path(out)
@@ -314,8 +311,9 @@ class PartLibrary:
         return written + [out / "projection.npz", out / "card.json"]
 
     @classmethod
-    def load(cls, path: str | Path = LIBRARY_DIR) -> "PartLibrary":
-        path = Path(path)
+    def load(cls, path: str | Path | None = None) -> "PartLibrary":
+        """The library saved at ``path`` (None: the shipped one, ``LIBRARY_DIR``)."""
+        path = Path(path or LIBRARY_DIR)
         if not (path / "card.json").is_file():
             raise FileNotFoundError(f"no part library at {path} (build one with scripts/build_library.py)")
         card = json.loads((path / "card.json").read_text())
@@ -367,10 +365,7 @@ def pack_library(work: str | Path, parts: int, seed: int = DEFAULT_SEED, dims: i
     """The first ``parts`` distinct parts of a build as a ``PartLibrary``, features projected on
     the principal components of the library's own pictures."""
     tokens, thumbs, counts = distinct_parts(work, parts, seed, exclude_programs)
-    grey = grey_features(thumbs)
-    mean, components = fit_projection(grey, dims)
-    ids, offsets = encode_tokens(tokens)
     card = {**(provenance or {}), "seed": seed, **counts,
             "features": f"framed picture averaged to {FEATURE_SIDE}x{FEATURE_SIDE} grey, projected on {dims} "
                         "principal components of the library's own pictures, float16"}
-    return PartLibrary(ids, offsets, (grey - mean) @ components.T, mean, components, card)
+    return PartLibrary.from_features(tokens, grey_features(thumbs), card, dims)

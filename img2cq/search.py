@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ast
 import math
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -277,7 +276,7 @@ def search_many(model, images: list[Image.Image], candidates: int = 8, refine_se
 
     results: list[SearchResult] = []
     with BuildPool(workers) as pool, Executor(workers=workers, preload=PRELOAD) as ex:
-        pool.map(_no_op, list(range(workers)))  # workers ready before the clock runs
+        pool.wait_ready()  # workers started before the clock runs
         bar = tqdm(total=len(images), desc=f"searching ({search_label(candidates, refine_seconds)})", unit="img",
                    disable=not progress)
         try:
@@ -302,10 +301,6 @@ def search_many(model, images: list[Image.Image], candidates: int = 8, refine_se
     return results
 
 
-def _no_op(x):
-    return x
-
-
 def search_rows(model, rows: list[dict], candidates: int, refine_seconds: float, train_json: str | None = None,
                 workers: int = 2, max_new_tokens: int | None = None, shortlist: int = SHORTLIST,
                 library_dir: str | None = None) -> tuple[list[str], str, list[SearchResult]]:
@@ -317,7 +312,7 @@ def search_rows(model, rows: list[dict], candidates: int, refine_seconds: float,
     """
     from img2cq.library import PartLibrary
 
-    library = PartLibrary.from_split(train_json) if train_json else PartLibrary.load(*([library_dir] if library_dir else []))
+    library = PartLibrary.from_split(train_json) if train_json else PartLibrary.load(library_dir)
     results = search_many(model, [r["image"] for r in rows], candidates, refine_seconds, workers, library,
                           shortlist, max_new_tokens)
     return [r.program for r in results], search_label(candidates, refine_seconds), results

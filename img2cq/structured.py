@@ -81,8 +81,8 @@ def mutate(sketches: list[codec.Sketch], rng: np.random.Generator) -> list[codec
             kinds.append("both")
         kind = kinds[int(rng.integers(len(kinds)))]
         if kind == "add_hole":
-            lo, hi = np.concatenate([_loop_points(loop) for loop in s.loops]).min(0), \
-                np.concatenate([_loop_points(loop) for loop in s.loops]).max(0)
+            points = np.concatenate([_loop_points(loop) for loop in s.loops])
+            lo, hi = points.min(0), points.max(0)
             span = float(max(hi - lo))
             radius = _clamp(span * rng.uniform(0.05, 0.25), 1, GRID, zero=False)
             centre = _point(rng.uniform(lo + radius, np.maximum(hi - radius, lo + radius)))

@@ -20,6 +20,8 @@ import os
 import sys
 from pathlib import Path
 
+from img2cq.console import fail
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO / "models" / "img2cq-cpu"
 FORMATS = ("py", "step", "stl")
@@ -259,14 +261,11 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return {"generate": generate, "serve": serve, "score": score}[args.command](args)
     except BadInput as e:
-        say(f"error: {e}")
-        return 2
+        return fail(e)
     except KeyboardInterrupt:
-        say("error: interrupted")
-        return 130
+        return fail("interrupted", 130)
     except Exception as e:  # noqa: BLE001 - e.g. a machine that cannot sandbox: one line, not a traceback
-        say(f"error: {type(e).__name__}: {e}")
-        return 1
+        return fail(f"{type(e).__name__}: {e}", 1)
 
 
 if __name__ == "__main__":

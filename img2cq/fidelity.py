@@ -18,6 +18,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from img2cq.console import fail
+
 
 NORMALS = ("+Z", "-Y", "+X", "+Y", "tilted", "-Z", "-X")
 OPS = ("union", "cut", "intersect")
@@ -114,8 +116,7 @@ def main(argv=None) -> int:
         else:
             codes, label = sampler_programs(args.n, args.seed), f"sampler seed {args.seed}"
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     stats = program_statistics(codes)
     print(format_table(stats, label, len(codes)))
     off = off_rows(stats)

@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from img2cq.console import fail
+
 
 TOLERANCE_PX = 2.0  # allowed error of a tight side and of the centre, in pixels at any image size
 
@@ -105,11 +107,9 @@ def main(argv=None) -> int:
     parser.add_argument("--min-share", type=float, default=0.95, help="share of checked rows the bbox rule must fit")
     args = parser.parse_args(argv)
     if not Path(args.jsonl).is_file():
-        print(f"error: no such split file: {args.jsonl}", file=sys.stderr)
-        return 2
+        return fail(f"no such split file: {args.jsonl}")
     if (args.limit is not None and args.limit < 1) or args.workers < 1:
-        print("error: need --limit >= 1 and --workers >= 1", file=sys.stderr)
-        return 2
+        return fail("need --limit >= 1 and --workers >= 1")
     report = check_split(args.jsonl, args.limit, args.workers)
     n = max(report["checked"], 1)
     print(f"checked {report['checked']} of {report['rows']} rows ({report['unchecked']} unchecked: program failed or blank image)")

@@ -18,6 +18,7 @@ Model-written programs are never executed here: best-of-N goes through ``img2cq.
 from __future__ import annotations
 
 import json
+import logging
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,11 @@ MAX_PROGRAM_TOKENS = 2048
 # sampler programs 205; real programs spend at least 15.6 characters per token, so GenCAD's
 # ~4,000-character maximum fits in ~260. Twice that leaves room.
 MAX_CODEC_TOKENS = 512
+# Nucleus sampling of the extra programs of best-of-N (and of the search's sampled proposals).
+SAMPLING = {"top_p": 0.95, "temperature": 0.8}
+
+
+logger = logging.getLogger(__name__)
 
 
 class ModelError(ValueError):
@@ -192,8 +198,8 @@ def build_pretrained(encoder: str, decoder: str, image_size: int | None = None):
         decoder=AutoModelForCausalLM.from_pretrained(decoder, config=decoder_config),
     )
     if model.config.decoder.n_positions < MAX_PROGRAM_TOKENS:
-        print(f"note: decoder {decoder!r} holds at most {model.config.decoder.n_positions} tokens; "
-              "longer programs are truncated in training")
+        logger.warning("note: decoder %r holds at most %d tokens; longer programs are truncated in training",
+                       decoder, model.config.decoder.n_positions)
     model.config.decoder_start_token_id = tokenizer.bos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
@@ -289,7 +295,7 @@ class Img2CQ:
         programs = self.decode(first)
         if not best_of or best_of <= 1:
             return programs
-        sampled = self.model.generate(pixel_values=pixels, do_sample=True, top_p=0.95, temperature=0.8,
+        sampled = self.model.generate(pixel_values=pixels, do_sample=True, **SAMPLING,
                                       num_return_sequences=best_of - 1, max_new_tokens=max_new_tokens,
                                       **self.generation_constraints(max_new_tokens))
         sampled = self.decode(sampled)

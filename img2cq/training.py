@@ -41,6 +41,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 from torch.utils.data import DataLoader, IterableDataset, Subset
 from tqdm.auto import tqdm
 
+from img2cq.console import fail
 from img2cq.data import DOWNLOAD_HINT
 from img2cq.modeling import (ModelError, build_model, build_pretrained, count_parameters, model_input_frame,
                              save_pretrained)
@@ -565,8 +566,7 @@ def main(args: TrainingArguments, argv: list[str] | None = None) -> int:
     try:
         train(args, command=" ".join(["python", Path(sys.argv[0]).name, *argv]))
     except (TrainingError, ModelError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     except KeyboardInterrupt:
         print(f"\ninterrupted: continue with the same command plus --resume ({args.output_dir}/checkpoints)",
               file=sys.stderr)

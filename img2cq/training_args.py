@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
+from img2cq.console import fail
+
 
 class TrainingError(ValueError):
     """Bad arguments or inputs: reported as one line by the scripts."""
@@ -134,5 +136,4 @@ def parse_cli(arguments_class, description: str, argv: list[str] | None = None) 
     try:
         return TrainingArguments(**asdict(parse_arguments(arguments_class, description, argv)))
     except TrainingError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(fail(e)) from None

@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 
+from img2cq.console import fail
 from img2cq.executor import ExecResult, Executor
 from img2cq.iou import exact_iou_from_results, iou_from_results
 from img2cq.scoring import execute, executor_or_new, score_pair, score_results, summarise
@@ -81,13 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         gt = load_programs(args.gt, args.gt_field)
         pred = load_programs(args.pred, args.pred_field)
     except ProgramFileError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     if len(gt) == 1 and len(pred) == 1:  # two single programs: compare them whatever their ids
         pred = {next(iter(gt)): next(iter(pred.values()))}
     if args.workers < 1 or args.timeout <= 0:
-        print("error: --workers must be >= 1 and --timeout > 0", file=sys.stderr)
-        return 2
+        return fail("--workers must be >= 1 and --timeout > 0")
     with Executor(workers=args.workers, timeout=args.timeout) as ex:
         report = evaluate_codes(gt, pred, executor=ex, progress=len(gt) > 1,
                                 allow_mirror=args.mirror, exact=args.exact)

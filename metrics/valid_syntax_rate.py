@@ -18,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+from img2cq.console import fail
 from img2cq.executor import Executor
 from img2cq.scoring import execute, executor_or_new
 
@@ -107,13 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="show a progress bar")
     args = parser.parse_args(argv)
     if args.workers < 1 or args.timeout <= 0:
-        print("error: --workers must be >= 1 and --timeout > 0", file=sys.stderr)
-        return 2
+        return fail("--workers must be >= 1 and --timeout > 0")
     try:
         codes = load_programs(args.path, args.field)
     except ProgramFileError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     report = evaluate_syntax_rate(codes, verbose=args.verbose, workers=args.workers, timeout=args.timeout)
     for i, reason in report["failures"].items():
         print(f"{i}: {reason}")

@@ -47,6 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from img2cq import library
+    from img2cq.console import fail
     from img2cq.data import provenance, read_program_rows
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -61,8 +62,7 @@ def main(argv=None) -> int:
                                                                           [REAL_PART_BENCHMARK.relative_to(ROOT),
                                                                            *args.exclude_programs_in]]})
     except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     files = built.save(args.out)
     size = sum(f.stat().st_size for f in files)
     print(f"{len(built)} parts written to {args.out} ({len(files)} files, {size / 2**20:.1f} MiB) "

@@ -15,6 +15,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from img2cq.console import fail  # noqa: E402 - light: no numpy, no torch
+
 HUB_HOST = "huggingface.co"
 
 
@@ -57,9 +59,8 @@ def main(argv=None) -> int:
 
     if args.source == "hub":
         if not hub_reachable():
-            print(f"error: cannot reach {HUB_HOST}; for offline data run: "
-                  f"python scripts/download_hf_dataset.py --source synthetic --out {args.out}", file=sys.stderr)
-            return 2
+            return fail(f"cannot reach {HUB_HOST}; for offline data run: "
+                        f"python scripts/download_hf_dataset.py --source synthetic --out {args.out}")
         card = data.download_hub(args.out, sizes, progress=not args.no_progress)
     else:
         render = {"size": args.size, "line_width": args.line_width, "view_jitter_deg": args.view_jitter_deg,
@@ -71,8 +72,7 @@ def main(argv=None) -> int:
             try:
                 executor = connect(args.cluster, workers=args.workers, preload=("img2cq.render",))
             except ClusterUnavailable as e:
-                print(f"error: {e}", file=sys.stderr)
-                return 2
+                return fail(e)
         card = data.generate_synthetic(args.out, sizes, seed=args.seed, workers=args.workers, render_kwargs=render,
                                        progress=not args.no_progress, executor=executor)
     for split, stats in card["splits"].items():
@@ -89,5 +89,4 @@ if __name__ == "__main__":
         print("interrupted; run the same command again to resume", file=sys.stderr)
         sys.exit(130)
     except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(fail(e, code=1))

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from img2cq.console import fail
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 WEIGHTS = "model.safetensors"
 TAR = "model.tar"
@@ -155,8 +157,7 @@ def main(argv=None) -> int:
             print(f"cut into {len(pieces)} pieces of <= {a.split_mib} MiB in {a.out_dir}; "
                   f"reassemble with: python scripts/export_model.py --join {a.out_dir}")
     except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     return 0
 
 

@@ -31,13 +31,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.workers < 1 or args.size < 16:
         parser.error("need --workers >= 1 and --size >= 16")
+    from img2cq.console import fail
     from img2cq.data import read_program_rows
 
     try:
         rows = read_program_rows(args.programs)
     except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
 
     from collections import Counter
 

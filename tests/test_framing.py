@@ -3,7 +3,7 @@ import cadquery as cq
 import numpy as np
 from PIL import Image
 
-from img2cq.framing import BACKGROUND, frame_silhouette, silhouette_box
+from img2cq.framing import BACKGROUND, INK_THRESHOLD, frame_silhouette, silhouette_box
 from img2cq.render import render_array
 
 
@@ -12,7 +12,7 @@ def _grey(image: Image.Image) -> np.ndarray:
 
 
 def _ink(image: Image.Image) -> np.ndarray:
-    return _grey(image) < 250
+    return _grey(image) < INK_THRESHOLD
 
 
 def test_both_fit_rules_give_nearly_the_same_framed_image():

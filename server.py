@@ -5,7 +5,7 @@
 Settings come from the environment, read at start (img2cq/serving/settings.py lists them all).
 Routes are thin: scheduling is img2cq.serving.schedule_api over img2cq.cpm and img2cq.db; the model
 and metrics are img2cq.serving.model_api, batched by img2cq.serving.batching; programs run only in
-the sandbox (img2cq.executor), never in this process.
+the sandbox (img2cq.sandbox), never in this process.
 """
 
 from contextlib import asynccontextmanager
@@ -28,7 +28,7 @@ class Health(BaseModel):
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     """Read the settings; create the schema, one sandbox and the batchers for the app's lifetime."""
-    from img2cq.executor import Executor
+    from img2cq.sandbox import Executor
     from img2cq.search import PRELOAD  # workers ready to render: /generate's search compares renders
 
     settings = app.state.settings = Settings()

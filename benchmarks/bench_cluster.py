@@ -33,8 +33,7 @@ def files(out: Path) -> dict:
 
 def run(kind: str, workers: int, out: Path, samples: int, seed: int, size: int) -> dict:
     from img2cq import data
-    from img2cq.cluster import connect
-    from img2cq.executor import Executor
+    from img2cq.sandbox import Executor, connect
 
     started = time.perf_counter()
     executor = (Executor(workers=workers, preload=("img2cq.render",)) if kind == "local pool"

@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from img2cq import codec
-    from img2cq.executor import Executor
+    from img2cq.sandbox import Executor
     from img2cq.tokenizer import load_codec_tokenizer, load_tokenizer
 
     if args.sketch_levels:

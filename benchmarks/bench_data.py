@@ -27,7 +27,7 @@ def _stages(code: str) -> dict:
     """Seconds per stage of one draw: exec, the executor's checks (validity, mass properties), our
     validation, tessellation, GL draw + read-back, PNG encoding."""
     from img2cq import data, render
-    from img2cq.executor import _mass_properties, _solids_of
+    from img2cq.measure import mass_properties, solids_of
 
     times, t = {}, time.perf_counter()
 
@@ -39,17 +39,17 @@ def _stages(code: str) -> dict:
     namespace: dict = {}
     exec(code, namespace)
     lap("exec")
-    shape = _solids_of(namespace["solid"])
+    shape = solids_of(namespace["solid"])
     if not shape.isValid():
         return times
-    _mass_properties(shape)
+    mass_properties(shape)
     lap("check")
     if data.reject_reason(shape):
         return times
     lap("validate")
     points, triangles, polylines = render.tessellate(shape)
     lap("tessellate")
-    pixels = render._SCENE.draw(points, triangles, polylines, render._jittered_direction(0.0, None), 448, 1.0)
+    pixels = render.draw(points, triangles, polylines, 448, 1.0)
     lap("draw")
     render.png_bytes(pixels)
     lap("png")
@@ -88,7 +88,8 @@ def main() -> None:
     import numpy as np
 
     from img2cq import data
-    from img2cq.executor import Executor, _warm_up
+    from img2cq.sandbox import Executor
+    from img2cq.sandbox.process import warm_up
     from img2cq.sampler import sample_program
 
     t = time.perf_counter()
@@ -97,7 +98,7 @@ def main() -> None:
 
     import img2cq.render  # noqa: F401 - preloaded by the executor's workers, so imported before the fork
 
-    _warm_up()  # the executor worker's state before it forks
+    warm_up()  # the executor worker's state before it forks
     t = time.perf_counter()
     forked = [_in_fork(code) for code in codes]
     t_fork = (time.perf_counter() - t) / args.n

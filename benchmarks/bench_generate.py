@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"| {r['model']} | {r['tokenizer']} | {r['s/image']:.3f} | {r['tokens/image']:.1f} | {r['tokens/s']:.0f} |")
     if args.vsr:
-        from img2cq.executor import Executor
+        from img2cq.sandbox import Executor
 
         with Executor(workers=2) as ex:
             for r in rows:

@@ -38,7 +38,7 @@ def main() -> int:
 
     from img2cq import codec, library
     from img2cq.data import load_split, read_rows
-    from img2cq.executor import Executor
+    from img2cq.sandbox import Executor
     from img2cq.scoring import execute, score_executed
 
     seed = library.DEFAULT_SEED if args.seed is None else args.seed

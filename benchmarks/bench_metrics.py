@@ -25,7 +25,7 @@ import trimesh
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from img2cq.executor import Executor  # noqa: E402
+from img2cq.sandbox import Executor  # noqa: E402
 from metrics.best_iou import iou_from_results  # noqa: E402
 from tests.fixtures.metrics.corpus import gencad_pairs  # noqa: E402
 

@@ -29,7 +29,7 @@ def candidates_of(split_spec: str, library, shortlist: int, workers: int, cache:
     from img2cq.agreement import pack_views, views_from_image
     from img2cq.build import BuildPool, structure_views
     from img2cq.data import load_split
-    from img2cq.executor import Executor
+    from img2cq.sandbox import Executor
     from img2cq.scoring import execute, score_executed
 
     path, _, n = split_spec.partition(":")

@@ -151,7 +151,8 @@ def _measured(sketches: list[codec.Sketch]):
     import cadquery as cq
     import numpy as np
 
-    from img2cq.executor import ExecResult, mesh_arrays
+    from img2cq.measure import mesh_arrays
+    from img2cq.sandbox.wire import ExecResult
 
     shape = valid_solid(sketches)
     if shape is None:

@@ -1,6 +1,6 @@
 """CAD files of a program's solid, made in the sandbox: STEP, STL, GLB and a PNG render.
 
-A program's text runs only in the sandbox (``img2cq.executor``). ``cad_files(program, formats,
+A program's text runs only in the sandbox (``img2cq.sandbox``). ``cad_files(program, formats,
 executor)`` runs it there with ``export`` as the postprocess: the sandbox's *measuring child*
 (which runs no program text) reads the solid the program built and writes every file asked for
 from it, STEP through CadQuery's exporter to a temporary file in the child's own working
@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass
+
+from img2cq.sandbox import ProgramRunner
 
 # format -> (media type, file extension)
 FORMATS = {
@@ -62,7 +64,7 @@ def step_bytes(shape) -> bytes:
 def _mesh(shape):
     import trimesh
 
-    from img2cq.executor import mesh_arrays
+    from img2cq.measure import mesh_arrays
 
     vertices, faces = mesh_arrays(shape, VIEW_MESH_TOLERANCE, VIEW_MESH_ANGULAR)
     return trimesh.Trimesh(vertices=vertices, faces=faces, process=False)
@@ -97,7 +99,7 @@ def export(shape, formats=("step",)) -> dict:
     return {f: _WRITERS[f](shape) for f in dict.fromkeys(formats)}
 
 
-def cad_files(program: str, formats, executor, timeout: float | None = None) -> CadFiles:
+def cad_files(program: str, formats, executor: ProgramRunner, timeout: float | None = None) -> CadFiles:
     """The files of ``program``'s solid, made in ``executor``'s sandbox. Raises CadFileError when the
     program builds no solid, or a file cannot be written."""
     formats = list(dict.fromkeys(formats))

@@ -8,7 +8,7 @@
 
 Messages go to stderr, results to files (or stdout). Exit status: 0 done, 1 a program did not
 build a solid, 2 bad input (a missing or unreadable picture, a bad flag). Programs run only in
-the sandbox (img2cq.executor). Heavy modules (torch, CadQuery) are imported after the arguments
+the sandbox (img2cq.sandbox). Heavy modules (torch, CadQuery) are imported after the arguments
 are read, so ``--help`` answers at once.
 """
 
@@ -163,7 +163,7 @@ def generate(args) -> int:
 
     say(f"loading the model from {model_dir} ...")
     from img2cq.cadfiles import PRELOAD, CadFileError, cad_files
-    from img2cq.executor import Executor
+    from img2cq.sandbox import Executor
     from img2cq.modeling import ModelError, load_pretrained
 
     try:
@@ -247,7 +247,7 @@ def score(args) -> int:
             texts.append(path.read_text())
         except (OSError, UnicodeDecodeError) as e:
             raise BadInput(f"cannot read {path}: {e}") from None
-    from img2cq.executor import Executor
+    from img2cq.sandbox import Executor
     from img2cq.scoring import score_pair
 
     with Executor(workers=2) as executor:

@@ -23,6 +23,7 @@ import numpy as np
 import regex
 
 from img2cq.geometry import MIN_PART_EXTENT, MIN_PART_FILL, MIN_PART_VOLUME
+from img2cq.sandbox import ProgramRunner
 
 SPLITS = ("train", "val", "test")
 HUB_DATASET = "CADCODER/GenCAD-Code"
@@ -119,7 +120,7 @@ def _judge(result, seen: set) -> tuple[str | None, str | None]:
     return None, signature
 
 
-def generate_draws(executor, seed: int, split: str, start: int, count: int, seen: set,
+def generate_draws(executor: ProgramRunner, seed: int, split: str, start: int, count: int, seen: set,
                    render_kwargs: dict | None = None, weights: dict | None = None) -> Iterator[dict]:
     """Execute draws start..start+count-1 and yield one record per draw, in draw order.
 
@@ -196,7 +197,7 @@ def provenance() -> dict:
             "numpy": np.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def write_synthetic_split(out: Path, split: str, size: int, seed: int, executor, seen: set,
+def write_synthetic_split(out: Path, split: str, size: int, seed: int, executor: ProgramRunner, seen: set,
                           batch: int = 64, render_kwargs: dict | None = None, progress: bool = True) -> dict:
     """Append accepted samples to <out>/<split>.jsonl until it holds `size` rows; resumable.
 
@@ -269,16 +270,16 @@ def dataset_statistics(codes: Iterable[str]) -> dict:
 
 def generate_synthetic(out: str | Path, sizes: dict[str, int], seed: int = 0, workers: int = 2,
                        batch: int = 64, render_kwargs: dict | None = None, progress: bool = True,
-                       executor=None) -> dict:
+                       executor: ProgramRunner | None = None) -> dict:
     """Write the synthetic train/val/test splits and the dataset card; returns the card.
 
-    Programs run on ``executor`` if given (e.g. an `img2cq.cluster.ClusterExecutor` preloading
+    Programs run on ``executor`` if given (e.g. an `img2cq.sandbox.ClusterExecutor` preloading
     img2cq.render; closed at the end), else on a local pool of ``workers``; the rows are the same either way.
 
     Splits are generated in the order train, val, test and later splits skip parts already in
     earlier ones, so test parts never appear in train.
     """
-    from img2cq.executor import Executor
+    from img2cq.sandbox import Executor
 
     out = Path(out)
     card_path = out / "dataset_card.json"
@@ -374,14 +375,14 @@ def load_split(jsonl_path: str | Path, exclude_programs_in: str | Path | None = 
 
 def stream_samples(seed: int, workers: int = 2, split: str = "train", start: int = 0, batch: int | None = None,
                    size: int = 448, line_width: float = 1.0, view_jitter_deg: float = 0.0,
-                   weights: dict | None = None, executor=None, fit: str = "bbox") -> Iterator[dict]:
+                   weights: dict | None = None, executor: ProgramRunner | None = None, fit: str = "bbox") -> Iterator[dict]:
     """Endless fresh samples {"id", "cadquery", "image" (PIL), "index"} for online training.
 
     Draw order (and so the stream) is fixed by the seed; pass `start` to resume after a draw index.
     """
     from PIL import Image
 
-    from img2cq.executor import Executor
+    from img2cq.sandbox import Executor
 
     own = executor is None
     executor = executor or Executor(workers=workers, preload=("img2cq.render",))

@@ -26,7 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from img2cq.data import DOWNLOAD_HINT, load_split
-from img2cq.executor import Executor
+from img2cq.sandbox import Executor, ProgramRunner
 from img2cq.scoring import execute, executor_or_new, score_executed
 
 RESULTS_FIELDS = ["Model", "VSR", "IOU", "Delta", "IOU_valid", "samples", "decoding", "eval_json", "date", "command"]
@@ -71,12 +71,12 @@ def load_samples(eval_json: str, samples: int | None, exclude_programs_in: str |
     return rows
 
 
-def open_executor(workers: int, cluster: str | None = None):
+def open_executor(workers: int, cluster: str | None = None) -> ProgramRunner:
     """A local sandbox pool of ``workers``, or with ``cluster`` (an address, "auto" or "local") a
-    `img2cq.cluster.ClusterExecutor` on that Dask cluster."""
+    `img2cq.sandbox.ClusterExecutor` on that Dask cluster."""
     if cluster is None:
         return Executor(workers=workers)
-    from img2cq.cluster import ClusterUnavailable, connect
+    from img2cq.sandbox.cluster import ClusterUnavailable, connect
 
     try:
         return connect(cluster, workers=workers)
@@ -84,7 +84,8 @@ def open_executor(workers: int, cluster: str | None = None):
         raise EvalError(str(e)) from e
 
 
-def score_programs(references: list[str], predictions: list[str], executor=None, workers: int = 2) -> dict:
+def score_programs(references: list[str], predictions: list[str], executor: ProgramRunner | None = None,
+                   workers: int = 2) -> dict:
     """`img2cq.scoring`'s scores of ``predictions`` against ``references``, plus the constant baseline.
 
     Keys: "vsr", "iou", "iou_valid", the counts of `img2cq.scoring.summarise`, "per_sample", and

@@ -77,7 +77,7 @@ def check_split(jsonl_path: str | Path, limit: int | None = None, workers: int =
     from PIL import Image
 
     from img2cq.data import read_rows
-    from img2cq.executor import Executor
+    from img2cq.sandbox import Executor
 
     path = Path(jsonl_path)
     rows = read_rows(path)[:limit]

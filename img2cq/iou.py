@@ -42,7 +42,7 @@ import itertools
 import manifold3d as m3d
 import numpy as np
 
-from img2cq.executor import ExecResult, Executor, default_executor
+from img2cq.sandbox import ExecResult, ProgramRunner, default_executor
 
 DEGENERATE_RTOL = 1e-4
 VOXEL_CELLS = 81  # grid cells per axis for the non-manifold fallback
@@ -211,7 +211,7 @@ def _rotations(allow_mirror: bool) -> list[np.ndarray]:
 
 
 def iou_from_results(gt: ExecResult, pred: ExecResult, allow_mirror: bool = False,
-                     executor: Executor | None = None) -> float:
+                     executor: ProgramRunner | None = None) -> float:
     """Best IoU of two solids already executed with mesh=True (raises ValueError if either failed).
 
     If manifold3d refuses a mesh, the pair is scored with OCC booleans when both results carry
@@ -226,7 +226,7 @@ def iou_from_results(gt: ExecResult, pred: ExecResult, allow_mirror: bool = Fals
 
 
 def exact_iou_from_results(gt: ExecResult, pred: ExecResult, allow_mirror: bool = False,
-                           executor: Executor | None = None, timeout: float = 120.0) -> float:
+                           executor: ProgramRunner | None = None, timeout: float = 120.0) -> float:
     """`iou_from_results` with OCC B-rep booleans; both results need brep=True."""
     if not (gt.ok and pred.ok and gt.brep is not None and pred.brep is not None):
         raise ValueError("exact IoU needs two valid solids executed with brep=True")

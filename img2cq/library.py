@@ -142,7 +142,7 @@ def build_chunks(work: str | Path, parts: int, seed: int = DEFAULT_SEED, workers
             pool = stack.enter_context(BuildPool(workers))
             draw = lambda jobs: pool.map(draw_part, jobs)
         else:
-            from img2cq.cluster import connect
+            from img2cq.sandbox.cluster import connect
 
             client = stack.enter_context(connect(cluster, workers=workers)).client
             pieces = max(1, sum(w["nthreads"] for w in client.scheduler_info()["workers"].values()))

@@ -12,7 +12,7 @@ Everything a checkpoint directory needs travels together, so any ``transformers`
 ``load_pretrained(dir)`` returns an ``Img2CQ`` that turns PIL images into program strings. New
 models write the program codec's tokens (``img2cq.codec``) and generate under its grammar
 (``img2cq.grammar``), so every output parses; models with the byte-level BPE still load and run.
-Model-written programs are never executed here: best-of-N goes through ``img2cq.executor``.
+Model-written programs are never executed here: best-of-N goes through ``img2cq.sandbox``.
 """
 
 from __future__ import annotations

@@ -264,7 +264,12 @@ def render_array(shape, size: int = 448, line_width: float = 1.0, view_jitter_de
     ``fit`` is "bbox" (the dataset's rule) or "silhouette" (see the module docstring)."""
     if fit not in FITS:
         raise ValueError(f"unknown fit {fit!r}; expected one of {', '.join(FITS)}")
-    points, triangles, polylines = tessellate(shape)
+    return draw(*tessellate(shape), size, line_width, view_jitter_deg, seed, fit)
+
+
+def draw(points: np.ndarray, triangles: np.ndarray, polylines: list, size: int = 448, line_width: float = 1.0,
+         view_jitter_deg: float = 0.0, seed=None, fit: str = "bbox") -> np.ndarray:
+    """(size, size, 3) uint8 render of a `tessellate` result: the drawing half of render_array."""
     return _SCENE.draw(points, triangles, polylines, _jittered_direction(view_jitter_deg, seed), size, line_width,
                        fit)
 

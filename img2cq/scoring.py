@@ -23,7 +23,7 @@ from typing import Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from img2cq.executor import ExecResult, Executor, default_executor
+from img2cq.sandbox import ExecResult, Executor, ProgramRunner, default_executor
 from img2cq.iou import exact_iou_from_results, iou_from_results
 
 # The mesh feeds the IoU and the BREP its fallback for meshes manifold3d refuses.
@@ -31,8 +31,8 @@ RUN_OPTIONS = {"mesh": True, "brep": True}
 
 
 @contextlib.contextmanager
-def executor_or_new(executor: Executor | None, workers: int | None = None,
-                    timeout: float | None = None) -> Iterator[Executor]:
+def executor_or_new(executor: ProgramRunner | None, workers: int | None = None,
+                    timeout: float | None = None) -> Iterator[ProgramRunner]:
     """``executor`` itself, else a temporary pool of ``workers`` (default: CPU count), closed afterwards."""
     if executor is not None:
         yield executor
@@ -42,14 +42,14 @@ def executor_or_new(executor: Executor | None, workers: int | None = None,
         yield own
 
 
-def execute(codes: list[str], executor: Executor, progress: bool | str = False) -> list[ExecResult]:
+def execute(codes: list[str], executor: ProgramRunner, progress: bool | str = False) -> list[ExecResult]:
     """Sandbox results for ``codes`` with `RUN_OPTIONS`, running each distinct program once."""
     unique = list(dict.fromkeys(codes))
     results = dict(zip(unique, executor.map(unique, progress=progress, **RUN_OPTIONS)))
     return [results[code] for code in codes]
 
 
-def score_results(reference: ExecResult, candidate: ExecResult, executor: Executor | None = None,
+def score_results(reference: ExecResult, candidate: ExecResult, executor: ProgramRunner | None = None,
                   allow_mirror: bool = False, exact: bool = False) -> dict:
     """Score one executed pair.
 
@@ -87,7 +87,7 @@ def summarise(per_sample: list[dict]) -> dict:
     }
 
 
-def score_executed(references: list[ExecResult], candidates: list[ExecResult], executor: Executor | None = None,
+def score_executed(references: list[ExecResult], candidates: list[ExecResult], executor: ProgramRunner | None = None,
                    allow_mirror: bool = False, exact: bool = False, progress: bool | str = False) -> dict:
     """`summarise` of the pairwise scores, plus "per_sample" (one `score_results` dict per pair)."""
     pairs = zip(references, candidates)
@@ -98,7 +98,7 @@ def score_executed(references: list[ExecResult], candidates: list[ExecResult], e
     return {**summarise(per_sample), "per_sample": per_sample}
 
 
-def score_pair(reference: str, candidate: str, executor: Executor | None = None,
+def score_pair(reference: str, candidate: str, executor: ProgramRunner | None = None,
                allow_mirror: bool = False, exact: bool = False) -> dict:
     """Run both programs (on ``executor``, else the module default one) and score them (`score_results`)."""
     executor = executor or default_executor()

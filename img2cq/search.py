@@ -272,7 +272,7 @@ def search_many(model, images: list[Image.Image], candidates: int = 8, refine_se
     from tqdm.auto import tqdm
 
     from img2cq.build import BuildPool
-    from img2cq.executor import Executor
+    from img2cq.sandbox import Executor
 
     results: list[SearchResult] = []
     with BuildPool(workers) as pool, Executor(workers=workers, preload=PRELOAD) as ex:

@@ -14,7 +14,7 @@ import os
 import sys
 
 from img2cq.console import fail
-from img2cq.executor import ExecResult, Executor
+from img2cq.sandbox import ExecResult, Executor, ProgramRunner
 from img2cq.iou import exact_iou_from_results, iou_from_results
 from img2cq.scoring import execute, executor_or_new, score_pair, score_results, summarise
 from metrics.valid_syntax_rate import ProgramFileError, load_programs
@@ -25,12 +25,12 @@ MISSING = ExecResult(ok=False, error_kind="missing", message="no prediction for 
 
 
 def get_iou_best(code1: str, code2: str, allow_mirror: bool = False, exact: bool = False,
-                 executor: Executor | None = None) -> float:
+                 executor: ProgramRunner | None = None) -> float:
     """Best IoU of the solids built by two programs; 0.0 if either program fails."""
     return score_pair(code1, code2, executor, allow_mirror, exact)["iou"] or 0.0
 
 
-def evaluate_codes(gt_codes: dict, pred_codes: dict, executor: Executor | None = None,
+def evaluate_codes(gt_codes: dict, pred_codes: dict, executor: ProgramRunner | None = None,
                    progress: bool = False, allow_mirror: bool = False, exact: bool = False) -> dict:
     """Score every reference id: a missing or failing prediction scores 0 and is counted.
 

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from img2cq.console import fail
-from img2cq.executor import Executor
+from img2cq.sandbox import ProgramRunner
 from img2cq.scoring import execute, executor_or_new
 
 CODE_FIELDS = ("cadquery", "code", "prediction")
@@ -75,7 +75,7 @@ def _read_text(path: Path) -> str:
         raise ProgramFileError(f"{path}: cannot read ({e})") from None
 
 
-def evaluate_syntax_rate(codes: dict[str, str], verbose: bool = False, executor: Executor | None = None,
+def evaluate_syntax_rate(codes: dict[str, str], verbose: bool = False, executor: ProgramRunner | None = None,
                          workers: int | None = None, timeout: float | None = None) -> dict:
     """Run every program in the sandbox (as `img2cq.scoring` does for IoU); count those that build a valid solid.
 

@@ -67,7 +67,7 @@ def main(argv=None) -> int:
                   "seed": args.seed, "fit": args.fit}
         executor = None
         if args.cluster:
-            from img2cq.cluster import ClusterUnavailable, connect
+            from img2cq.sandbox.cluster import ClusterUnavailable, connect
 
             try:
                 executor = connect(args.cluster, workers=args.workers, preload=("img2cq.render",))

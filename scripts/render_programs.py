@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     from collections import Counter
 
     from img2cq.data import count_tokens, provenance
-    from img2cq.executor import Executor
+    from img2cq.sandbox import Executor
 
     (args.out / "images").mkdir(parents=True, exist_ok=True)
     failed: Counter = Counter()

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from img2cq.executor import Executor
+from img2cq.sandbox import Executor
 
 pytest_plugins = ["tests.postgres"]  # the throwaway PostgreSQL server fixtures
 

@@ -29,7 +29,9 @@ def test_import_graph_keeps_every_contract(repo_root):
 
 
 @pytest.mark.parametrize("module, planted, contract", [
-    ("executor.py", "from img2cq import evaluation", "img2cq layers"),      # a low layer reaching up
+    ("sandbox/pool.py", "from img2cq import evaluation", "img2cq layers"),  # a low layer reaching up
+    ("sandbox/wire.py", "from img2cq.sandbox import pool", "sandbox layers"),  # the wire format reaching up
+    ("sandbox/pool.py", "import cadquery", "never imports CadQuery"),        # the caller's side stays light
     ("render.py", "from img2cq import sampler", "img2cq layers"),          # independent siblings
     ("iou.py", "import metrics.best_iou", "builds on img2cq, never the reverse"),
     ("db.py", "import torch", "never import torch"),
@@ -44,3 +46,13 @@ def test_a_planted_breach_is_reported(repo_root, tmp_path, module, planted, cont
     assert out.returncode != 0
     broken = [line for line in out.stdout.splitlines() if line.endswith("BROKEN")]
     assert any(contract in line for line in broken), out.stdout[-3000:]
+
+def test_importing_the_sandbox_loads_no_heavy_package(repo_root):
+    """The sandbox's caller side and the measuring code import CadQuery, OCC, Dask and torch only when
+    a worker, a measurement or a cluster needs them."""
+    code = ("import sys, img2cq.sandbox, img2cq.measure\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'cadquery', 'OCP', 'dask', 'distributed', "
+            "'torch', 'transformers'}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

@@ -31,7 +31,7 @@ def test_built_solid_is_the_programs_solid(executor, repo_root):
 
 
 def test_built_render_is_the_programs_render(build_pool):
-    from img2cq.executor import Executor
+    from img2cq.sandbox import Executor
     from img2cq.search import PRELOAD
 
     programs = sampler_programs(4)

@@ -80,7 +80,7 @@ def test_generate_writes_a_step_file_with_the_volume_of_the_programs_solid(tmp_p
     has the volume of that program's solid as the sandbox builds it."""
     import cadquery as cq
 
-    from img2cq.executor import Executor
+    from img2cq.sandbox import Executor
 
     picture = tmp_path / "picture.png"
     shutil.copy(PICTURE, picture)

@@ -10,7 +10,7 @@ from img2cq import data
 
 distributed = pytest.importorskip("distributed", reason="the cluster extra is not installed (pip install 'img2cq[cluster]')")
 
-from img2cq.cluster import ClusterUnavailable, connect  # noqa: E402 - after the skip
+from img2cq.sandbox import ClusterUnavailable, ProgramRunner, connect  # noqa: E402 - after the skip
 
 SIZES = {"train": 8, "val": 0, "test": 4}
 RENDER = {"size": 96, "fit": "bbox", "seed": 11}
@@ -29,7 +29,7 @@ def test_cluster_split_equals_local_split(tmp_path):
     data.generate_synthetic(local, SIZES, seed=11, workers=2, batch=8, render_kwargs=RENDER, progress=False)
     on_cluster = tmp_path / "cluster"
     with connect("local", workers=2, preload=("img2cq.render",)) as executor:
-        assert executor.workers == 2
+        assert isinstance(executor, ProgramRunner) and executor.workers == 2
         box = executor.run("import cadquery as cq\nsolid = cq.Workplane().box(1, 2, 3)\n")
         assert box.ok and abs(box.volume - 6.0) < 1e-6
         card = data.generate_synthetic(on_cluster, SIZES, seed=11, batch=8, render_kwargs=RENDER, progress=False,

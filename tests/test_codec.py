@@ -192,7 +192,7 @@ def test_random_model_sequences_parse_and_close(tiny_model, decoding):
 
 
 def test_generate_uses_the_grammar_and_only_geometry_can_fail(tiny_model):
-    from img2cq.executor import Executor
+    from img2cq.sandbox import Executor
 
     programs = tiny_model.generate(_images(2), max_new_tokens=25) + tiny_model.generate(_images(1), num_beams=2,
                                                                                           max_new_tokens=40)

@@ -35,14 +35,14 @@ def test_validate_and_render_rejects_degenerate_parts():
 
 def test_signature_ignores_placement():
     a, b = cq.Workplane().box(1, 0.5, 0.2).val(), cq.Workplane().box(0.2, 1, 0.5).translate((0.3, 0, 0)).val()
-    from img2cq.executor import _mass_properties
-    sa, sb = (data.geometry_signature(*_mass_properties(s)[::2]) for s in (a, b))
+    from img2cq.measure import mass_properties
+    sa, sb = (data.geometry_signature(*mass_properties(s)[::2]) for s in (a, b))
     assert sa == sb
 
 
 def test_seamed_programs_keep_validity_and_signature():
     """clean=False only keeps seam edges: the same parts are accepted and de-duplicated alike."""
-    from img2cq.executor import _mass_properties
+    from img2cq.measure import mass_properties
     from img2cq.sampler import sample_program
 
     combined = [c for c in (sample_program(data.draw_rng(3, "train", i)) for i in range(80))
@@ -55,7 +55,7 @@ def test_seamed_programs_keep_validity_and_signature():
             exec(program, namespace)
             shapes.append(namespace["solid"].val())
         assert data.reject_reason(shapes[0]) == data.reject_reason(shapes[1])
-        signatures = [data.geometry_signature(*_mass_properties(s)[::2]) for s in shapes]
+        signatures = [data.geometry_signature(*mass_properties(s)[::2]) for s in shapes]
         assert signatures[0] == signatures[1], code
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import psutil
 import pytest
 
-from img2cq.executor import Executor, clean_code
+from img2cq.sandbox import Executor, ProgramRunner, clean_code
 
 BOX_WITH_HOLE = """
 import cadquery as cq
@@ -39,6 +39,11 @@ def test_gencad_program_gives_exact_volume_and_watertight_mesh(ex):
     assert {tuple(e) for e in edges} == {tuple(e[::-1]) for e in edges}
     assert r.brep.startswith(b"DBRep_DrawableShape") or b"CASCADE Topology" in r.brep
     assert {"exec", "measure", "total"} <= set(r.timings)
+
+
+def test_the_pool_is_a_program_runner(ex):
+    """What scoring, data generation and evaluation accept: a local pool or a cluster alike."""
+    assert isinstance(ex, ProgramRunner) and ex.workers == 2 and len(ex.worker_pids()) == 2
 
 
 def test_markdown_fences_and_indentation_are_stripped(ex):
@@ -112,7 +117,7 @@ def test_hostile_corpus_is_refused_with_the_right_reason(ex, tmp_path):
     # server, which, once it has forked the spares again after the last answer, has exactly three
     # sandbox children (a program child and two measuring children, forked ahead of the next jobs)
     # and, where it gives each its own PID namespace, their stand-in process 1s; none has children
-    pids = {worker.process.pid for worker in ex._all}  # other pools (the shared fixture's) may be alive too
+    pids = set(ex.worker_pids())  # other pools (the shared fixture's) may be alive too
     workers = [p for p in psutil.Process().children() if p.pid in pids]
     assert len(workers) == 2
     deadline = time.monotonic() + 10
@@ -152,7 +157,7 @@ def test_call_runs_a_trusted_function_sandboxed(ex):
 
 def test_postprocess_runs_on_the_result_shape(ex):
     r = ex.run("import cadquery as cq\nsolid = cq.Workplane().box(1, 2, 3)", mesh=False,
-               postprocess="img2cq.executor:mesh_arrays")
+               postprocess="img2cq.measure:mesh_arrays")
     assert r.ok and r.vertices is None
     vertices, faces = r.extras["value"]
     assert vertices.shape == (8, 3) and faces.shape == (12, 3)
@@ -172,7 +177,8 @@ def test_workers_and_their_children_run_at_the_niceness_asked():
     base = os.nice(0)
     with Executor(workers=1, nice=3) as executor:
         r = executor.run("import os\nimport cadquery as cq\nsolid = cq.Workplane().box(os.nice(0) + 1, 1, 1)\n")
-        worker = psutil.Process(executor._all[0].process.pid)
+        (pid,) = executor.worker_pids()
+        worker = psutil.Process(pid)
         assert worker.nice() == base + 3
     assert r.ok and r.volume == pytest.approx(base + 3 + 1)
 

@@ -9,7 +9,7 @@ import trimesh
 from scipy.spatial.transform import Rotation
 
 from img2cq import iou
-from img2cq.executor import ExecResult
+from img2cq.sandbox import ExecResult
 from img2cq.iou import PROPER_ROTATIONS
 from metrics.best_iou import evaluate_codes, exact_iou_from_results, get_iou_best, iou_from_results, score_pair
 from tests.fixtures.metrics import corpus

@@ -7,7 +7,7 @@ import pytest
 
 from img2cq import iou, scoring
 from img2cq.evaluation import score_programs
-from img2cq.executor import Executor
+from img2cq.sandbox import Executor
 from metrics import valid_syntax_rate
 from metrics.best_iou import evaluate_codes, iou_from_results, score_pair
 

@@ -93,7 +93,7 @@ def test_size_and_png_output():
 def test_seams_of_unioned_sketches_are_drawn():
     """A stepped block: with clean=False the line where the two blocks meet stays on their shared
     front and back faces, as in the dataset; the solid itself (volume, validity) is unchanged."""
-    from img2cq.executor import _mass_properties
+    from img2cq.measure import mass_properties
 
     code = """import cadquery as cq
 solid0=cq.Workplane().box(1.0, 0.6, 0.3)
@@ -110,7 +110,7 @@ solid=solid.union(solid1)
     plain, seamed = shapes
     assert len(seamed.Faces()) > len(plain.Faces())
     assert reject_reason(plain) is reject_reason(seamed) is None
-    (v0, _, i0), (v1, _, i1) = _mass_properties(plain), _mass_properties(seamed)
+    (v0, _, i0), (v1, _, i1) = mass_properties(plain), mass_properties(seamed)
     assert np.isclose(v0, v1, rtol=1e-9) and np.allclose(i0, i1, rtol=1e-7, atol=1e-12)
     black = [(render_array(s) == 0).all(axis=-1).sum() for s in shapes]
     assert black[1] > black[0] + 100, black

@@ -21,12 +21,14 @@ import psutil
 import pytest
 import trimesh
 
-import img2cq.executor as executor_module
-from img2cq.executor import Executor, SandboxUnavailable, strict_isolation_problem
+import img2cq
+import img2cq.sandbox.confine as confine
+from img2cq.sandbox import Executor, SandboxUnavailable, strict_isolation_problem
+from img2cq.sandbox.process import pid_namespaces_available
 
 SECRET = "hunter2-sandbox-secret"
 # where the executor may create PID namespaces (as root), each child has one of its own
-PID_NAMESPACES = strict_isolation_problem() is None and executor_module._pid_namespace_init() is not None
+PID_NAMESPACES = strict_isolation_problem() is None and pid_namespaces_available()
 PASSWD_LINES = [line for line in open("/etc/passwd").read().splitlines() if line.strip()]
 
 pytestmark = pytest.mark.skipif(
@@ -92,7 +94,7 @@ def assert_nothing_leaked(result):
 
 BOX_BREP = ("import io, cadquery as cq\nbuf = io.BytesIO()\ncq.Workplane().box(2, 2, 2).val().exportBrep(buf)\n"
             "brep = buf.getvalue()\n")
-FORGE = "import os\nfrom img2cq.executor import _encode\nos.write(3, {payload})\nos._exit(0)\n"
+FORGE = "import os\nfrom img2cq.sandbox.wire import encode\nos.write(3, {payload})\nos._exit(0)\n"
 
 def fill(code: str, values: dict) -> str:
     """The program with its {placeholders} (and only those) replaced."""
@@ -139,17 +141,17 @@ PROGRAMS = {
         "import os, pickle\nhit = 0\nfor fd in range(4, 1024):\n    try:\n"
         "        os.write(fd, pickle.dumps(('forged', None)))\n        hit += 1\n    except OSError:\n        pass\n"
         "raise RuntimeError(f'wrote to {hit} descriptors')", "runtime", "wrote to 0 descriptors"),
-    "forge_a_measured_result": (FORGE.format(payload="_encode({'ok': True, 'volume': 123.0, 'center': [0, 0, 0]})"),
+    "forge_a_measured_result": (FORGE.format(payload="encode({'ok': True, 'volume': 123.0, 'center': [0, 0, 0]})"),
                                 "crash", "malformed output"),
     "forge_garbage": (FORGE.format(payload="b'\\x00' * 100"), "crash", "malformed output"),
-    "forge_bad_name": (BOX_BREP + FORGE.format(payload="_encode({'ok': True, 'name': 'x; y', 'brep': brep})"),
+    "forge_bad_name": (BOX_BREP + FORGE.format(payload="encode({'ok': True, 'name': 'x; y', 'brep': brep})"),
                        "crash", "malformed output"),
-    "forge_worker_error": (FORGE.format(payload="_encode({'ok': False, 'error_kind': 'worker', 'message': 'restart me'})"),
+    "forge_worker_error": (FORGE.format(payload="encode({'ok': False, 'error_kind': 'worker', 'message': 'restart me'})"),
                            "runtime", "restart me"),  # a program's bytes carry a message, never a kind it may not claim
-    "forge_unreadable_brep": (FORGE.format(payload="_encode({'ok': True, 'name': 'solid', 'brep': b'not a brep'})"),
+    "forge_unreadable_brep": (FORGE.format(payload="encode({'ok': True, 'name': 'solid', 'brep': b'not a brep'})"),
                               "invalid_shape", "`solid` is not a readable B-rep"),
     "forge_a_face": ("import io, cadquery as cq\nbuf = io.BytesIO()\ncq.Face.makePlane(1, 1).exportBrep(buf)\n"
-                     "brep = buf.getvalue()\n" + FORGE.format(payload="_encode({'ok': True, 'name': 'solid', 'brep': brep})"),
+                     "brep = buf.getvalue()\n" + FORGE.format(payload="encode({'ok': True, 'name': 'solid', 'brep': brep})"),
                      "empty", "`solid` holds no solid"),
     "forge_huge_output": ("import os\nchunk = b'x' * (1 << 20)\nwhile True:\n    os.write(3, chunk)",
                           "invalid_shape", "exceeds 64 MiB"),
@@ -165,7 +167,7 @@ PROGRAMS = {
 
 
 def test_hostile_programs_are_contained(ex, victim_db, bystander, listener, tmp_path):
-    workers = {p.pid for p in psutil.Process().children() if "img2cq.executor" in " ".join(p.cmdline())}
+    workers = {p.pid for p in psutil.Process().children() if "img2cq.sandbox.process" in " ".join(p.cmdline())}
     values = {"db": victim_db, "pid": bystander.pid, "port": listener.getsockname()[1], "outside": tmp_path,
               "caller": os.getpid(), "home": os.path.expanduser("~")}
     codes = [fill(code, values) for code, _, _ in PROGRAMS.values()]
@@ -176,19 +178,19 @@ def test_hostile_programs_are_contained(ex, victim_db, bystander, listener, tmp_
         assert_nothing_leaked(r)
     assert wrong == []
     assert list(tmp_path.iterdir()) == []
-    assert not (Path(executor_module.__file__).parent / f"probe-{os.getpid()}.db").exists()
+    assert not (Path(img2cq.__file__).parent / f"probe-{os.getpid()}.db").exists()
     assert select.select([listener], [], [], 0)[0] == [], "the listener saw a connection"
     assert bystander.poll() is None
     # the pool survives, with the same workers
     assert ex.run("import cadquery as cq\nsolid = cq.Workplane().box(1, 1, 1)").ok
-    assert {p.pid for p in psutil.Process().children() if "img2cq.executor" in " ".join(p.cmdline())} == workers
+    assert {p.pid for p in psutil.Process().children() if "img2cq.sandbox.process" in " ".join(p.cmdline())} == workers
 
 
 def test_a_forged_brep_is_measured_not_believed(ex):
     """The program builds a 1x1x1 box, then hands over a 2x2x2 one with a made-up volume: the caller
     gets what the trusted child measured on that BREP (a solid the program could have built)."""
     code = ("import cadquery as cq\nsolid = cq.Workplane().box(1, 1, 1)\n" + BOX_BREP
-            + FORGE.format(payload="_encode({'ok': True, 'name': 'solid', 'brep': brep, 'volume': 1e6})"))
+            + FORGE.format(payload="encode({'ok': True, 'name': 'solid', 'brep': brep, 'volume': 1e6})"))
     r = ex.run(code, brep=True)
     assert r.ok, r.reason
     assert r.volume == pytest.approx(8.0)
@@ -246,10 +248,10 @@ def test_workers_get_no_secret_environment(monkeypatch):
 
 def test_strict_isolation_is_refused_where_the_kernel_lacks_it(monkeypatch):
     monkeypatch.delenv("IMG2CQ_ISOLATION", raising=False)
-    monkeypatch.setattr(executor_module, "_landlock_abi", lambda: 3)
+    monkeypatch.setattr(confine, "landlock_abi", lambda: 3)
     with pytest.raises(SandboxUnavailable, match=r"Landlock ABI 3 .*isolation='trusted'"):
         Executor(workers=1)
-    monkeypatch.setattr(executor_module.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(confine.platform, "machine", lambda: "aarch64")
     with pytest.raises(SandboxUnavailable, match="x86_64"):
         Executor(workers=1)
     with pytest.raises(ValueError, match="isolation"):
@@ -259,7 +261,7 @@ def test_strict_isolation_is_refused_where_the_kernel_lacks_it(monkeypatch):
 def test_the_weaker_mode_is_an_explicit_choice(monkeypatch):
     """isolation="trusted" (or IMG2CQ_ISOLATION=trusted) starts without the kernel sandbox, so the
     host is visible again, and only the audit hook stands in the way."""
-    monkeypatch.setattr(executor_module, "_landlock_abi", lambda: 0)
+    monkeypatch.setattr(confine, "landlock_abi", lambda: 0)
     monkeypatch.setenv("IMG2CQ_ISOLATION", "trusted")
     with Executor(workers=1) as weak:
         assert weak.isolation == "trusted"
@@ -285,7 +287,7 @@ def test_a_child_that_cannot_enter_its_sandbox_runs_nothing(tmp_path):
 # Attacks on the sandbox itself: its memory, its limits, its clean-up, its verdicts, its output.
 
 MARK = "PRIOR-PROGRAM-" + "7f3a91"  # the probes below never hold this text, only its two halves
-BYPASS_HOOK = "import img2cq.executor as E\nE._FORBIDDEN_EVENTS = ()\nE._PATH_EVENTS = ()\n"
+BYPASS_HOOK = "import img2cq.sandbox.confine as E\nE._FORBIDDEN_EVENTS = ()\nE._PATH_EVENTS = ()\n"
 
 
 @pytest.fixture
@@ -297,7 +299,7 @@ def lone():
 
 def sandbox_processes(executor) -> list:
     """Every live process below the executor's workers."""
-    return [p for w in executor._all for p in psutil.Process(w.process.pid).children(recursive=True)]
+    return [p for pid in executor.worker_pids() for p in psutil.Process(pid).children(recursive=True)]
 
 
 def test_a_program_never_sees_an_earlier_program(lone):
@@ -408,7 +410,7 @@ def visible_pids(pids: list[int]) -> list[int]:
 
 
 def test_a_child_cannot_touch_other_processes_limits_or_namespaces(lone):
-    worker = psutil.Process(lone._all[0].process.pid)
+    worker = psutil.Process(lone.worker_pids()[0])
     limits = worker.rlimit(psutil.RLIMIT_NOFILE)
     r = lone.call("tests.test_sandbox_hostile:prlimit_others")
     assert r.ok, r.reason
@@ -433,7 +435,7 @@ def test_a_child_cannot_touch_other_processes_limits_or_namespaces(lone):
 
 @pytest.mark.skipif(not PID_NAMESPACES, reason="the executor cannot create PID namespaces here (not root)")
 def test_a_child_sees_no_process_outside_its_own(lone):
-    others = [os.getpid(), lone._all[0].process.pid, *(p.pid for p in sandbox_processes(lone))]
+    others = [os.getpid(), lone.worker_pids()[0], *(p.pid for p in sandbox_processes(lone))]
     r = lone.call("tests.test_sandbox_hostile:visible_pids", others)
     assert r.ok and r.extras["value"] == [], r.extras
     r = lone.run("import os\nraise RuntimeError(f'pid {os.getpid()} parent {os.getppid()}')")
@@ -455,7 +457,7 @@ FORK_GRANDCHILD = (BYPASS_HOOK + "import _posixsubprocess, os, time\n"
 def test_a_program_that_forks_leaves_no_process(tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # the children's directories, and so their working directories
     with Executor(workers=1, timeout=5.0, memory_mb=3072) as executor:
-        limits = psutil.Process(executor._all[0].process.pid).rlimit(psutil.RLIMIT_NOFILE)
+        limits = psutil.Process(executor.worker_pids()[0]).rlimit(psutil.RLIMIT_NOFILE)
         started = time.monotonic()
         r = executor.run(FORK_GRANDCHILD)
         assert time.monotonic() - started < 4, r.reason  # answered when the program ended, not at the timeout
@@ -464,7 +466,7 @@ def test_a_program_that_forks_leaves_no_process(tmp_path, monkeypatch):
         while (left := processes_in(str(tmp_path))) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert left == []
-        assert psutil.Process(executor._all[0].process.pid).rlimit(psutil.RLIMIT_NOFILE) == limits
+        assert psutil.Process(executor.worker_pids()[0]).rlimit(psutil.RLIMIT_NOFILE) == limits
         assert executor.run("import cadquery as cq\nsolid = cq.Workplane().box(1, 1, 1)").ok  # the worker is fine
     assert processes_in(str(tmp_path)) == [] and list(tmp_path.iterdir()) == []
 
@@ -481,7 +483,7 @@ def processes_in(directory: str) -> list[int]:
     return found
 
 
-FORGED_FAILURE = "import os\nfrom img2cq.executor import _encode\nos.write(3, _encode({'ok': False, 'error_kind': '{kind}', 'message': 'forged {kind}'}))\nos._exit(0)\n"
+FORGED_FAILURE = "import os\nfrom img2cq.sandbox.wire import encode\nos.write(3, encode({'ok': False, 'error_kind': '{kind}', 'message': 'forged {kind}'}))\nos._exit(0)\n"
 
 
 def test_failure_kinds_are_decided_by_the_trusted_side(lone):
@@ -511,7 +513,7 @@ def test_a_huge_answer_does_not_grow_the_worker(lone):
     code = ("import os, struct\nheader = b'{\"value\": {\"ok\": false, \"error_kind\": \"runtime\", \"message\": \"x\", \"pad\": ['"
             " + b'[],' * 16_000_000 + b'[]]}, \"sizes\": []}'\nview = memoryview(struct.pack('<Q', len(header)) + header)\n"
             "while view:\n    view = view[os.write(3, view):]\nos._exit(0)\n")
-    worker = lone._all[0].process.pid
+    worker = lone.worker_pids()[0]
     assert lone.run("import cadquery as cq\nsolid = cq.Workplane().box(1, 1, 1)").ok
     before = peak_rss_mb(worker)
     r = lone.run(code)
@@ -520,7 +522,7 @@ def test_a_huge_answer_does_not_grow_the_worker(lone):
 
 
 def test_error_messages_are_always_valid_utf8(lone):
-    forged = "import os\nfrom img2cq.executor import _encode\nos.write(3, _encode({'ok': False, 'error_kind': 'runtime', 'message': chr(0xDC80) + 'x'}))\nos._exit(0)\n"
+    forged = "import os\nfrom img2cq.sandbox.wire import encode\nos.write(3, encode({'ok': False, 'error_kind': 'runtime', 'message': chr(0xDC80) + 'x'}))\nos._exit(0)\n"
     for code in ("raise ValueError(chr(0xD800))", forged):
         r = lone.run(code)
         assert not r.ok and r.error_kind == "runtime", r.reason
@@ -529,6 +531,6 @@ def test_error_messages_are_always_valid_utf8(lone):
 
 
 def test_bytes_after_a_complete_answer_are_ignored(lone):
-    code = BOX_BREP + "import os\nfrom img2cq.executor import _encode\nos.write(3, _encode({'ok': True, 'name': 'solid', 'brep': brep}) + b'junk' * 1000)\nos._exit(0)\n"
+    code = BOX_BREP + "import os\nfrom img2cq.sandbox.wire import encode\nos.write(3, encode({'ok': True, 'name': 'solid', 'brep': brep}) + b'junk' * 1000)\nos._exit(0)\n"
     r = lone.run(code)
     assert r.ok and r.volume == pytest.approx(8.0), r.reason

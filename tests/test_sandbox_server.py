@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from img2cq.executor import strict_isolation_problem
+from img2cq.sandbox import strict_isolation_problem
 from tests.live_server import live_server as start_live_server
 
 SECRET = "pw-7c1e9a-hunter2"
@@ -60,7 +60,7 @@ def hostile_candidates(db_path: Path, server_pid: int) -> dict[str, str]:
         "list_tmp": "import os\nraise RuntimeError(os.listdir('/tmp'))\n",
         "list_database_directory": f"import os\nraise RuntimeError(os.listdir({str(db_path.parent)!r}))\n",
         # with the audit hook's tables emptied: the server's own limits, low enough to stop it
-        "limit_the_server": "import img2cq.executor as E\nE._FORBIDDEN_EVENTS = ()\nimport resource\n"
+        "limit_the_server": "import img2cq.sandbox.confine as E\nE._FORBIDDEN_EVENTS = ()\nimport resource\n"
                             f"resource.prlimit({server_pid}, resource.RLIMIT_NOFILE, (3, 3))\n"
                             f"resource.prlimit({server_pid}, resource.RLIMIT_CPU, (1, 1))\n",
     }

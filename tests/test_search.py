@@ -25,7 +25,7 @@ solid=solid0
 
 @pytest.fixture(scope="module")
 def executor():
-    from img2cq.executor import Executor
+    from img2cq.sandbox import Executor
 
     with Executor(workers=2, preload=search.PRELOAD) as ex:
         yield ex

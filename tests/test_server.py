@@ -423,7 +423,7 @@ def test_generation_and_the_sandbox_run_below_the_http_loop(sqlite_url, model_di
     base = niceness()
     with serve(sqlite_url, model_dir, background_nice=4) as client:
         assert post_image(client).status_code == 200
-        workers = [psutil.Process(w.process.pid) for w in client.app.state.executor._all]
+        workers = [psutil.Process(pid) for pid in client.app.state.executor.worker_pids()]
         assert workers and all(w.nice() == base + 4 for w in workers)
     assert generating_at == [base + 4] and niceness() == base
 

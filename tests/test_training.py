@@ -18,7 +18,7 @@ from PIL import Image
 from transformers import VisionEncoderDecoderModel
 from transformers.pytorch_utils import Conv1D
 
-from img2cq.executor import Executor
+from img2cq.sandbox import Executor
 from img2cq.modeling import MAX_PROGRAM_TOKENS, Img2CQ, build_model, load_pretrained
 from img2cq.sampler import sample_program
 from img2cq.codec import canonical_program

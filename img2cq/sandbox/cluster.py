@@ -1,4 +1,4 @@
-"""Running programs on a Dask cluster, with the same `map`/`run`/`call` as `img2cq.executor.Executor`.
+"""Running programs on a Dask cluster: `ClusterExecutor`, a `ProgramRunner` like the local `Executor`.
 
 Data generation and bulk evaluation only ever call an executor's ``map`` (ordered results), so a
 ``ClusterExecutor`` makes them run on many machines unchanged. It splits the programs into chunks and
@@ -25,7 +25,8 @@ import os
 import threading
 from typing import Iterable
 
-from img2cq.executor import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, ExecResult, Executor
+from img2cq.sandbox.pool import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, Executor, progress_bar
+from img2cq.sandbox.wire import ExecResult
 
 CONNECT_TIMEOUT_S = 10.0
 CHUNKS_PER_WORKER = 8  # enough chunks per worker thread to balance uneven programs; few enough to keep overhead low
@@ -89,8 +90,6 @@ class ClusterExecutor:
         """Run programs on the cluster; results in input order."""
         from distributed import as_completed
 
-        from img2cq.executor import _progress_bar
-
         codes = list(codes)
         if not codes:
             return []
@@ -99,7 +98,7 @@ class ClusterExecutor:
         futures = {self.client.submit(_run_chunk, codes[s:s + size], self._options(), kwargs, pure=False): s
                    for s in starts}
         results: list[ExecResult | None] = [None] * len(codes)
-        bar = _progress_bar(len(codes), progress)
+        bar = progress_bar(len(codes), progress)
         try:
             for future in as_completed(futures):
                 chunk = future.result()

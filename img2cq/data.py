@@ -5,11 +5,14 @@ One layout serves both sources (the hub's CADCODER/GenCAD-Code and the procedura
 ``token_count`` and source metadata, images under ``<out>/images/``, and ``<out>/dataset_card.json``
 saying how it was made. Synthetic programs run in the sandboxed executor; the renderer and the
 validity checks run there too (``validate_and_render``), so a bad draw can never hurt the caller.
+Every jsonl file (a split, a program file, predictions) is read here, by ``read_rows`` or
+``read_programs``; a file that cannot be used raises ``DataError``, whoever reads it.
 """
 from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import os
 import platform
@@ -17,7 +20,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 import regex
@@ -29,6 +32,14 @@ SPLITS = ("train", "val", "test")
 HUB_DATASET = "CADCODER/GenCAD-Code"
 HUB_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 DOWNLOAD_HINT = "python scripts/download_hf_dataset.py --source synthetic --out data"  # named in missing-data errors
+PROGRAM_FIELDS = ("cadquery",)  # where a row keeps its program
+
+logger = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """A data file that cannot be used (missing, unreadable, not JSON objects, without the programs it
+    should hold): the one error for bad input files, one line for the user naming the file and line."""
 
 # GPT-2's pre-tokenizer pattern (openai/gpt-2 encoder.py). GPT-2's BPE vocabulary cannot be
 # downloaded here, so token_count is an approximation: one token per pre-token, except digit runs,
@@ -143,37 +154,49 @@ def generate_draws(executor: ProgramRunner, seed: int, split: str, start: int, c
         yield {"index": i, "cadquery": code, "reason": reason, "signature": signature, "png": png}
 
 
-def read_rows(path: str | Path) -> list[dict]:
-    """Rows of a jsonl file; reading never writes it. ValueError naming the line for one that is not
-    a JSON object (a last line cut short by an interrupted write included)."""
-    path = Path(path)
+class ProgramRow(NamedTuple):
+    """A row of a program file: its line number (from 1), the row, and its program."""
+    line: int
+    row: dict
+    code: str
+
+
+def _numbered_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, row) of every non-blank line; DataError naming the line for one that is not a JSON
+    object (a last line cut short by an interrupted write included)."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"cannot read {path}: {e}") from None
-    rows = []
+        raise DataError(f"cannot read {path}: {e}") from None
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from None
+            raise DataError(f"{path}:{number}: not JSON ({e.msg})") from None
         if not isinstance(row, dict):
-            raise ValueError(f"{path}:{number}: not a JSON object")
-        rows.append(row)
-    return rows
+            raise DataError(f"{path}:{number}: not a JSON object")
+        yield number, row
 
 
-def read_program_rows(path: str | Path) -> list[dict]:
-    """Rows of a programs jsonl that carry a `cadquery` string; ValueError naming the line if one does not."""
-    rows = read_rows(path)
-    for number, row in enumerate(rows, 1):
-        if not isinstance(row.get("cadquery"), str):
-            raise ValueError(f"{path}: row {number} has no `cadquery` string")
-    if not rows:
-        raise ValueError(f"{path}: no programs")
-    return rows
+def read_rows(path: str | Path) -> list[dict]:
+    """The rows of a jsonl file (a split, programs, predictions); DataError if it cannot be read."""
+    return [row for _, row in _numbered_rows(Path(path))]
+
+
+def read_programs(path: str | Path, fields: tuple[str, ...] = PROGRAM_FIELDS) -> list[ProgramRow]:
+    """The rows of a program file, each with its program: a string in the first of ``fields`` the row
+    has. DataError naming the line of a row without one, or for a file without programs."""
+    programs = []
+    for number, row in _numbered_rows(Path(path)):
+        code = next((row[f] for f in fields if f in row), None)
+        if not isinstance(code, str):
+            raise DataError(f"{path}:{number}: no string field {' / '.join(repr(f) for f in fields)}")
+        programs.append(ProgramRow(number, row, code))
+    if not programs:
+        raise DataError(f"{path}: no programs")
+    return programs
 
 
 def _resume_rows(path: Path) -> list[dict]:
@@ -357,15 +380,15 @@ def load_split(jsonl_path: str | Path, exclude_programs_in: str | Path | None = 
 
     path = Path(jsonl_path)
     for split_path in (path, exclude_programs_in):
-        if split_path is not None and not Path(split_path).exists():
-            raise FileNotFoundError(f"no such split file: {split_path}")
+        if split_path is not None and not Path(split_path).is_file():
+            raise DataError(f"no such split file: {split_path}")
     rows = read_rows(path)
     if exclude_programs_in is not None:
         held_out = {row["cadquery"] for row in read_rows(exclude_programs_in)}
         kept = [row for row in rows if row["cadquery"] not in held_out]
         if len(kept) < len(rows):
-            print(f"left out {len(rows) - len(kept)} of {len(rows)} samples of {path}: "
-                  f"their programs are in {exclude_programs_in}")
+            logger.info("left out %d of %d samples of %s: their programs are in %s",
+                        len(rows) - len(kept), len(rows), path, exclude_programs_in)
         rows = kept
     for row in rows:
         row["image"] = str(path.parent / row["image"])

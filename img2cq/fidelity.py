@@ -108,14 +108,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.n < 1 or args.seed < 0:
         parser.error("need --n >= 1 and --seed >= 0")
-    from img2cq.data import read_program_rows  # after parsing: --help answers before numpy loads
+    from img2cq.data import DataError, read_programs  # after parsing: --help answers before numpy loads
 
     try:
         if args.jsonl is not None:
-            codes, label = [r["cadquery"] for r in read_program_rows(args.jsonl)], args.jsonl.name
+            codes, label = [p.code for p in read_programs(args.jsonl)], args.jsonl.name
         else:
             codes, label = sampler_programs(args.n, args.seed), f"sampler seed {args.seed}"
-    except ValueError as e:
+    except DataError as e:
         return fail(e)
     stats = program_statistics(codes)
     print(format_table(stats, label, len(codes)))

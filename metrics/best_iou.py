@@ -14,10 +14,11 @@ import os
 import sys
 
 from img2cq.console import fail
+from img2cq.data import DataError
 from img2cq.sandbox import ExecResult, Executor, ProgramRunner
 from img2cq.iou import exact_iou_from_results, iou_from_results
 from img2cq.scoring import execute, executor_or_new, score_pair, score_results, summarise
-from metrics.valid_syntax_rate import ProgramFileError, load_programs
+from metrics.valid_syntax_rate import load_programs
 
 __all__ = ["evaluate_codes", "exact_iou_from_results", "get_iou_best", "iou_from_results", "score_pair"]
 
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         gt = load_programs(args.gt, args.gt_field)
         pred = load_programs(args.pred, args.pred_field)
-    except ProgramFileError as e:
+    except DataError as e:
         return fail(e)
     if len(gt) == 1 and len(pred) == 1:  # two single programs: compare them whatever their ids
         pred = {next(iter(gt)): next(iter(pred.values()))}

@@ -13,66 +13,49 @@ executor's error kind (syntax, runtime, timeout, empty, ...).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 from img2cq.console import fail
+from img2cq.data import DataError, read_programs
 from img2cq.sandbox import ProgramRunner
 from img2cq.scoring import execute, executor_or_new
 
 CODE_FIELDS = ("cadquery", "code", "prediction")
 
 
-class ProgramFileError(ValueError):
-    """A program file or folder that cannot be read; the message is one line for the user."""
-
-
 def load_programs(path: str | os.PathLike, field: str | None = None) -> dict[str, str]:
     """Programs keyed by id from a .py file, a folder of .py files, or a JSONL file.
 
     A .py file's id is its stem. A JSONL row's id is its "id" field, else its line number; its code
-    is `field`, else the first of "cadquery", "code", "prediction" present.
+    is `field`, else the first of "cadquery", "code", "prediction" present. A file or folder that
+    cannot be used raises `img2cq.data.DataError`, naming the line.
     """
     path = Path(path)
     if path.is_dir():
         files = sorted(path.glob("*.py"))
         if not files:
-            raise ProgramFileError(f"{path}: folder holds no .py files")
-        return {f.stem: _read_text(f) for f in files}
+            raise DataError(f"{path}: folder holds no .py files")
+        return {f.stem: _read_program(f) for f in files}
     if not path.is_file():
-        raise ProgramFileError(f"{path}: no such file or folder")
+        raise DataError(f"{path}: no such file or folder")
     if path.suffix == ".py":
-        return {path.stem: _read_text(path)}
+        return {path.stem: _read_program(path)}
     programs: dict[str, str] = {}
-    fields = (field,) if field else CODE_FIELDS
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ProgramFileError(f"{path}:{number}: malformed JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise ProgramFileError(f"{path}:{number}: expected a JSON object")
-        code = next((row[f] for f in fields if f in row), None)
-        if not isinstance(code, str):
-            raise ProgramFileError(f"{path}:{number}: no string field {' / '.join(repr(f) for f in fields)}")
-        key = str(row.get("id", number))
+    for line, row, code in read_programs(path, (field,) if field else CODE_FIELDS):
+        key = str(row.get("id", line))
         if key in programs:
-            raise ProgramFileError(f"{path}:{number}: duplicate id {key!r}")
+            raise DataError(f"{path}:{line}: duplicate id {key!r}")
         programs[key] = code
-    if not programs:
-        raise ProgramFileError(f"{path}: no programs in file")
     return programs
 
 
-def _read_text(path: Path) -> str:
+def _read_program(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise ProgramFileError(f"{path}: cannot read ({e})") from None
+        raise DataError(f"cannot read {path}: {e}") from None
 
 
 def evaluate_syntax_rate(codes: dict[str, str], verbose: bool = False, executor: ProgramRunner | None = None,
@@ -111,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail("--workers must be >= 1 and --timeout > 0")
     try:
         codes = load_programs(args.path, args.field)
-    except ProgramFileError as e:
+    except DataError as e:
         return fail(e)
     report = evaluate_syntax_rate(codes, verbose=args.verbose, workers=args.workers, timeout=args.timeout)
     for i, reason in report["failures"].items():

@@ -48,13 +48,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from img2cq import library
     from img2cq.console import fail
-    from img2cq.data import provenance, read_program_rows
+    from img2cq.data import provenance, read_programs
 
     args.work.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(filename=args.work / "build.log", level=logging.INFO, format="%(asctime)s %(message)s")
     try:
-        held_out = {row["cadquery"] for split in [REAL_PART_BENCHMARK, *args.exclude_programs_in]
-                    for row in read_program_rows(split)}
+        held_out = {program.code for split in [REAL_PART_BENCHMARK, *args.exclude_programs_in]
+                    for program in read_programs(split)}
         started = time.perf_counter()
         library.build_chunks(args.work, args.parts, args.seed, args.workers, not args.no_progress, cluster=args.cluster)
         built = library.pack_library(args.work, args.parts, args.seed, args.dims, held_out,

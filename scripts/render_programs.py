@@ -32,11 +32,11 @@ def main(argv=None) -> int:
     if args.workers < 1 or args.size < 16:
         parser.error("need --workers >= 1 and --size >= 16")
     from img2cq.console import fail
-    from img2cq.data import read_program_rows
+    from img2cq.data import DataError, read_programs
 
     try:
-        rows = read_program_rows(args.programs)
-    except (OSError, ValueError) as e:
+        rows = [p.row for p in read_programs(args.programs)]
+    except DataError as e:
         return fail(e)
 
     from collections import Counter

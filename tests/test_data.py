@@ -117,7 +117,7 @@ def test_load_split_leaves_out_the_programs_of_another_split(synthetic, tmp_path
     held_out.write_text("".join(lines[1:3]))  # two of the six training programs, as if drawn again for a test split
     kept = data.load_split(out / "train.jsonl", exclude_programs_in=held_out)
     assert len(kept) == 4 and not {json.loads(line)["cadquery"] for line in lines[1:3]} & set(kept["cadquery"])
-    with pytest.raises(FileNotFoundError, match="no such split file"):
+    with pytest.raises(data.DataError, match="no such split file"):
         data.load_split(out / "train.jsonl", exclude_programs_in=tmp_path / "missing.jsonl")
 
 
@@ -132,7 +132,7 @@ def test_reading_a_split_never_writes_it(synthetic, tmp_path):
     cut_short = tmp_path / "cut_short.jsonl"
     cut_short.write_text("".join(lines[:2]) + lines[2][:40])
     before = cut_short.read_bytes()
-    with pytest.raises(ValueError, match=r"cut_short.jsonl:3: not JSON"):
+    with pytest.raises(data.DataError, match=r"cut_short.jsonl:3: not JSON"):
         data.load_split(cut_short)
     result = subprocess.run([sys.executable, "baseline_eval.py", "3", "--eval-json", str(cut_short),
                              "--train-json", str(whole_last_row), "--output-dir", str(tmp_path / "eval")],

@@ -76,7 +76,7 @@ def test_cli_samples_programs(capsys):
 
 
 @pytest.mark.parametrize("content, message", [(None, "cannot read"), ("{not json\n", "not JSON"),
-                                              ('{"image": "a.png"}\n', "no `cadquery`"), ("\n", "no programs")])
+                                              ('{"image": "a.png"}\n', "no string field 'cadquery'"), ("\n", "no programs")])
 def test_bad_file_gives_one_error_line(tmp_path, content, message):
     path = tmp_path / "bad.jsonl"
     if content is not None:

@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from metrics import best_iou, valid_syntax_rate
-from metrics.valid_syntax_rate import ProgramFileError, evaluate_syntax_rate, load_programs
+from img2cq.data import DataError
+from metrics.valid_syntax_rate import evaluate_syntax_rate, load_programs
 
 
 @pytest.fixture
@@ -42,13 +43,13 @@ def test_load_programs_from_py_folder_and_jsonl(tmp_path, reference_programs):
     rows = tmp_path / "rows.jsonl"
     rows.write_text(json.dumps({"id": "x", "prediction": box}) + "\n\n" + json.dumps({"code": "y"}) + "\n")
     assert load_programs(rows) == {"x": box, "3": "y"}
-    with pytest.raises(ProgramFileError, match=r"rows.jsonl:1: no string field 'cadquery'"):
+    with pytest.raises(DataError, match=r"rows.jsonl:1: no string field 'cadquery'"):
         load_programs(rows, field="cadquery")
 
 
 @pytest.mark.parametrize("content, message", [
-    ('{"cadquery": "x"}\n{"cadquery": \n', r"bad.jsonl:2: malformed JSON"),
-    ('{"cadquery": "x"}\n[1, 2]\n', r"bad.jsonl:2: expected a JSON object"),
+    ('{"cadquery": "x"}\n{"cadquery": \n', r"bad.jsonl:2: not JSON"),
+    ('{"cadquery": "x"}\n[1, 2]\n', r"bad.jsonl:2: not a JSON object"),
     ('{"id": 1, "cadquery": "x"}\n{"id": 1, "cadquery": "y"}\n', r"bad.jsonl:2: duplicate id '1'"),
     ('{"other": "x"}\n', r"bad.jsonl:1: no string field"),
     ("\n", r"bad.jsonl: no programs"),
@@ -56,7 +57,7 @@ def test_load_programs_from_py_folder_and_jsonl(tmp_path, reference_programs):
 def test_malformed_jsonl_names_the_line(tmp_path, content, message):
     path = tmp_path / "bad.jsonl"
     path.write_text(content)
-    with pytest.raises(ProgramFileError, match=message):
+    with pytest.raises(DataError, match=message):
         load_programs(path)
 
 
@@ -79,7 +80,7 @@ def test_cli_malformed_jsonl_is_one_line_and_exit_2(tmp_path, module):
     path.write_text('{"cadquery": "x"}\nnot json\n')
     out = cli(module, *([path] * (2 if module == "metrics.best_iou" else 1)))
     assert out.returncode == 2
-    assert out.stderr.count("\n") == 1 and f"{path}:2: malformed JSON" in out.stderr
+    assert out.stderr.count("\n") == 1 and f"{path}:2: not JSON" in out.stderr
 
 
 @pytest.mark.integration

@@ -10,11 +10,11 @@ best-checkpoint keeping, --resume, --stream; multi-GPU through `accelerate launc
 
 import sys
 
-from img2cq.training_args import TrainingArguments, parse_cli
+from img2cq.training_args import TrainingArguments, parse_training_cli
 
 if __name__ == "__main__":
-    args = parse_cli(TrainingArguments, "Train a ViT + GPT-2 image -> CadQuery model (all options). "
-                      "Arguments come from flags, a JSON config file given first, or both.")
+    args = parse_training_cli(TrainingArguments, "Train a ViT + GPT-2 image -> CadQuery model (all options). "
+                              "Arguments come from flags, a JSON config file given first, or both.")
     from img2cq.training import main  # after parsing: --help answers before torch loads
 
     sys.exit(main(args))

@@ -5,11 +5,11 @@
 
 import sys
 
-from img2cq.training_args import BasicTrainingArguments, parse_cli
+from img2cq.training_args import BasicTrainingArguments, parse_training_cli
 
 if __name__ == "__main__":
-    args = parse_cli(BasicTrainingArguments, "Train a ViT + GPT-2 image -> CadQuery model (basic options). "
-                      "Arguments come from flags, a JSON config file given first, or both.")
+    args = parse_training_cli(BasicTrainingArguments, "Train a ViT + GPT-2 image -> CadQuery model (basic "
+                              "options). Arguments come from flags, a JSON config file given first, or both.")
     from img2cq.training import main  # after parsing: --help answers before torch loads
 
     sys.exit(main(args))

@@ -1,5 +1,8 @@
 """Evaluating a model or the baselines on test images and recording the result (enhanced_eval.py, baseline_eval.py).
 
+The evaluation functions take the scripts' arguments whole (``img2cq.evaluation_args``) and return
+what they scored; ``main`` is the scripts' command: it runs one and prints the table.
+
 Programs are run and scored by `img2cq.scoring` (the path every metric shares): VSR is the share
 of predictions that build a valid solid; IoU averages over the samples whose reference builds, an
 invalid prediction scoring 0; IOU_valid averages over the valid predictions only.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import csv
 import datetime
 import json
+import logging
 import os
 import platform
 import sys
@@ -25,13 +29,17 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from img2cq.data import DOWNLOAD_HINT, load_split
+from img2cq.console import fail, show_notes
+from img2cq.data import DOWNLOAD_HINT, DataError, load_split
+from img2cq.evaluation_args import BaselineArguments, EvaluationArguments
 from img2cq.sandbox import Executor, ProgramRunner
 from img2cq.scoring import execute, executor_or_new, score_executed
 
 RESULTS_FIELDS = ["Model", "VSR", "IOU", "Delta", "IOU_valid", "samples", "decoding", "eval_json", "date", "command"]
 RUNS_DIR = Path("runs") / "eval"
 VERSIONED_PACKAGES = ("numpy", "cadquery", "manifold3d", "torch", "transformers")
+
+logger = logging.getLogger(__name__)
 
 # The constant-prediction baseline: a 1 x 1 x 0.5 box, written in the GenCAD-Code style.
 CONSTANT_PROGRAM = """import cadquery as cq
@@ -44,29 +52,27 @@ solid=solid0
 
 
 class EvalError(ValueError):
-    """Bad input to an evaluation (missing data, unreadable image, no model): one line for the user."""
+    """Bad input to an evaluation other than its data (no model, no cluster): one line for the user.
+    Bad data raises `img2cq.data.DataError`."""
 
 
 def load_samples(eval_json: str, samples: int | None, exclude_programs_in: str | None = None):
-    """The first ``samples`` rows of a split as dicts with a decoded RGB "image" (without the
-    programs of the split ``exclude_programs_in``)."""
+    """The first ``samples`` rows of a split (``img2cq.data.load_split``) as dicts with a decoded RGB
+    "image" (without the programs of the split ``exclude_programs_in``); DataError for bad data."""
     for path in (eval_json, exclude_programs_in):
         if path is not None and not Path(path).is_file():
-            raise EvalError(f"no split at {path}: create it with `{DOWNLOAD_HINT}`")
-    try:
-        split = load_split(eval_json, exclude_programs_in=exclude_programs_in)
-    except ValueError as e:
-        raise EvalError(str(e)) from None
+            raise DataError(f"no split at {path}: create it with `{DOWNLOAD_HINT}`")
+    split = load_split(eval_json, exclude_programs_in=exclude_programs_in)
     n = len(split) if samples is None else min(samples, len(split))
     if n == 0:
-        raise EvalError(f"{eval_json} holds no samples")
+        raise DataError(f"{eval_json} holds no samples")
     rows = []
     for i in range(n):
         try:
             row = split[i]
             row["image"] = row["image"].convert("RGB")
         except Exception as e:  # noqa: BLE001 - PIL and datasets raise many kinds for a bad file
-            raise EvalError(f"cannot read the image of sample {i} in {eval_json}: {type(e).__name__}: {e}") from e
+            raise DataError(f"cannot read the image of sample {i} in {eval_json}: {type(e).__name__}: {e}") from e
         rows.append(row)
     return rows
 
@@ -154,71 +160,71 @@ def result_row(model: str, scores: dict, decoding: str, eval_json: str, command:
             "samples": scores["n"], "decoding": decoding, "eval_json": eval_json, "date": _now(), "command": command}
 
 
-def print_table(rows: list[dict]) -> None:
-    print(f"{'Model':40s} {'VSR':>7s} {'IOU':>7s} {'Delta':>8s} {'IOU_valid':>9s} {'samples':>8s}")
-    for r in rows:
-        print(f"{r['Model']:40s} {r['VSR']:>7s} {r['IOU']:>7s} {r['Delta']:>8s} {r['IOU_valid'] or '-':>9s} "
-              f"{r['samples']:>8}")
+def format_table(rows: list[dict]) -> str:
+    """results.csv rows as the table the evaluation scripts print."""
+    lines = [f"{'Model':40s} {'VSR':>7s} {'IOU':>7s} {'Delta':>8s} {'IOU_valid':>9s} {'samples':>8s}"]
+    lines += [f"{r['Model']:40s} {r['VSR']:>7s} {r['IOU']:>7s} {r['Delta']:>8s} {r['IOU_valid'] or '-':>9s} "
+              f"{r['samples']:>8}" for r in rows]
+    return "\n".join(lines)
 
 
-def evaluate_model(model_dir: str, eval_json: str = "data/test.jsonl", samples: int | None = 50,
-                   num_beams: int = 1, best_of: int | None = None, batch_size: int = 8, workers: int = 2,
-                   max_new_tokens: int | None = None, results_csv: str = "results.csv",
-                   output_dir: str | None = None, command: str = "", device=None, candidates: int = 1,
-                   refine_seconds: float = 0.0, train_json: str | None = None, cluster: str | None = None,
-                   shortlist: int | None = None, library_dir: str | None = None) -> dict:
-    """Generate for the first ``samples`` test images, score, write predictions JSONL, append results.csv.
+def search_predictions(model, rows: list[dict], args: EvaluationArguments) -> tuple[list[str], str, int | None]:
+    """Test-time search (``img2cq.search``) over ``rows``: (programs, decoding label, shortlist used),
+    for the first rows only if the search was interrupted."""
+    from img2cq.search import SHORTLIST, search_rows
 
-    ``candidates > 1`` or ``refine_seconds > 0``: test-time search (``img2cq.search``) instead of
-    plain decoding, with ``shortlist`` retrieved parts (default ``search.SHORTLIST``) from the library
-    of ``train_json``, else of ``library_dir`` (default: the shipped part library).
+    shortlist = SHORTLIST if args.shortlist is None else args.shortlist
+    try:
+        predictions, decoding, results = search_rows(model, rows, args.candidates, args.refine, args.train_json,
+                                                     args.workers, args.max_new_tokens, shortlist, args.library)
+    except (FileNotFoundError, ValueError) as e:
+        raise EvalError(str(e)) from e
+    if not predictions:
+        raise EvalError("interrupted before any image was searched")
+    logger.info("search: %.1f s per image over %d images (%d workers, load average %.1f)",
+                np.mean([r.seconds for r in results]), len(results), args.workers, os.getloadavg()[0])
+    return predictions, decoding, shortlist
+
+
+def evaluate_model(args: EvaluationArguments, command: str = "", device=None) -> dict:
+    """Generate for the first ``args.samples`` test images, score, write predictions JSONL, append results.csv.
+
+    ``args.searching`` (``--candidates`` > 1 or ``--refine``): test-time search (``img2cq.search``)
+    instead of plain decoding, with ``--shortlist`` retrieved parts (default ``search.SHORTLIST``) from
+    the library of ``--train-json``, else of ``--library`` (default: the shipped part library).
+    Returns the scores, the results.csv "row" and the "predictions_path".
     """
     from img2cq.modeling import ModelError, load_pretrained  # torch: only model evaluation pays for it
 
-    searching = candidates > 1 or refine_seconds > 0
-    if searching and (num_beams > 1 or (best_of or 1) > 1):
-        raise EvalError("--candidates/--refine replace --num-beams/--best-of: pass one or the other")
-    rows = load_samples(eval_json, samples)  # bad data fails before the (slower) model load
+    rows = load_samples(args.eval_json, args.samples)  # bad data fails before the (slower) model load
     try:
-        model = load_pretrained(model_dir, device=device)
+        model = load_pretrained(args.model_dir, device=device)
     except ModelError as e:
         raise EvalError(str(e)) from e
-    decoding = f"beam{num_beams}" if num_beams > 1 else "greedy"
-    if best_of and best_of > 1:
-        decoding += f"+best_of{best_of}"
-    predictions = []
-    if searching:
-        from img2cq.search import SHORTLIST, search_rows
-
-        shortlist = SHORTLIST if shortlist is None else shortlist
-
-        try:
-            predictions, decoding, results = search_rows(model, rows, candidates, refine_seconds, train_json, workers,
-                                                         max_new_tokens, shortlist, library_dir)
-        except (FileNotFoundError, ValueError) as e:
-            raise EvalError(str(e)) from e
-        if not predictions:
-            raise EvalError("interrupted before any image was searched")
-        print(f"search: {np.mean([r.seconds for r in results]):.1f} s per image over {len(results)} images "
-              f"({workers} workers, load average {os.getloadavg()[0]:.1f})")
+    decoding = f"beam{args.num_beams}" if args.num_beams > 1 else "greedy"
+    if args.best_of and args.best_of > 1:
+        decoding += f"+best_of{args.best_of}"
+    predictions, shortlist = [], args.shortlist
+    if args.searching:
+        predictions, decoding, shortlist = search_predictions(model, rows, args)
         rows = rows[:len(predictions)]  # Ctrl-C: score the images searched so far
-    with open_executor(workers, cluster) as ex:
-        for start in [] if searching else tqdm(range(0, len(rows), batch_size), desc="generating", unit="batch"):
-            images = [r["image"] for r in rows[start:start + batch_size]]
-            predictions += model.generate(images, num_beams=num_beams, best_of=best_of,
-                                          max_new_tokens=max_new_tokens, executor=ex)
+    with open_executor(args.workers, args.cluster) as ex:
+        batches = [] if args.searching else range(0, len(rows), args.batch_size)
+        for start in tqdm(batches, desc="generating", unit="batch", disable=not batches):
+            images = [r["image"] for r in rows[start:start + args.batch_size]]
+            predictions += model.generate(images, num_beams=args.num_beams, best_of=args.best_of,
+                                          max_new_tokens=args.max_new_tokens, executor=ex)
         scores = score_programs([r["cadquery"] for r in rows], predictions, ex)
 
-    how = {"command": command, "model": str(model_dir), "eval_json": eval_json, "samples": len(rows),
-           "decoding": decoding, "num_beams": num_beams, "best_of": best_of, "max_new_tokens": max_new_tokens,
-           "candidates": candidates, "refine_seconds": refine_seconds, "train_json": train_json,
-           "shortlist": shortlist, "library": None if not searching or train_json else (library_dir or "shipped")}
-    out = write_predictions(output_dir or default_output_dir(model_dir), rows, predictions, scores, how)
-    result = result_row(str(model_dir), scores, decoding, eval_json, command)
-    append_result(results_csv, result)
-    print_table([result])
-    print(f"predictions: {out}\nappended to {results_csv}")
-    return {**scores, "predictions_path": str(out)}
+    how = {"command": command, "model": str(args.model_dir), "eval_json": args.eval_json, "samples": len(rows),
+           "decoding": decoding, "num_beams": args.num_beams, "best_of": args.best_of,
+           "max_new_tokens": args.max_new_tokens, "candidates": args.candidates, "refine_seconds": args.refine,
+           "train_json": args.train_json, "shortlist": shortlist,
+           "library": None if not args.searching or args.train_json else (args.library or "shipped")}
+    out = write_predictions(args.output_dir or default_output_dir(args.model_dir), rows, predictions, scores, how)
+    result = result_row(str(args.model_dir), scores, decoding, args.eval_json, command)
+    append_result(args.results_csv, result)
+    return {**scores, "row": result, "predictions_path": str(out)}
 
 
 def nearest_neighbour_programs(train_json: str, test_rows: list[dict], train_samples: int | None = None,
@@ -242,50 +248,55 @@ def nearest_library_programs(test_rows: list[dict], library_dir: str | None = No
     return [library.program(library.nearest(row["image"], 1)[0]) for row in test_rows], len(library)
 
 
-def evaluate_baselines(samples: int = 50, eval_json: str = "data/test.jsonl", train_json: str = "data/train.jsonl",
-                       train_samples: int | None = None, workers: int = 2, results_csv: str = "results.csv",
-                       output_dir: str | None = None, command: str = "", cluster: str | None = None,
-                       exclude_programs_in: str | None = None, library_dir: str | None = None,
-                       use_library: bool = True) -> list[dict]:
+def evaluate_baselines(args: BaselineArguments, command: str = "") -> dict:
     """Score the baselines on the same test samples: the constant box, the nearest training image
-    (with ``train_json``; ``exclude_programs_in``: leave the training samples whose program is in
+    (unless ``--no-train``; ``--exclude-programs-in``: leave the training samples whose program is in
     that split out of the look-up, as training left them out) and the nearest part of the part
-    library (``use_library``; ``library_dir``, default the shipped one)."""
-    rows = load_samples(eval_json, samples)
+    library (unless ``--no-library``; ``--library``, default the shipped one).
+
+    Returns the results.csv "rows" and the "predictions_paths", one per baseline."""
+    train_json = None if args.no_train else args.train_json
+    rows = load_samples(args.eval_json, args.samples)
     references = [r["cadquery"] for r in rows]
     candidates = {("baseline-constant-box", "fixed"): [CONSTANT_PROGRAM] * len(rows)}
     if train_json:
         candidates[("baseline-nearest-train-image", "nearest")] = nearest_neighbour_programs(
-            train_json, rows, train_samples, exclude_programs_in=exclude_programs_in)
-    if use_library:
+            train_json, rows, args.train_samples, exclude_programs_in=args.exclude_programs_in)
+    if not args.no_library:
         try:
-            programs, size = nearest_library_programs(rows, library_dir)
+            programs, size = nearest_library_programs(rows, args.library)
         except (FileNotFoundError, ValueError) as e:
             raise EvalError(str(e)) from e
         candidates[("baseline-nearest-library-part", f"nearest-of-{size}")] = programs
     results, paths = [], []
-    with open_executor(workers, cluster) as ex:
+    with open_executor(args.workers, args.cluster) as ex:
         for (name, decoding), predictions in candidates.items():
             scores = score_programs(references, predictions, ex)
-            how = {"command": command, "model": name, "eval_json": eval_json, "samples": len(rows),
-                   "decoding": decoding, "train_json": train_json, "train_samples": train_samples,
-                   "library": library_dir or "shipped" if name.endswith("library-part") else None,
-                   "exclude_programs_in": exclude_programs_in}
-            paths.append(write_predictions(output_dir or default_output_dir("baselines"), rows, predictions,
-                                           scores, how))
-            results.append(result_row(name, scores, decoding, eval_json, command))
+            how = {"command": command, "model": name, "eval_json": args.eval_json, "samples": len(rows),
+                   "decoding": decoding, "train_json": train_json, "train_samples": args.train_samples,
+                   "library": args.library or "shipped" if name.endswith("library-part") else None,
+                   "exclude_programs_in": args.exclude_programs_in}
+            paths.append(str(write_predictions(args.output_dir or default_output_dir("baselines"), rows,
+                                               predictions, scores, how)))
+            results.append(result_row(name, scores, decoding, args.eval_json, command))
     for r in results:
-        append_result(results_csv, r)
-    print_table(results)
-    print("predictions: " + ", ".join(map(str, paths)) + f"\nappended to {results_csv}")
-    return results
+        append_result(args.results_csv, r)
+    return {"rows": results, "predictions_paths": paths}
 
 
-def run_cli(fn, **kwargs) -> int:
-    """Call an evaluation, turning bad input into one error line and exit code 2."""
+def main(args: EvaluationArguments | BaselineArguments, command: str | None = None) -> int:
+    """The evaluation scripts' command: evaluate the model (or the baselines), print the results table
+    and where the files went. Bad input is one error line and exit code 2."""
+    command = command if command is not None else " ".join(["python", *sys.argv])
+    show_notes()
     try:
-        fn(**kwargs)
-    except (EvalError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        if isinstance(args, BaselineArguments):
+            done = evaluate_baselines(args, command)
+        else:
+            done = evaluate_model(args, command)
+            done = {"rows": [done["row"]], "predictions_paths": [done["predictions_path"]]}
+    except (EvalError, DataError, FileNotFoundError) as e:
+        return fail(e)
+    print(format_table(done["rows"]))
+    print("predictions: " + ", ".join(done["predictions_paths"]) + f"\nappended to {args.results_csv}")
     return 0

@@ -1,24 +1,31 @@
-"""Training arguments as dataclasses, read by transformers' ``HfArgumentParser``.
+"""Training arguments as dataclasses, read by transformers' ``HfArgumentParser``, and the reading
+every script's dataclass arguments share (``parse_cli``; the evaluation scripts' arguments are
+``img2cq.evaluation_args``).
 
 This module imports nothing heavy, so ``--help`` and a bad flag answer before torch loads. Arguments
 come from flags, from a JSON file given first (``enhanced_train.py configs/cpu_default.json``; keys
 are the field names), or both: flags after the file win. ``BasicTrainingArguments`` holds the
-options the basic script shows; ``TrainingArguments`` adds the rest.
+options the basic script shows; ``TrainingArguments`` adds the rest. A field whose metadata says
+``"positional": True`` is a positional argument instead of a ``--flag``.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
 from img2cq.console import fail
 
 
-class TrainingError(ValueError):
-    """Bad arguments or inputs: reported as one line by the scripts."""
+class ArgumentError(ValueError):
+    """Bad arguments (a flag, a value, a config file): one error line and exit 2."""
+
+
+class TrainingError(ArgumentError):
+    """Bad arguments or inputs of a training run: reported as one line by the scripts."""
 
 
 @dataclass
@@ -113,27 +120,47 @@ def read_config(path: str, arguments_class) -> dict:
     return config
 
 
-def parse_arguments(arguments_class, description: str, argv: list[str]):
-    """Flags, optionally after a JSON config file, into one ``arguments_class`` instance."""
-    from transformers import HfArgumentParser  # ~1.5 s, but no torch: --help stays quick
+def parse_arguments(arguments_class, description: str, argv: list[str], config: bool = True):
+    """Flags (with ``config``, optionally after a JSON config file) into one ``arguments_class`` instance."""
+    from transformers import HfArgumentParser  # ~0.6 s, but no torch: --help stays quick
 
-    parser = HfArgumentParser(arguments_class, description=description)
-    parser.add_argument("config", nargs="?", help=CONFIG_HELP)
-    known, _ = parser.parse_known_args(argv)
-    if known.config:
-        parser.set_defaults(**read_config(known.config, arguments_class))
-    args, _, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True,
-                                                          look_for_args_file=False)
+    class Parser(HfArgumentParser):
+        @staticmethod
+        def _parse_dataclass_field(parser, field):
+            if not field.metadata.get("positional"):
+                return HfArgumentParser._parse_dataclass_field(parser, field)
+            kwargs = {k: v for k, v in field.metadata.items() if k != "positional"}
+            if field.default is not MISSING:
+                kwargs.update(nargs="?", default=field.default)
+            parser.add_argument(field.name, type=field.type, **kwargs)
+
+    parser = Parser(arguments_class, description=description)
+    if config:
+        parser.add_argument("config", nargs="?", help=CONFIG_HELP)
+        known, _ = parser.parse_known_args(argv)
+        if known.config:
+            parser.set_defaults(**read_config(known.config, arguments_class))
+    args, *_, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True,
+                                                           look_for_args_file=False)
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     return args
 
 
-def parse_cli(arguments_class, description: str, argv: list[str] | None = None) -> TrainingArguments:
-    """The training scripts' arguments (every option, the basic script's subset at its values);
-    bad input is one error line and exit code 2."""
+def parse_cli(arguments_class, description: str, argv: list[str] | None = None, config: bool = True):
+    """A script's arguments as one ``arguments_class`` instance (flags, with ``config`` optionally
+    after a JSON config file); bad input is one error line and exit code 2."""
     argv = sys.argv[1:] if argv is None else argv
     try:
-        return TrainingArguments(**asdict(parse_arguments(arguments_class, description, argv)))
-    except TrainingError as e:
+        return parse_arguments(arguments_class, description, argv, config)
+    except ArgumentError as e:
+        raise SystemExit(fail(e)) from None
+
+
+def parse_training_cli(arguments_class, description: str, argv: list[str] | None = None) -> TrainingArguments:
+    """The training scripts' arguments: every option, the basic script's subset at its values."""
+    args = parse_cli(arguments_class, description, argv)
+    try:
+        return TrainingArguments(**asdict(args))
+    except ArgumentError as e:
         raise SystemExit(fail(e)) from None

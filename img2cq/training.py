@@ -1,9 +1,10 @@
 """The training loop shared by train_vision_encoder_decoder.py (basic) and enhanced_train.py.
 
-``train`` reads top to bottom: check arguments -> data -> model -> optimiser -> resume -> loop
-(step, log, evaluate, checkpoint, stop on budget) -> final ``save_pretrained`` into ``--output-dir``.
-Every helper takes what it needs as arguments; the loop's position lives in one ``TrainState``,
-which is what a checkpoint stores besides accelerate's state. ``accelerate`` handles devices, mixed
+``train`` reads top to bottom: check arguments -> data -> model -> optimiser -> resume -> the loop
+(``run_loop``: epochs of steps; log, evaluate, checkpoint, stop on budget) -> final
+``save_pretrained`` into ``--output-dir``. The loop's position lives in one ``TrainState``, which is
+what a checkpoint stores besides accelerate's state (``img2cq.training_records``: checkpoints and the
+run log); what the loop works with is one ``Run``. ``accelerate`` handles devices, mixed
 precision and multi-GPU (``accelerate launch enhanced_train.py ...``) without code changes.
 Arguments: ``img2cq.training_args`` (dataclasses read by ``HfArgumentParser``).
 
@@ -22,17 +23,13 @@ interrupted one would have seen next.
 
 from __future__ import annotations
 
-import csv
 import io
-import json
-import logging
-import os
 import platform
 import random
-import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,16 +38,15 @@ from PIL import Image, ImageEnhance, ImageFilter
 from torch.utils.data import DataLoader, IterableDataset, Subset
 from tqdm.auto import tqdm
 
-from img2cq.console import fail
-from img2cq.data import DOWNLOAD_HINT
+from img2cq.console import fail, show_notes
+from img2cq.data import DOWNLOAD_HINT, DataError, load_split
 from img2cq.modeling import (ModelError, build_model, build_pretrained, count_parameters, model_input_frame,
                              save_pretrained)
 from img2cq.tokenizer import encode_program
 from img2cq.training_args import TrainingArguments, TrainingError
+from img2cq.training_records import RunLog, TrainState, find_checkpoints, save_checkpoint
 
 __all__ = ["TrainingArguments", "TrainingError", "Collator", "make_collator", "augment_image", "train", "evaluate"]
-
-logger = logging.getLogger("img2cq.training")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,17 +177,15 @@ class StreamDataset(IterableDataset):
 
 def load_rows(path: str | None, limit: int | None = None, what: str = "training",
               exclude_programs_in: str | None = None):
-    """A split as a ``datasets.Dataset`` (without the programs of the split ``exclude_programs_in``),
-    with a clear error when one is missing."""
-    from img2cq.data import load_split
-
+    """A split (``img2cq.data.load_split``: without the programs of the split ``exclude_programs_in``),
+    at most ``limit`` rows; DataError naming the command that creates a missing one."""
     if path is None or not Path(path).is_file():
-        raise TrainingError(f"no {what} data at {path}: create it with `{DOWNLOAD_HINT}`")
+        raise DataError(f"no {what} data at {path}: create it with `{DOWNLOAD_HINT}`")
     if exclude_programs_in is not None and not Path(exclude_programs_in).is_file():
-        raise TrainingError(f"no split at {exclude_programs_in} to leave out of training (--exclude-programs-in)")
+        raise DataError(f"no split at {exclude_programs_in} to leave out of training (--exclude-programs-in)")
     rows = load_split(path, exclude_programs_in=exclude_programs_in)
     if len(rows) == 0:
-        raise TrainingError(f"{path} holds no samples")
+        raise DataError(f"{path} holds no samples")
     if limit:
         rows = rows.select(range(min(limit, len(rows))))
     return rows
@@ -227,103 +221,6 @@ def resolve_precision(mixed_precision: str) -> str:
     if not torch.cuda.is_available():
         return "no"
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-
-@dataclass
-class TrainState:
-    """Where the loop is; saved as trainer_state.json in every checkpoint."""
-
-    step: int = 0
-    epoch: int = 0
-    batches_in_epoch: int = 0
-    best_metric: float | None = None   # eval IoU, or -eval loss without IoU
-    stream_next_index: int = 0         # --stream: first draw a resumed run may use
-    train_seconds: float = 0.0         # loop time summed over this run and the runs it resumes
-
-    @classmethod
-    def load(cls, checkpoint: Path) -> TrainState:
-        saved = json.loads((checkpoint / "trainer_state.json").read_text())
-        return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
-
-
-def find_checkpoints(out: Path) -> list[Path]:
-    """Complete checkpoints under ``out/checkpoints``, oldest first."""
-    found = [p for p in (out / "checkpoints").glob("step-*") if p.is_dir() and (p / "trainer_state.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def save_checkpoint(accelerator, out: Path, state: TrainState, keep: int, stream: StreamDataset | None) -> Path:
-    """Write a resumable state atomically: temporary folder, then rename, then prune old ones.
-
-    For a stream, the state records the furthest draw index any process reached.
-    """
-    if stream is not None:
-        reached = accelerator.gather(torch.tensor([stream.next_index], device=accelerator.device))
-        state.stream_next_index = int(reached.max())
-    final = out / "checkpoints" / f"step-{state.step}"
-    tmp = out / "checkpoints" / f".tmp-step-{state.step}"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=False)
-    if accelerator.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps(asdict(state), indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in find_checkpoints(out)[:-keep]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-    return final
-
-
-# ---------------------------------------------------------------------------------------------
-# Logging
-
-class RunLog:
-    """One row per logging step in logs/train_log.csv, the same scalars in TensorBoard and train.log."""
-
-    FIELDS = ["step", "epoch", "loss", "lr", "samples_per_s", "eval_loss", "eval_vsr", "eval_iou", "elapsed_s"]
-
-    def __init__(self, out: Path, enabled: bool):
-        self.enabled, self.started = enabled, time.time()
-        if not enabled:
-            return
-        logs = out / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        self.csv_path = logs / "train_log.csv"
-        new = not self.csv_path.exists()
-        self.csv_file = open(self.csv_path, "a", newline="")
-        self.writer = csv.DictWriter(self.csv_file, fieldnames=self.FIELDS)
-        if new:
-            self.writer.writeheader()
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.tb = SummaryWriter(str(logs / "tensorboard"))
-        handler = logging.FileHandler(logs / "train.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-
-    def write(self, state: TrainState, values: dict) -> None:
-        if not self.enabled or not values:
-            return
-        row = {"step": state.step, "epoch": state.epoch, **values, "elapsed_s": round(time.time() - self.started, 1)}
-        self.writer.writerow({k: row.get(k, "") for k in self.FIELDS})
-        self.csv_file.flush()
-        for k, v in row.items():
-            if k not in ("step", "epoch") and isinstance(v, (int, float)):
-                self.tb.add_scalar(k, v, row["step"])
-        self.tb.flush()
-        logger.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-
-    def close(self) -> None:
-        if self.enabled:
-            self.csv_file.close()
-            self.tb.close()
 
 
 def provenance(args: TrainingArguments, command: str | None, n_train: int | None) -> dict:
@@ -417,6 +314,134 @@ def out_of_time(accelerator, run_started: float, max_minutes: float | None) -> b
 # ---------------------------------------------------------------------------------------------
 # The loop
 
+def resume_state(accelerator, args: TrainingArguments, out: Path, previous: list[Path]) -> TrainState:
+    """With ``--resume``, the latest checkpoint loaded into the prepared model, optimiser and scheduler
+    and its loop position; else a fresh position."""
+    if args.resume and previous:
+        try:
+            accelerator.load_state(str(previous[-1]))
+        except (ValueError, RuntimeError) as e:  # another model or optimiser layout than this command builds
+            raise TrainingError(f"cannot resume from {previous[-1]}: {str(e).splitlines()[0]}") from e
+        state = TrainState.load(previous[-1])
+        accelerator.print(f"resumed from {previous[-1]} (step {state.step})")
+        return state
+    if args.resume:
+        accelerator.print(f"no checkpoint in {out}/checkpoints; starting from scratch")
+    return TrainState()
+
+
+def open_stream(accelerator, args: TrainingArguments, state: TrainState, tokenizer, collate):
+    """--stream: (this process's stream, its prepared DataLoader); a resumed run starts past the draws
+    already used."""
+    stream = StreamDataset(seed=args.seed + accelerator.process_index, workers=args.stream_workers,
+                           start=state.stream_next_index, tokenizer=tokenizer, batch_size=args.batch_size,
+                           max_program_tokens=args.max_program_tokens,
+                           group_batches=args.length_group_batches if args.group_by_length else None)
+    return stream, accelerator.prepare(DataLoader(stream, batch_size=args.batch_size, collate_fn=collate,
+                                                  num_workers=0))
+
+
+@dataclass
+class Run:
+    """What the loop works with, set up once by ``train``, and its counters (not saved in checkpoints).
+
+    ``batches(state)`` gives the batches of the current epoch from where it stands (a stream: all of it).
+    """
+
+    args: TrainingArguments
+    accelerator: object
+    model: torch.nn.Module
+    tokenizer: object
+    processor: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    batches: Callable[[TrainState], Iterable[dict]]
+    stream: StreamDataset | None
+    eval_rows: object
+    total_steps: int
+    out: Path
+    record: dict
+    log: RunLog
+    started: float                  # the --max-minutes budget counts from here
+    resumed_seconds: float = 0.0    # loop time of the runs this one resumes
+    loop_started: float = 0.0
+    samples_seen: int = 0
+    losses: list[float] = field(default_factory=list)
+    last_metrics: dict = field(default_factory=dict)
+    evaluated_at: int | None = None
+    saved_at: int | None = None
+
+    def evaluate(self, state: TrainState) -> None:
+        self.last_metrics = evaluate_and_keep_best(self.accelerator, self.model, self.tokenizer, self.processor,
+                                                   self.eval_rows, self.args, state, self.out, self.record, self.log)
+        self.evaluated_at = state.step
+
+    def checkpoint(self, state: TrainState) -> None:
+        state.train_seconds = round(self.resumed_seconds + time.time() - self.loop_started, 1)
+        save_checkpoint(self.accelerator, self.out, state, self.args.keep_checkpoints, self.stream)
+        self.saved_at = state.step
+
+
+def after_step(run: Run, state: TrainState, bar) -> bool:
+    """Log, evaluate and checkpoint where due after an optimiser step; True once the time budget is spent."""
+    args = run.args
+    bar.update(1)
+    bar.set_postfix(loss=f"{run.losses[-1]:.3f}")
+    if state.step % args.log_steps == 0:
+        run.log.write(state, {"loss": float(np.mean(run.losses)), "lr": run.scheduler.get_last_lr()[0],
+                              "samples_per_s": run.samples_seen / (time.time() - run.loop_started)})
+        run.losses = []
+    if args.eval_steps and state.step % args.eval_steps == 0:
+        run.evaluate(state)
+    if state.step % args.save_steps == 0:
+        run.checkpoint(state)
+    return out_of_time(run.accelerator, run.started, args.max_minutes)
+
+
+def train_epoch(run: Run, state: TrainState, bar) -> bool:
+    """Train on the rest of the current epoch until the last step or the time budget (True when that
+    is spent); an epoch that runs out moves on to the next, evaluated once per epoch unless --eval-steps."""
+    for batch in run.batches(state):
+        run.losses.append(train_step(run.accelerator, run.model, run.optimizer, run.scheduler, batch,
+                                     run.args.max_grad_norm))
+        state.batches_in_epoch += 1
+        run.samples_seen += batch["labels"].shape[0] * run.accelerator.num_processes
+        if not run.accelerator.sync_gradients:
+            continue
+        state.step += 1
+        stopped = after_step(run, state, bar)
+        if state.step >= run.total_steps or stopped:
+            return stopped
+    state.epoch += 1
+    state.batches_in_epoch = 0
+    if not run.args.eval_steps:
+        run.evaluate(state)
+    return False
+
+
+def run_loop(run: Run, state: TrainState) -> dict:
+    """Epochs until the last step or the time budget, then a last evaluation (unless the budget is
+    spent: the next --resume run goes on) and checkpoint where not just done. Returns the last metrics."""
+    run.model.train()
+    bar = tqdm(total=run.total_steps, initial=state.step, desc="training", unit="step",
+               disable=not run.accelerator.is_main_process)
+    run.loop_started = time.time()
+    stopped = False
+    try:
+        while state.step < run.total_steps and not stopped:
+            stopped = train_epoch(run, state, bar)
+        if stopped:
+            run.accelerator.print(f"--max-minutes {run.args.max_minutes} spent at step {state.step}/{run.total_steps}")
+        elif run.evaluated_at != state.step:
+            run.evaluate(state)
+        if run.saved_at != state.step:
+            run.checkpoint(state)
+    finally:
+        bar.close()
+        run.log.close()
+    return run.last_metrics
+
+
 def train(args: TrainingArguments, command: str | None = None, train_rows=None, eval_rows=None) -> dict:
     """Train, evaluate, checkpoint; write the final model to ``args.output_dir``. Returns last metrics.
 
@@ -469,89 +494,23 @@ def train(args: TrainingArguments, command: str | None = None, train_rows=None, 
         num_training_steps=total_steps * accelerator.num_processes)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    # resume
-    state = TrainState()
-    if args.resume and previous:
-        try:
-            accelerator.load_state(str(previous[-1]))
-        except (ValueError, RuntimeError) as e:  # another model or optimiser layout than this command builds
-            raise TrainingError(f"cannot resume from {previous[-1]}: {str(e).splitlines()[0]}") from e
-        state = TrainState.load(previous[-1])
-        accelerator.print(f"resumed from {previous[-1]} (step {state.step})")
-    elif args.resume:
-        accelerator.print(f"no checkpoint in {out}/checkpoints; starting from scratch")
-    resumed_seconds = state.train_seconds
-
+    # resume, record, the batches
+    state = resume_state(accelerator, args, out, previous)
     record = provenance(args, command, None if usable is None else len(usable))
     log = RunLog(out, accelerator.is_main_process)
-    if accelerator.is_main_process:
-        logger.info("start: %s parameters, %s steps, %s", f"{count_parameters(model):,}", total_steps, record["command"])
-
+    log.info("start: %s parameters, %s steps, %s", f"{count_parameters(model):,}", total_steps, record["command"])
     stream = None
-    if args.stream:  # each process its own stream; a resumed run starts past the draws already used
-        stream = StreamDataset(seed=args.seed + accelerator.process_index, workers=args.stream_workers,
-                               start=state.stream_next_index, tokenizer=tokenizer, batch_size=args.batch_size,
-                               max_program_tokens=args.max_program_tokens,
-                               group_batches=args.length_group_batches if args.group_by_length else None)
-        stream_loader = accelerator.prepare(DataLoader(stream, batch_size=args.batch_size, collate_fn=collate,
-                                                       num_workers=0))
+    if args.stream:  # each process its own stream
+        stream, stream_loader = open_stream(accelerator, args, state, tokenizer, collate)
+        batches = lambda state: stream_loader  # noqa: E731
+    else:
+        batches = lambda state: epoch_loader(accelerator, train_rows, epoch_order(usable, lengths, args, state.epoch),  # noqa: E731
+                                             collate, args, skip=state.batches_in_epoch)
 
-    model.train()
-    bar = tqdm(total=total_steps, initial=state.step, desc="training", unit="step",
-               disable=not accelerator.is_main_process)
-    loop_started, samples_seen, losses, last_metrics = time.time(), 0, [], {}
-    evaluated_at = saved_at = None
-    stopped = False
-    try:
-        while state.step < total_steps and not stopped:
-            if stream is not None:
-                loader = stream_loader
-            else:
-                loader = epoch_loader(accelerator, train_rows, epoch_order(usable, lengths, args, state.epoch),
-                                      collate, args, skip=state.batches_in_epoch)
-            for batch in loader:
-                losses.append(train_step(accelerator, model, optimizer, scheduler, batch, args.max_grad_norm))
-                state.batches_in_epoch += 1
-                samples_seen += batch["labels"].shape[0] * accelerator.num_processes
-                if not accelerator.sync_gradients:
-                    continue
-                state.step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
-                if state.step % args.log_steps == 0:
-                    log.write(state, {"loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0],
-                                      "samples_per_s": samples_seen / (time.time() - loop_started)})
-                    losses = []
-                if args.eval_steps and state.step % args.eval_steps == 0:
-                    last_metrics = evaluate_and_keep_best(accelerator, model, tokenizer, processor, eval_rows,
-                                                          args, state, out, record, log)
-                    evaluated_at = state.step
-                if state.step % args.save_steps == 0:
-                    state.train_seconds = round(resumed_seconds + time.time() - loop_started, 1)
-                    save_checkpoint(accelerator, out, state, args.keep_checkpoints, stream)
-                    saved_at = state.step
-                stopped = out_of_time(accelerator, run_started, args.max_minutes)
-                if state.step >= total_steps or stopped:
-                    break
-            else:  # the epoch ran out: next order; evaluate once per epoch unless --eval-steps
-                state.epoch += 1
-                state.batches_in_epoch = 0
-                if not args.eval_steps:
-                    last_metrics = evaluate_and_keep_best(accelerator, model, tokenizer, processor, eval_rows,
-                                                          args, state, out, record, log)
-                    evaluated_at = state.step
-        if stopped:  # no evaluation: the budget is spent; the next --resume run goes on
-            accelerator.print(f"--max-minutes {args.max_minutes} spent at step {state.step}/{total_steps}")
-        elif evaluated_at != state.step:
-            last_metrics = evaluate_and_keep_best(accelerator, model, tokenizer, processor, eval_rows,
-                                                  args, state, out, record, log)
-        if saved_at != state.step:
-            state.train_seconds = round(resumed_seconds + time.time() - loop_started, 1)
-            save_checkpoint(accelerator, out, state, args.keep_checkpoints, stream)
-    finally:
-        bar.close()
-        log.close()
-
+    # the loop, then the final model
+    run = Run(args, accelerator, model, tokenizer, processor, optimizer, scheduler, batches, stream, eval_rows,
+              total_steps, out, record, log, started=run_started, resumed_seconds=state.train_seconds)
+    last_metrics = run_loop(run, state)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         record.update(steps=state.step, finished=state.step >= total_steps, train_seconds=state.train_seconds)
@@ -563,9 +522,10 @@ def train(args: TrainingArguments, command: str | None = None, train_rows=None, 
 def main(args: TrainingArguments, argv: list[str] | None = None) -> int:
     """Run the training scripts' job: one clear error line and exit code 2 on bad input."""
     argv = sys.argv[1:] if argv is None else argv
+    show_notes()
     try:
         train(args, command=" ".join(["python", Path(sys.argv[0]).name, *argv]))
-    except (TrainingError, ModelError, FileNotFoundError) as e:
+    except (TrainingError, DataError, ModelError, FileNotFoundError) as e:
         return fail(e)
     except KeyboardInterrupt:
         print(f"\ninterrupted: continue with the same command plus --resume ({args.output_dir}/checkpoints)",

@@ -22,6 +22,7 @@ from img2cq.sandbox import Executor
 from img2cq.modeling import MAX_PROGRAM_TOKENS, Img2CQ, build_model, load_pretrained
 from img2cq.sampler import sample_program
 from img2cq.codec import canonical_program
+from img2cq.data import DataError
 from img2cq.tokenizer import encode_program, load_codec_tokenizer, load_tokenizer
 from img2cq.training import (Collator, TrainingArguments, TrainingError, augment_image, epoch_order, evaluate,
                              length_grouped_order, parameter_groups, train)
@@ -202,7 +203,7 @@ def test_programs_of_a_held_out_split_are_never_trained_on(dataset, tmp_path, ba
                 warmup_steps=0, save_steps=100, epochs=1)
     train(TrainingArguments(**args, exclude_programs_in=str(held_out), output_dir=str(tmp_path / "m")))
     assert {p for batch in batches_trained_on for p in batch} == {json.loads(line)["cadquery"] for line in lines[2:]}
-    with pytest.raises(TrainingError, match="no split at .* to leave out of training"):
+    with pytest.raises(DataError, match="no split at .* to leave out of training"):
         train(TrainingArguments(**args, exclude_programs_in=str(tmp_path / "no.jsonl"), output_dir=str(tmp_path / "n")))
 
 

@@ -6,28 +6,20 @@ section, ...) defines the part; every later sketch is referenced to what exists.
 face of the body (the top or bottom of a pad of material, or a side face of the part's box), its
 profile is centred, concentric, flush with an edge or in a symmetric pattern, and its extrusion goes
 exactly through the part, exactly onto the face below, or a height related to the body's. Parts
-are built on an integer grid in the first sketch's frame (normal local +Z; the first sketch's
-longer side spans the codec's SKETCH_LEVELS steps), rotated into the world by that sketch's plane
-(DeepCAD's polar rotations), normalised as DeepCAD does (the first sketch plane through the origin,
-the part within [-0.75, 0.75], at a scale that puts the design grid on the codec's grids) and
-printed by the codec's printer (``codec.to_program``) in exactly the GenCAD-Code style, every
-sketch's origin the corner of its own profile. A sampled program is therefore a codec fixed point:
-the codec target a model learns is exactly the part its image shows. Axis-aligned plane vectors
-are printed exactly (0.0, 1.0, -1.0), as the codec prints them, without the 6e-17 noise of real
-programs; the noise changes no geometry and a codec model never writes it. As in the real data,
-sketch normals are +Z, -Y, +X or +Y (the direction of an extrusion is its sign), and intersect is
-not used.
+are designed on an integer grid in the first sketch's frame and written as programs by
+``img2cq.sketches`` (``write_program``: DeepCAD's normalisation, the codec's printer), so a sampled
+program is a codec fixed point. As in the real data, sketch normals are +Z, -Y, +X or +Y (the
+direction of an extrusion is its sign), and intersect is not used.
 
 DATASET.md has the statistics of this sampler next to the real dataset's (`python -m img2cq.fidelity`).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from img2cq import codec
+from img2cq.sketches import GRID, Loop, Pad, Sketch, axis_key, polar_frame, write_program
 
 # Tunable weights. Every key can be overridden through sample_program(rng, weights={...}).
 DEFAULT_WEIGHTS: dict[str, dict] = {
@@ -53,79 +45,6 @@ DEFAULT_WEIGHTS: dict[str, dict] = {
 _AXIS_ANGLES = {"+Z": (0.0, 0.0), "-Z": (math.pi, 0.0), "+X": (math.pi / 2, 0.0), "-X": (math.pi / 2, math.pi),
                 "+Y": (math.pi / 2, math.pi / 2), "-Y": (math.pi / 2, -math.pi / 2)}
 ALLOWED_NORMALS = ("+Z", "-Y", "+X", "+Y")  # the only sketch normals of real GenCAD-Code parts
-# Parts are designed on the codec's sketch grid: the first sketch's longer side spans GRID steps.
-GRID = codec.SKETCH_LEVELS
-
-
-def polar_frame(theta: float, phi: float, gamma: float) -> tuple[np.ndarray, np.ndarray]:
-    """The codec's DeepCAD plane parameterisation -> (normal, x_dir) as arrays."""
-    normal, x_dir = codec.polar_frame(theta, phi, gamma)
-    return np.array(normal), np.array(x_dir)
-
-
-def axis_key(v) -> str:
-    """'+Z', '-Y', ... for an axis-aligned vector, else 'tilted'."""
-    v = np.asarray(v, dtype=float)
-    axis = int(np.argmax(np.abs(v)))
-    return ("+" if v[axis] > 0 else "-") + "XYZ"[axis] if abs(abs(v[axis]) - 1) < 1e-6 else "tilted"
-
-
-# ----------------------------------------------------------------------------------------------
-# Intermediate representation: loops on the integer grid, sketches on planes (part frame, grid units).
-
-@dataclass
-class Loop:
-    """A closed loop: a circle, or a path of ("line", p) / ("arc", mid, end) segments."""
-    start: tuple[float, float]
-    segments: list = field(default_factory=list)
-    radius: float | None = None   # set for circles (start is then the centre)
-
-    def points(self) -> list[tuple[float, float]]:
-        if self.radius is not None:
-            (x, y), r = self.start, self.radius
-            return [(x - r, y - r), (x + r, y + r)]
-        return [self.start] + [p for seg in self.segments for p in seg[1:]]
-
-    def shifted(self, dx: float, dy: float) -> "Loop":
-        move = lambda p: (p[0] + dx, p[1] + dy)
-        return Loop(move(self.start), [(seg[0], *map(move, seg[1:])) for seg in self.segments], self.radius)
-
-
-@dataclass
-class Sketch:
-    """One sketch and its extrusion, in the part frame (grid units); depth is signed along the normal."""
-    origin: np.ndarray
-    x_dir: np.ndarray
-    normal: np.ndarray
-    loops: list[Loop]
-    depth: float
-    both: bool = False
-    op: str = "union"        # "union" | "cut" (ignored for the first sketch)
-
-    def corners(self) -> np.ndarray:
-        """Part-frame points bounding the extruded sketch."""
-        y_dir = np.cross(self.normal, self.x_dir)
-        pts2 = np.array([p for loop in self.loops for p in loop.points()], dtype=float)
-        base = self.origin + pts2[:, :1] * self.x_dir + pts2[:, 1:] * y_dir
-        lo, hi = (-abs(self.depth), abs(self.depth)) if self.both else sorted((0.0, self.depth))
-        return np.concatenate([base + lo * self.normal, base + hi * self.normal])
-
-
-@dataclass
-class Pad:
-    """A flat-topped block of material that later sketches sit on: a rectangle of the first sketch's
-    grid, its bottom and top heights along the first sketch's normal, and, for round pads, the
-    circle (cx, cy, r, inner r) its features are concentric with."""
-    rect: tuple[int, int, int, int]
-    z0: float
-    z1: float
-    circle: tuple | None = None
-    holed: bool = False      # it has holes or pockets: a centred boss could sit over one
-    covered: bool = False    # something stands on its top: cuts from there would hide under it
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.rect[2] - self.rect[0], self.rect[3] - self.rect[1]
 
 
 def _pick(rng: np.random.Generator, table: dict):
@@ -238,7 +157,7 @@ def _arc_profile(rng, x0, y0, x1, y1) -> Loop:
     return Loop((x1, y0), segs + [("line", (x0, y0))])
 
 
-def _hole_pattern(rng, rect, round_pad=None, max_r: float | None = None) -> list[Loop]:
+def hole_pattern(rng, rect, round_pad=None, max_r: float | None = None) -> list[Loop]:
     """Holes of equal radius in a symmetric pattern: one centred (concentric on a round pad), a row
     of two, four in the corners with equal margins, or a bolt circle on a round pad."""
     if round_pad is not None:
@@ -350,9 +269,9 @@ def _base(rng, w) -> tuple[Sketch, list[Pad], bool]:
         loops = [_arc_profile(rng, *region)]
         rects = [(x1 * 0.2, y1 * 0.2, x1 * 0.8, y1 * 0.7)]
     if kind == "disc_holes" or kind == "ring" and rng.random() < 0.2:
-        loops += _hole_pattern(rng, rects[0], round_pad)
+        loops += hole_pattern(rng, rects[0], round_pad)
     elif kind in ("rect", "rounded_rect", "L", "U", "T", "polygon") and rng.random() < 0.1:
-        loops += _hole_pattern(rng, rects[int(rng.integers(len(rects)))])
+        loops += hole_pattern(rng, rects[int(rng.integers(len(rects)))])
     elif kind == "circle" and rng.random() < 0.12:
         loops.append(Loop(loops[0].start, radius=_frac(rng, 0.15, 0.5, loops[0].radius)))
     depth = _base_depth(rng, kind)
@@ -522,7 +441,7 @@ def _hole(rng, part: _Part, budget: int, split_prob: float) -> list[tuple]:
     """Holes in a symmetric pattern (or concentric) drilled from a pad's top exactly through the
     part, or exactly onto the face below; a pattern is drawn one sketch per hole where it fits."""
     pad = _free_pad(rng, part)
-    loops = _hole_pattern(rng, pad.rect, pad.circle)
+    loops = hole_pattern(rng, pad.rect, pad.circle)
     if not loops:
         return []
     pad.holed = True
@@ -660,49 +579,7 @@ def sample_sketches(rng: np.random.Generator, weights: dict | None = None) -> tu
     return part.sketches, rotation
 
 
-# ----------------------------------------------------------------------------------------------
-# Printing, through the codec
-
-# Scales of the first sketch (codec units) to draw a part at, largest first: at 2 * GRID and GRID one
-# design step is exactly 2 or 1 steps of the codec's distance grid, so sketch coordinates, plane
-# origins and depths share one grid and faces stay flush after printing. A part too long for
-# these (rods, beams) takes the largest scale below GRID that fits: its first sketch stays on the
-# codec's sketch grid, and later sketches meet it within one step of the distance grid.
-PART_SCALES = (2 * GRID, GRID, *range(GRID - 1, 0, -1))
-
-
-def render_program(sketches: list[Sketch], rotation: np.ndarray) -> str:
-    """Normalise the part as DeepCAD does (the first sketch plane through the origin, the part
-    centred across it, its farthest point within 0.75) and print it through the codec. The scale
-    is the largest of PART_SCALES that fits and the centre is a multiple of the distance grid, so
-    the design grid maps onto the codec's grids: the program is a codec fixed point (a model
-    trained on codec targets learns exactly the part its image shows) and stays flush."""
-    pts = np.concatenate([s.corners() for s in sketches if s.op == "union"]) @ rotation.T
-    lo, hi = pts.min(axis=0), pts.max(axis=0)
-    up = axis_key(rotation[:, 2])
-    for scale in PART_SCALES:
-        k = scale / codec.DISTANCE_LEVELS / GRID  # world length of one design step
-        centre = np.round((lo + hi) / 2 * k * codec.DISTANCE_LEVELS) / (k * codec.DISTANCE_LEVELS)
-        if up != "tilted":
-            centre["XYZ".index(up[1])] = 0.0
-        if np.abs(pts - centre).max() * k <= 0.75:
-            break
-    scaled = lambda p: (float(p[0] * k), float(p[1] * k))
-    drawn = []
-    for i, s in enumerate(sketches):
-        loops = [("circle", scaled(loop.start), float(loop.radius * k)) if loop.radius is not None else
-                 ("path", scaled(loop.start), [(scaled(seg[1]), None) if seg[0] == "line" else (scaled(seg[2]), scaled(seg[1]))
-                                               for seg in loop.segments]) for loop in s.loops]
-        origin, normal = (rotation @ s.origin - centre) * k, rotation @ s.normal
-        start = float(origin @ normal)  # the sketch's height along its normal; it ends at start + depth
-        snap = lambda h: round(h * codec.DISTANCE_LEVELS) / codec.DISTANCE_LEVELS
-        depth = snap(start + s.depth * k) - snap(start) or s.depth * k  # faces met at equal heights stay flush
-        drawn.append(codec.FloatSketch(tuple(origin), tuple(rotation @ s.x_dir), tuple(normal), loops, depth,
-                                       s.both, "new" if i == 0 else s.op))
-    return codec.to_program(codec.canonicalise(drawn))
-
-
 def sample_program(rng: np.random.Generator, weights: dict | None = None) -> str:
     """One GenCAD-Code style program; the same generator state gives the same program."""
     sketches, rotation = sample_sketches(rng, weights)
-    return render_program(sketches, rotation)
+    return write_program(sketches, rotation)

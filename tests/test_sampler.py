@@ -10,11 +10,11 @@ from img2cq import codec
 from img2cq.fidelity import normal_key, program_statistics
 from img2cq.sampler import (
     ALLOWED_NORMALS,
-    _hole_pattern,
-    polar_frame,
+    hole_pattern,
     sample_program,
     sample_sketches,
 )
+from img2cq.sketches import polar_frame
 
 N_PROGRAMS = 40
 WP_LINE = re.compile(r"^wp_sketch(\d+) = cq\.Workplane\(cq\.Plane\(cq\.Vector\([^()]+\), cq\.Vector\([^()]+\), "
@@ -159,7 +159,7 @@ def test_hole_patterns_are_symmetric(pattern_seed):
     rng = np.random.default_rng(pattern_seed)
     rect = (10, 20, 10 + int(rng.integers(20, 200)), 20 + int(rng.integers(20, 200)))
     round_pad = (100.0, 100.0, 80.0, float(rng.choice([0, 30]))) if pattern_seed % 2 else None
-    holes = _hole_pattern(rng, rect, round_pad)
+    holes = hole_pattern(rng, rect, round_pad)
     if not holes:
         return
     centres = np.array([h.start for h in holes])

@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 DEFAULT_REAL = ROOT.parent / "shared" / "reference" / "gencad-code-train-sample.jsonl"
 
 

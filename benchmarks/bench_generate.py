@@ -26,8 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def _images(n: int, eval_json: str | None = None):
     from PIL import Image, ImageDraw

@@ -23,7 +23,7 @@ import numpy as np
 import psutil
 import trimesh
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests/fixtures: not an installed package
 
 from img2cq.sandbox import Executor  # noqa: E402
 from metrics.best_iou import iou_from_results  # noqa: E402

@@ -110,7 +110,12 @@ def main(argv=None) -> int:
         return fail(f"no such split file: {args.jsonl}")
     if (args.limit is not None and args.limit < 1) or args.workers < 1:
         return fail("need --limit >= 1 and --workers >= 1")
-    report = check_split(args.jsonl, args.limit, args.workers)
+    from img2cq.data import DataError
+
+    try:
+        report = check_split(args.jsonl, args.limit, args.workers)
+    except DataError as e:  # a row that is not JSON
+        return fail(e)
     n = max(report["checked"], 1)
     print(f"checked {report['checked']} of {report['rows']} rows ({report['unchecked']} unchecked: program failed or blank image)")
     print(f"bbox rule (projected 3D box fits 400x300 px, centred): {report['bbox']}/{report['checked']} "

@@ -1,23 +1,31 @@
-"""img2cq over HTTP: the project critical-path API on a database, and the model and metrics.
+"""The front door: the img2cq model service and, where a database is configured, the scheduler.
 
     uvicorn server:app                      # docs at http://127.0.0.1:8000/docs
 
-Settings come from the environment, read at start (img2cq/serving/settings.py lists them all).
-Routes are thin: scheduling is img2cq.serving.schedule_api over img2cq.cpm and img2cq.db; the model
-and metrics are img2cq.serving.model_api, batched by img2cq.serving.batching; programs run only in
+Two products, composed here and nowhere else (neither package imports the other). The model and
+metrics are img2cq.serving.model_api, batched by img2cq.serving.batching, with the settings of
+img2cq/serving/settings.py; it needs no database, and /health never touches one. The project
+critical-path API is the package ``scheduling`` (its settings: scheduling/settings.py): when
+DATABASE_URL or the SQLite file of SCHEDULING_DB / IMG2CQ_DB (default ./img2cq.db) is configured,
+the lifespan migrates that database to the newest revision and mounts its router; with neither
+(IMG2CQ_DB set empty, no DATABASE_URL) its routes are not served. Settings are read at start;
+programs run only in
 the sandbox (img2cq.sandbox), never in this process.
 """
 
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from typing import Literal
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel
 
-from img2cq import db
-from img2cq.serving import errors, model_api, page, schedule_api
-from img2cq.serving.batching import Gate, Lane
+import scheduling.api
+import scheduling.errors
+from img2cq.serving import errors, model_api, page
+from img2cq.serving.batching import Lane
 from img2cq.serving.settings import Settings
+from scheduling.database import Database
+from scheduling.settings import SchedulingSettings
 
 
 class Health(BaseModel):
@@ -27,17 +35,14 @@ class Health(BaseModel):
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    """Read the settings; create the schema, one sandbox and the batchers for the app's lifetime."""
+    """Read the settings; one sandbox and the batchers, and the scheduler where a database is
+    configured, for the app's lifetime."""
     from img2cq.sandbox import Executor
     from img2cq.search import PRELOAD  # workers ready to render: /generate's search compares renders
 
     settings = app.state.settings = Settings()
-    url = settings.sqlalchemy_url()
-    app.state.engine = None if url is None else db.make_engine(url, connections=settings.db_connections)
-    if app.state.engine is not None:
-        db.create_schema(app.state.engine)
-    app.state.database_gate = Gate(limit=settings.db_connections, max_queue=settings.db_queue_size,
-                                   waits_for="the database")
+    scheduler = ExitStack()
+    app.state.scheduling = serve_scheduler(app, scheduler)
     app.state.executor = Executor(workers=settings.exec_workers, timeout=settings.exec_timeout,
                                   memory_mb=settings.exec_memory_mb, preload=PRELOAD, nice=settings.background_nice)
     app.state.sandbox = Lane(workers=settings.exec_workers, max_queue=settings.queue_size, name="sandbox")
@@ -54,8 +59,32 @@ async def lifespan(app: FastAPI):
         await app.state.model_service.stop()
         app.state.sandbox.close()
         app.state.executor.close()
-        if app.state.engine is not None:
-            app.state.engine.dispose()
+        scheduler.close()
+
+
+def serve_scheduler(app: FastAPI, stack: ExitStack) -> Database | None:
+    """Where the scheduler's settings name a database: open it (migrated to the newest revision)
+    and mount the scheduling routes, both until ``stack`` closes; the open database, else None."""
+    settings = SchedulingSettings()
+    if not settings.configured:
+        return None
+    database = stack.enter_context(Database.open(settings))
+    stack.enter_context(mounted(app, scheduling.api.router))
+    return database
+
+
+@contextmanager
+def mounted(app: FastAPI, router: APIRouter):
+    """``router``'s routes served (and in /openapi.json) for the block only: the app object is
+    built once, at import, while whether the scheduler is served is settled at start."""
+    before = list(app.router.routes)
+    app.include_router(router)
+    app.openapi_schema = None
+    try:
+        yield
+    finally:
+        app.router.routes[:] = before
+        app.openapi_schema = None
 
 
 class RefuseAtTheDoor:
@@ -127,7 +156,7 @@ app = FastAPI(title="img2cq", summary="Image -> CadQuery code, and a project cri
 app.add_middleware(RefuseAtTheDoor)
 app.add_middleware(BoundedBody)
 errors.install(app)
-app.include_router(schedule_api.router)
+scheduling.errors.install(app)
 app.include_router(model_api.router)
 app.include_router(page.router)
 app.mount("/static", page.static_files(), name="static")

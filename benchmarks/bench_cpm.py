@@ -1,4 +1,4 @@
-"""Time img2cq.cpm on a large random network (default 100,000 tasks, 300,000 links) and print a table.
+"""Time scheduling.cpm on a large random network (default 100,000 tasks, 300,000 links) and print a table.
 
     python benchmarks/bench_cpm.py [--tasks N] [--links M] [--repeat R]
 
@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from img2cq import cpm
+from scheduling import cpm
 
 
 def network(n_tasks: int, n_links: int, seed: int = 0):

@@ -1,5 +1,5 @@
-"""POST /generate under load: a real `uvicorn server:app` on 127.0.0.1 (free port, temporary SQLite
-database) with a model directory, and 1, 4, 16, 64 loopback clients, each level bounded in time.
+"""POST /generate under load: a real `uvicorn server:app` on 127.0.0.1 (free port, the model service
+alone: no database) with a model directory, and 1, 4, 16, 64 loopback clients, each level bounded in time.
 
     python benchmarks/bench_serving.py                       # shipped model, 1/4/16/64 clients, 30 s each
     python benchmarks/bench_serving.py --concurrency 1,16 --seconds 20
@@ -81,11 +81,11 @@ def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def start_server(args, db_path: Path, log) -> tuple[subprocess.Popen, str]:
+def start_server(args, log) -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{db_path}", "IMG2CQ_MODEL": str(args.model),
+    env = {**{k: v for k, v in os.environ.items() if k != "DATABASE_URL"}, "IMG2CQ_DB": "", "IMG2CQ_MODEL": str(args.model),
            "IMG2CQ_BATCH_SIZE": str(args.batch_size), "IMG2CQ_BATCH_WAIT_MS": str(args.batch_wait_ms),
            "IMG2CQ_QUEUE_SIZE": str(args.queue_size), "IMG2CQ_REQUEST_TIMEOUT": str(args.client_timeout),
            "IMG2CQ_TORCH_THREADS": str(args.torch_threads)}
@@ -188,7 +188,7 @@ def main(argv=None) -> None:
           f"{len(pictures)} distinct pictures")
     with tempfile.TemporaryDirectory() as tmp:
         log = open(Path(tmp) / "server.log", "w")
-        proc, base = start_server(args, Path(tmp) / "bench.db", log)
+        proc, base = start_server(args, log)
         try:
             warm = httpx.post(base + "/generate", files={"image": ("part.png", pictures[0], "image/png")},
                               params=args.generate_params, timeout=args.client_timeout)  # loads the model

@@ -34,10 +34,13 @@ def test_import_graph_keeps_every_contract(repo_root):
     ("sandbox/pool.py", "import cadquery", "never imports CadQuery"),        # the caller's side stays light
     ("render.py", "from img2cq import sampler", "img2cq layers"),          # independent siblings
     ("iou.py", "import metrics.best_iou", "builds on img2cq, never the reverse"),
-    ("db.py", "import torch", "never import torch"),
+    ("../scheduling/tables.py", "import torch", "never import torch"),
+    ("../scheduling/crud.py", "from img2cq import search", "neither imports the other"),  # two products
+    ("iou.py", "import scheduling.cpm", "neither imports the other"),
+    ("../scheduling/cpm.py", "from scheduling import crud", "scheduling layers"),  # the pure CPM reaching up
 ])
 def test_a_planted_breach_is_reported(repo_root, tmp_path, module, planted, contract):
-    for package in ("img2cq", "metrics"):
+    for package in ("img2cq", "metrics", "scheduling"):
         shutil.copytree(repo_root / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(repo_root / "pyproject.toml", tmp_path)
     target = tmp_path / "img2cq" / module

@@ -1,4 +1,4 @@
-"""img2cq.cpm: a published textbook example, hand-derived cases for every link type, and property
+"""scheduling.cpm: a published textbook example, hand-derived cases for every link type, and property
 tests against an independent longest-path computation with networkx."""
 
 import networkx as nx
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from img2cq import cpm
+from scheduling import cpm
 
 
 def rows(result: cpm.Schedule) -> dict:

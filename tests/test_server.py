@@ -18,10 +18,12 @@ import psutil
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from sqlalchemy.orm import Session
 
 import server
-from img2cq import db
 from img2cq.serving import model_api
+from scheduling.database import make_engine, migrate
+from scheduling.tables import Dependency, Project, Task
 
 
 
@@ -90,8 +92,8 @@ def test_project_crud(client):
     assert client.delete(f"/projects/{pid}").status_code == 204  # tasks and links go with it
     assert client.get(f"/projects/{pid}").status_code == 404
     assert client.get(f"/projects/{pid}/tasks/{a}").status_code == 404
-    with db.Session(client.app.state.engine) as s:
-        assert s.get(db.Task, a) is None and s.query(db.Dependency).filter_by(project_id=pid).count() == 0
+    with Session(client.app.state.scheduling.engine) as s:
+        assert s.get(Task, a) is None and s.query(Dependency).filter_by(project_id=pid).count() == 0
     assert client.delete(f"/projects/{pid}").status_code == 404
 
 
@@ -239,26 +241,27 @@ def test_import_is_all_or_nothing(client):
 def test_concurrent_writer_processes_lose_nothing(tmp_path, repo_root):
     """Three processes insert 100 tasks each into one SQLite file at the same time."""
     path = tmp_path / "shared.db"
-    engine = db.make_engine(f"sqlite:///{path}")
-    db.create_schema(engine)
-    with db.Session(engine) as s:
-        project = db.Project(name="shared")
+    engine = make_engine(f"sqlite:///{path}")
+    migrate(engine)
+    with Session(engine) as s:
+        project = Project(name="shared")
         s.add(project)
         s.commit()
         pid = project.id
     writer = (
-        "import sys\nfrom img2cq import db\n"
-        "engine = db.make_engine(sys.argv[1])\n"
+        "import sys\nfrom sqlalchemy.orm import Session\n"
+        "from scheduling.database import make_engine\nfrom scheduling.tables import Task\n"
+        "engine = make_engine(sys.argv[1])\n"
         "for i in range(100):\n"
-        "    with db.Session(engine) as s:\n"
-        "        s.add(db.Task(project_id=int(sys.argv[2]), name=f'{sys.argv[3]}-{i}', duration=i))\n"
+        "    with Session(engine) as s:\n"
+        "        s.add(Task(project_id=int(sys.argv[2]), name=f'{sys.argv[3]}-{i}', duration=i))\n"
         "        s.commit()\n"
     )
     procs = [subprocess.Popen([sys.executable, "-c", writer, f"sqlite:///{path}", str(pid), f"w{k}"], cwd=repo_root)
              for k in range(3)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
-    with db.Session(engine) as s:
-        names = sorted(t.name for t in s.get(db.Project, pid).tasks)
+    with Session(engine) as s:
+        names = sorted(t.name for t in s.get(Project, pid).tasks)
     engine.dispose()
     assert names == sorted(f"w{k}-{i}" for k in range(3) for i in range(100))
 

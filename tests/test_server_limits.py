@@ -20,8 +20,8 @@ import psutil
 import pytest
 from sqlalchemy import event
 
-from img2cq import cpm
 from img2cq.serving import model_api
+from scheduling import cpm
 from tests.live_server import live_server
 from tests.test_server import model_dir, png_bytes, post_image, serve, wait_until  # noqa: F401 (model_dir: fixture)
 
@@ -143,7 +143,7 @@ async def get_watching_the_pool(app, path: str) -> tuple[int, int]:
 
     async def send(message):
         if message["type"] == "http.response.start":
-            sent.append((message["status"], app.state.engine.pool.checkedout()))
+            sent.append((message["status"], app.state.scheduling.engine.pool.checkedout()))
 
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
              "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
@@ -191,18 +191,24 @@ def test_a_full_database_queue_answers_503_with_retry_after_at_once(sqlite_url, 
 def test_health_answers_from_memory(sqlite_url, model_dir):
     with serve(sqlite_url, model_dir) as client:
         statements = []
-        event.listen(client.app.state.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+        event.listen(client.app.state.scheduling.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
         assert client.get("/health").json() == {"status": "ok", "model_configured": True}
     assert statements == []
 
 
-def test_health_answers_with_no_database_configured(model_dir):
-    """IMG2CQ_DB set empty and no DATABASE_URL: the model service alone; scheduling answers 503."""
+def test_the_model_service_runs_with_no_database_configured(model_dir, tmp_path, monkeypatch):
+    """IMG2CQ_DB set empty and no DATABASE_URL: the model service alone. /health and /generate
+    answer, no database is opened or created, and the scheduler's routes are not served."""
+    monkeypatch.chdir(tmp_path)  # where the default SQLite file would appear
+    connects = []
+    monkeypatch.setattr("scheduling.database.make_engine", lambda *a, **k: connects.append(a))
     with serve("", model_dir, db="") as client:
+        assert client.app.state.scheduling is None
         assert client.get("/health").json() == {"status": "ok", "model_configured": True}
-        r = client.get("/projects")
-        assert r.status_code == 503 and "no database configured" in r.json()["detail"]
         assert post_image(client).status_code == 200
+        assert client.get("/projects").status_code == 404
+        assert not any(path.startswith("/projects") for path in client.get("/openapi.json").json()["paths"])
+    assert connects == [] and list(tmp_path.iterdir()) == []
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
-from img2cq import cpm
+from scheduling import cpm
 from tests.live_server import live_server as start_live_server
 
 

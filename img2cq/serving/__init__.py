@@ -1,2 +1,2 @@
-"""The HTTP service: settings, the scheduling API, the model API and its request batcher.
+"""The model service over HTTP: settings, the model and metrics API and its request batcher.
 ``server.py`` composes them into the ``uvicorn server:app`` application."""

@@ -4,11 +4,10 @@
 first) and runs each batch as one call on one dedicated thread, so the model sees one batched
 call at a time and the event loop is never blocked; that thread may run at a lower CPU priority
 (``nice``) than the event loop, which then answers at once however busy the batches keep the
-cores. ``Lane`` runs single blocking calls (the sandbox) on a few dedicated threads. ``Gate``
-admits a bounded number of holders at once (the database's connections), the next ones waiting on
-the event loop, not on threads. All admit a bounded number of requests and refuse the rest at once
-(``Overloaded``, answered 503 with Retry-After); every request has a deadline (``DeadlineExceeded``);
-a request whose client has gone (``Disconnected``) is dropped before its work starts.
+cores. ``Lane`` runs single blocking calls (the sandbox) on a few dedicated threads. Both admit a
+bounded number of requests and refuse the rest at once (``Overloaded``, answered 503 with
+Retry-After); every request has a deadline (``DeadlineExceeded``); a request whose client has gone
+(``Disconnected``) is dropped before its work starts.
 """
 
 import asyncio
@@ -16,9 +15,8 @@ import math
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,40 +204,3 @@ class Lane:
 
     def close(self) -> None:
         self._threads.shutdown(wait=True, cancel_futures=True)
-
-
-class Gate:
-    """At most ``limit`` holders at once; up to ``max_queue`` more wait (on the event loop, holding
-    no thread), and the rest are refused at once."""
-
-    def __init__(self, *, limit: int, max_queue: int, waits_for: str):
-        self.limit, self.max_queue, self.waits_for = limit, max_queue, waits_for
-        self._free = asyncio.Semaphore(limit)
-        self._waiting = 0
-        self._last_hold_s = 0.05
-
-    @property
-    def waiting(self) -> int:
-        return self._waiting
-
-    @asynccontextmanager
-    async def admit(self, timeout: float) -> AsyncIterator[None]:
-        """Hold one place for the block; Overloaded when the queue is full, DeadlineExceeded when
-        no place frees within ``timeout`` seconds."""
-        if self._free.locked() and self._waiting >= self.max_queue:
-            retry = max(1, math.ceil((self._waiting / self.limit + 1) * self._last_hold_s))
-            raise Overloaded(f"server busy: {self._waiting} requests already wait for {self.waits_for}", retry)
-        self._waiting += 1
-        try:
-            async with asyncio.timeout(max(timeout, 0)):  # cancels the acquire itself: no place is lost
-                await self._free.acquire()
-        except TimeoutError:
-            raise DeadlineExceeded(f"not answered within {timeout:.0f} s") from None
-        finally:
-            self._waiting -= 1
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._last_hold_s = time.perf_counter() - started
-            self._free.release()

@@ -1,4 +1,4 @@
-"""Error handlers shared by every router: one clear JSON message per failure, never a bare 500."""
+"""Error handlers of the model service: one clear JSON message per failure, never a bare 500."""
 
 import json
 import math
@@ -7,13 +7,10 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
 from img2cq.serving.batching import DeadlineExceeded, Disconnected, Overloaded
 from img2cq.serving.model_api import ModelUnavailable
-from img2cq.serving.schedule_api import NoDatabase
 
 
 def encodable(value):
@@ -82,17 +79,6 @@ def too_large_response(limit: int) -> JSONResponse:
     return _http_error(None, BodyTooLarge(limit))
 
 
-def _integrity_error(_request: Request, exc: IntegrityError) -> JSONResponse:
-    """A concurrent request won a race on a constraint (duplicate link, deleted task)."""
-    return SafeJSONResponse({"detail": f"conflicts with stored data: {exc.orig}"}, status_code=409)
-
-
-def _database_busy(_request: Request, exc: OperationalError | PoolTimeout) -> JSONResponse:
-    reason = exc.orig if isinstance(exc, OperationalError) else exc
-    return SafeJSONResponse({"detail": f"database unavailable, retry: {reason}"}, status_code=503,
-                        headers={"Retry-After": "1"})
-
-
 def overloaded_response(exc: Overloaded) -> JSONResponse:
     return SafeJSONResponse({"detail": f"{exc}; retry after {exc.retry_after} s"}, status_code=503,
                         headers={"Retry-After": str(exc.retry_after)})
@@ -112,18 +98,14 @@ def _disconnected(_request: Request, _exc: Disconnected) -> Response:
     return Response(status_code=499)
 
 
-def _unavailable(_request: Request, exc: ModelUnavailable | NoDatabase) -> JSONResponse:
+def _unavailable(_request: Request, exc: ModelUnavailable) -> JSONResponse:
     return SafeJSONResponse({"detail": str(exc)}, status_code=503)
 
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(IntegrityError, _integrity_error)
-    app.add_exception_handler(OperationalError, _database_busy)
-    app.add_exception_handler(PoolTimeout, _database_busy)
     app.add_exception_handler(Overloaded, _overloaded)
     app.add_exception_handler(DeadlineExceeded, _deadline)
     app.add_exception_handler(Disconnected, _disconnected)
     app.add_exception_handler(ModelUnavailable, _unavailable)
-    app.add_exception_handler(NoDatabase, _unavailable)

@@ -1,8 +1,10 @@
-"""Every environment variable the server reads, in one place (read once, at start)."""
+"""Every environment variable the model service reads, in one place (read once, at start). The
+scheduler, which the front door serves beside it where a database is configured, has settings of
+its own."""
 
 import os
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -12,19 +14,10 @@ def usable_cpus() -> int:
 
 
 class Settings(BaseSettings):
-    """Server settings; each field is read from ``IMG2CQ_<NAME>`` (``DATABASE_URL`` as is)."""
+    """Model service settings; each field is read from ``IMG2CQ_<NAME>``."""
 
     model_config = SettingsConfigDict(env_prefix="IMG2CQ_", extra="ignore")
 
-    database_url: str | None = Field(None, validation_alias=AliasChoices("DATABASE_URL"),
-                                     description="any SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db; "
-                                                 "unset: the SQLite file IMG2CQ_DB")
-    db: str = Field("./img2cq.db", description="SQLite file used when DATABASE_URL is unset; set empty: no "
-                                                "database (the scheduling routes answer 503, the model serves)")
-    db_connections: int = Field(8, ge=1, le=256, description="database connections of this process (its pool), "
-                                                             "and scheduling requests served at once")
-    db_queue_size: int = Field(256, ge=0, description="scheduling requests that may wait for a connection; "
-                                                      "beyond it: 503 with Retry-After")
     model: str | None = Field(None, description="model directory for /generate, loaded on first use; "
                                                 "unset: /generate answers 503")
     exec_workers: int = Field(default_factory=usable_cpus, ge=1,
@@ -61,13 +54,7 @@ class Settings(BaseSettings):
                                           "/generate?candidates=N retrieves from (its library built beside it once); "
                                           "unset: the shipped part library")
 
-    @field_validator("database_url", "model", "search_train_json", mode="before")
+    @field_validator("model", "search_train_json", mode="before")
     @classmethod
     def _empty_is_unset(cls, value):
         return value or None
-
-    def sqlalchemy_url(self) -> str | None:
-        """The database's URL; None where none is configured."""
-        if self.database_url:
-            return self.database_url
-        return "sqlite:///" + self.db if self.db else None

@@ -5,7 +5,10 @@ CANDIDATES proposals, or none with ``--model none``; the SHORTLIST nearest parts
 library, rendered and re-ranked; REFINE seconds of structured refinement), then the kept programs
 are scored against the references in the sandbox (VSR, IoU). Seconds per image count everything
 after the picture is loaded: proposing, retrieval, rendering, re-ranking, refinement. Kept programs
-are cached per setting (``--out``; resumable, Ctrl-C keeps what is finished).
+are cached per setting (``--out``; resumable, Ctrl-C keeps what is finished). ``--judge`` picks what
+scores the proposals: the blend of the learned and the hand-made agreement (the search's default,
+``comparator.default_judge``), the learned one alone or the hand-made one alone; refinement is
+scored by the hand-made agreement throughout.
 
     python benchmarks/bench_search.py --eval-json benchmarks/real_dev/test.jsonl \\
         --settings 1:16:1 8:64:8 --model models/img2cq-cpu
@@ -28,18 +31,23 @@ def main() -> int:
     p.add_argument("--eval-json", default="benchmarks/real_dev/test.jsonl")
     p.add_argument("--samples", type=int, default=None, help="first N pictures (default: all)")
     p.add_argument("--settings", nargs="+", default=["1:16:1", "8:64:8"], help="CANDIDATES:SHORTLIST:REFINE_SECONDS")
+    p.add_argument("--judge", choices=["blend", "learned", "hand"], default="blend", help="what scores the proposals")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("runs/bench_search"))
     args = p.parse_args()
 
     import numpy as np
 
+    from img2cq.agreement import agreements
+    from img2cq.comparator import LearnedAgreement
     from img2cq.evaluation import load_samples, score_programs
     from img2cq.library import PartLibrary
     from img2cq.search import search_label, search_many
 
     rows = load_samples(args.eval_json, args.samples)
     library = PartLibrary.load(args.library)
+    learned = LearnedAgreement.load()
+    judge = {"learned": learned.scores, "hand": agreements, "blend": learned.blended_scores}[args.judge]
     model = None
     if args.model != "none":
         import torch
@@ -50,8 +58,10 @@ def main() -> int:
         model = load_pretrained(args.model)
     table = []
     for setting in args.settings:
-        candidates, shortlist, refine = int(setting.split(":")[0]), int(setting.split(":")[1]), float(setting.split(":")[2])
-        label = f"{'library' if model is None else search_label(candidates, 0)}+short{shortlist}+refine{refine:g}"
+        fields = setting.split(":")
+        candidates, shortlist, refine = int(fields[0]), int(fields[1]), float(fields[2])
+        label = (f"{'library' if model is None else search_label(candidates, 0)}+short{shortlist}+refine{refine:g}"
+                 + f"+{args.judge}")
         path = args.out / f"{Path(args.eval_json).parent.name}-{Path(args.eval_json).stem}-{args.model.replace('/', '_')}-{label}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         done = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -59,7 +69,7 @@ def main() -> int:
         if todo:
             with open(path, "a") as f:
                 for row, result in zip(todo, search_many(model, [r["image"] for r in todo], candidates, refine,
-                                                         args.workers, library, shortlist)):
+                                                         args.workers, library, shortlist, judge=judge)):
                     done.append({"id": row["id"], "program": result.program, "seconds": result.seconds,
                                  "source": result.source, "evaluations": result.refine_evaluations,
                                  "load": os.getloadavg()[0]})

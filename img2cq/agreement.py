@@ -62,7 +62,10 @@ def render_views(shape) -> dict:
 
 
 def reduce_views(views: np.ndarray, resolution: int) -> tuple[np.ndarray, np.ndarray]:
-    """Silhouette (majority of each block) and edges (any pixel of each block) at ``resolution``."""
+    """Silhouette (majority of each block) and edges (any pixel of each block) at ``resolution``
+    (views already at ``resolution`` are returned as they are)."""
+    if views.shape[-1] == resolution:
+        return views[0], views[1]
     if FRAME % resolution:
         raise ValueError(f"resolution must divide {FRAME}, got {resolution}")
     f = FRAME // resolution
@@ -153,6 +156,12 @@ def agreement(reference: Masks, views: np.ndarray | None) -> float:
     features[0] = _iou(reference.silhouette, silhouette)
     features[6] = math.exp(-(to_reference + to_candidate) / 2 / EDGE_SCALE)
     return score_features(features)
+
+
+def agreements(reference: Masks, views: list[np.ndarray | None]) -> list[float]:
+    """The hand-made ``agreement`` of each candidate's framed views. A *judge*: the search scores
+    candidates with any function of this signature (the learned one: ``img2cq.comparator``)."""
+    return [agreement(reference, v) for v in views]
 
 
 def render_programs(programs: list[str], executor) -> list[np.ndarray | None]:

@@ -1,15 +1,18 @@
 """Test-time search: pick and refine programs by rendering them and comparing with the input picture.
 
-Every candidate is rendered in the dataset's style and scored by its **agreement** with the input
-picture (``img2cq.agreement``). ``search(model, image, candidates=8, refine_seconds=8)``:
+Every candidate is rendered in the dataset's style and scored against the input picture by a
+**judge**: proposals by default by the mean of the learned agreement (``img2cq.comparator``: the
+candidate's predicted 3D IoU) and the hand-made one (``agreement.agreements``); refinement's edits
+by the hand-made one. ``search(model, image, candidates=8,
+refine_seconds=8)``:
 
 1. proposals: the ``SHORTLIST`` parts of the part library (``img2cq.library``) whose pictures are
    nearest to the input in feature space, and, with a model, its greedy and beam programs and
    ``candidates - 2`` sampled ones;
 2. re-ranking: every proposal that is a codec structure (all library parts, and every program
    the codec model writes) is built and rendered by ``img2cq.build.BuildPool``'s long-lived
-   workers; anything else runs in the sandboxed executor as before; the proposal whose render
-   agrees best is kept;
+   workers; anything else runs in the sandboxed executor as before; the proposal the judge
+   scores best is kept;
 3. refinement for ``refine_seconds``: a structure is edited by ``img2cq.structured.refine``
    (proportions, depths, offsets, holes, loops, sketches, operations); a program outside the codec
    has its number literals tuned by CMA-ES through the sandbox (``refine_text``).
@@ -19,13 +22,13 @@ from __future__ import annotations
 import ast
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
 
 from img2cq import codec
-from img2cq.agreement import Masks, agreement, render_programs, views_from_image
+from img2cq.agreement import Masks, agreements, render_programs, views_from_image
 
 PRELOAD = ("img2cq.render", "img2cq.agreement")  # modules the executor's workers import before forking
 NUM_BEAMS = 4
@@ -100,8 +103,8 @@ def _is_float(node) -> bool:
 
 
 def refine_text(program: str, reference: Masks, executor, seconds: float, start_score: float | None = None,
-           seed: int = 0) -> tuple[str, float, int]:
-    """Tune the program text's numbers by CMA-ES to maximise agreement for about ``seconds``.
+                seed: int = 0, judge=agreements) -> tuple[str, float, int]:
+    """Tune the program text's numbers by CMA-ES to maximise ``judge``'s score for about ``seconds``.
 
     Returns (best program, its agreement, programs evaluated). Programs with fewer than two tunable
     groups are returned unchanged: one group is a uniform scale, which framing cannot see.
@@ -113,7 +116,7 @@ def refine_text(program: str, reference: Masks, executor, seconds: float, start_
     except SyntaxError:
         return program, start_score if start_score is not None else -math.inf, 0
     best_program = program
-    best = start_score if start_score is not None else agreement(reference, render_programs([program], executor)[0])
+    best = start_score if start_score is not None else judge(reference, render_programs([program], executor))[0]
     n = len(params.values)
     if n < 2 or seconds <= 0:
         return best_program, best, 0
@@ -125,7 +128,7 @@ def refine_text(program: str, reference: Masks, executor, seconds: float, start_
         started = time.perf_counter()
         steps = es.ask()
         programs = [params.program(params.values * np.exp(s)) for s in steps]
-        scores = [agreement(reference, v) for v in render_programs(programs, executor)]
+        scores = judge(reference, render_programs(programs, executor))
         es.tell(steps, [1.0 - s if math.isfinite(s) else 2.0 for s in scores])  # cma minimises
         evaluated += len(programs)
         top = int(np.argmax(scores))
@@ -169,11 +172,13 @@ def sample_programs(model, images: list[Image.Image], n: int, max_new_tokens: in
     """``n`` programs per image sampled from the model (nucleus sampling, as ``Img2CQ.generate(best_of=...)``)."""
     import torch
 
+    from img2cq.modeling import SAMPLING
+
     if n <= 0:
         return [[] for _ in images]
     with torch.no_grad():
-        sequences = model.model.generate(pixel_values=model.pixel_values(images), do_sample=True, top_p=0.95,
-                                         temperature=0.8, num_return_sequences=n,
+        sequences = model.model.generate(pixel_values=model.pixel_values(images), do_sample=True, **SAMPLING,
+                                         num_return_sequences=n,
                                          max_new_tokens=max_new_tokens or model.max_new_tokens)
     programs = model.decode(sequences)
     return [programs[i * n:(i + 1) * n] for i in range(len(images))]
@@ -201,43 +206,69 @@ def retrieve(library, image: Image.Image, shortlist: int) -> list[Candidate]:
     return out
 
 
-def pick_and_refine(image: Image.Image, proposals: list[Candidate], refine_seconds: float, pool,
-                    executor=None, seed: int = 0) -> SearchResult:
-    """Render and score the proposals, keep the best, refine it for ``refine_seconds``. Structures
-    are built in ``pool``; programs outside the codec run in ``executor`` (skipped without one)."""
-    from img2cq.structured import refine, score_structures
+def refine_candidate(candidate: Candidate, reference: Masks, seconds: float, pool, executor, seed: int,
+                     judge) -> tuple[Candidate, int]:
+    """The candidate refined for ``seconds`` (its structure where it has one, else its program's
+    numbers) and the number of candidates evaluated."""
+    from img2cq.structured import refine
 
+    if candidate.sketches is not None:
+        sketches, score, evaluated = refine(candidate.sketches, reference, pool, seconds, candidate.agreement, seed,
+                                            judge=judge)
+        return Candidate(codec.to_program(sketches), "refined", score, sketches), evaluated
+    program, score, evaluated = refine_text(candidate.program, reference, executor, seconds, candidate.agreement,
+                                            seed, judge)
+    return Candidate(program, "refined", score, None), evaluated
+
+
+def score_candidates(candidates: list[Candidate], reference: Masks, pool, executor, judge) -> list[Candidate]:
+    """Set each candidate's ``agreement`` to ``judge``'s score of its render; returns those scored
+    (structures in ``pool``, programs outside the codec in ``executor``, skipped without one)."""
+    from img2cq.structured import score_structures
+
+    structured = [c for c in candidates if c.sketches is not None]
+    for candidate, score in zip(structured, score_structures([c.sketches for c in structured], reference, pool, judge)):
+        candidate.agreement = score
+    texts = [c for c in candidates if c.sketches is None] if executor is not None else []
+    for candidate, score in zip(texts, judge(reference, render_programs([c.program for c in texts], executor)) if texts else []):
+        candidate.agreement = score
+    return structured + texts
+
+
+def pick_and_refine(image: Image.Image, proposals: list[Candidate], refine_seconds: float, pool,
+                    executor=None, seed: int = 0, judge=None, refine_judge=agreements) -> SearchResult:
+    """Score the proposals by ``judge`` (default: ``comparator.default_judge()``), keep the best,
+    refine it for ``refine_seconds`` by ``refine_judge`` (default: the hand-made agreement; the
+    learned one, which ranks a shortlist better, is fooled by edits), and keep the refined program
+    where ``refine_judge`` prefers it. The result's ``agreement`` is ``judge``'s score."""
+    from img2cq.comparator import default_judge
+
+    judge = judge or default_judge()
     started = time.perf_counter()
     reference = Masks.from_views(views_from_image(image))
-    structured = [c for c in proposals if c.sketches is not None]
-    for candidate, score in zip(structured, score_structures([c.sketches for c in structured], reference, pool)):
-        candidate.agreement = score
-    texts = [c for c in proposals if c.sketches is None] if executor is not None else []
-    for candidate, views in zip(texts, render_programs([c.program for c in texts], executor) if texts else []):
-        candidate.agreement = agreement(reference, views)
-    scored = structured + texts
+    scored = score_candidates(proposals, reference, pool, executor, judge)
     if not scored:
         raise ValueError("no candidate to search: give a model, a library or an executor for its programs")
     best = max(scored, key=lambda c: c.agreement)  # ties keep the earlier
     result = SearchResult(best.program, best.agreement, best.source, scored)
     if refine_seconds > 0 and math.isfinite(best.agreement):
-        if best.sketches is not None:
-            sketches, score, evaluated = refine(best.sketches, reference, pool, refine_seconds, best.agreement, seed)
-            program = codec.to_program(sketches)
-        else:
-            program, score, evaluated = refine_text(best.program, reference, executor, refine_seconds,
-                                                    best.agreement, seed)
-            sketches = None
-        result.refine_evaluations = evaluated
-        if score > best.agreement:
-            result.program, result.agreement, result.source = program, score, best.source + "+refined"
-            result.candidates.append(Candidate(program, "refined", score, sketches))
+        start = replace(best)
+        if refine_judge is not judge:
+            score_candidates([start], reference, pool, executor, refine_judge)
+        refined, result.refine_evaluations = refine_candidate(start, reference, refine_seconds, pool, executor, seed,
+                                                              refine_judge)
+        if refined.agreement > start.agreement:
+            if refine_judge is not judge:
+                score_candidates([refined], reference, pool, executor, judge)
+            result.program, result.agreement, result.source = refined.program, refined.agreement, best.source + "+refined"
+            result.candidates.append(refined)
     result.seconds = time.perf_counter() - started
     return result
 
 
 def search(model, image: Image.Image, candidates: int = 8, refine_seconds: float = 0.0, pool=None, executor=None,
-           library=None, shortlist: int = SHORTLIST, max_new_tokens: int | None = None, seed: int = 0) -> SearchResult:
+           library=None, shortlist: int = SHORTLIST, max_new_tokens: int | None = None, seed: int = 0,
+           judge=None) -> SearchResult:
     """The program whose render agrees best with ``image``, from the model's ``candidates``
     proposals (no model: none) and the library's ``shortlist`` nearest parts, then refined for
     ``refine_seconds``. ``pool``: a ``BuildPool`` (the process's shared one when None)."""
@@ -246,7 +277,7 @@ def search(model, image: Image.Image, candidates: int = 8, refine_seconds: float
     started = time.perf_counter()
     proposals = propose(model, [image], candidates, max_new_tokens)[0] if model is not None else []
     proposals += retrieve(library, image, shortlist)
-    result = pick_and_refine(image, proposals, refine_seconds, pool or shared_pool(), executor, seed)
+    result = pick_and_refine(image, proposals, refine_seconds, pool or shared_pool(), executor, seed, judge)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -265,7 +296,7 @@ def search_label(candidates: int, refine_seconds: float) -> str:
 
 def search_many(model, images: list[Image.Image], candidates: int = 8, refine_seconds: float = 0.0,
                 workers: int = 2, library=None, shortlist: int = SHORTLIST, max_new_tokens: int | None = None,
-                batch_size: int = 8, progress: bool = True) -> list[SearchResult]:
+                batch_size: int = 8, progress: bool = True, judge=None) -> list[SearchResult]:
     """``search`` for many images with one build pool and one sandbox pool, the model proposing
     for ``batch_size`` images at a time (each result's ``seconds`` includes its share of the
     batch). Ctrl-C returns the finished results."""
@@ -288,7 +319,7 @@ def search_many(model, images: list[Image.Image], candidates: int = 8, refine_se
                 for i, (image, own) in enumerate(zip(batch, proposals)):
                     started = time.perf_counter()
                     own = own + retrieve(library, image, shortlist)
-                    result = pick_and_refine(image, own, refine_seconds, pool, ex, seed=start + i)
+                    result = pick_and_refine(image, own, refine_seconds, pool, ex, seed=start + i, judge=judge)
                     result.seconds = time.perf_counter() - started + share
                     results.append(result)
                     bar.update(1)

@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from img2cq import codec
-from img2cq.agreement import Masks, agreement, unpack_views
+from img2cq.agreement import Masks, agreements, unpack_views
 
 STEP_SIGMA = 0.15            # continuous edits multiply by exp(N(0, STEP_SIGMA)) (~15 %)
 DISCRETE_SHARE = 0.3         # share of edits that change the structure (loops, sketches, operations)
@@ -131,17 +131,17 @@ def mutate(sketches: list[codec.Sketch], rng: np.random.Generator) -> list[codec
     return _with_loops(sketches, i, loops)
 
 
-def score_structures(structures: list[list[codec.Sketch]], reference: Masks, pool) -> list[float]:
-    """Agreement of each structure's render with the reference (-inf where it does not build)."""
+def score_structures(structures: list[list[codec.Sketch]], reference: Masks, pool, judge=agreements) -> list[float]:
+    """``judge``'s score of each structure's render against the reference (-inf where it does not
+    build)."""
     from img2cq.build import structure_views
 
-    return [agreement(reference, unpack_views(v) if v is not None else None)
-            for v in pool.map(structure_views, structures)]
+    return judge(reference, [unpack_views(v) if v is not None else None for v in pool.map(structure_views, structures)])
 
 
 def refine(sketches: list[codec.Sketch], reference: Masks, pool, seconds: float, start_score: float,
-           seed: int = 0, population: int | None = None) -> tuple[list[codec.Sketch], float, int]:
-    """Edit the structure for about ``seconds`` to maximise agreement.
+           seed: int = 0, population: int | None = None, judge=agreements) -> tuple[list[codec.Sketch], float, int]:
+    """Edit the structure for about ``seconds`` to maximise ``judge``'s score.
     Returns (best structure, its agreement, structures evaluated)."""
     rng = np.random.default_rng(seed)
     population = population or 4 * pool.workers
@@ -150,7 +150,7 @@ def refine(sketches: list[codec.Sketch], reference: Masks, pool, seconds: float,
     while time.perf_counter() + generation_s <= deadline:
         started = time.perf_counter()
         edits = [mutate(best, rng) for _ in range(population)]
-        scores = score_structures(edits, reference, pool)
+        scores = score_structures(edits, reference, pool, judge)
         evaluated += len(edits)
         top = int(np.argmax(scores))
         if math.isfinite(scores[top]) and scores[top] > best_score:

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from img2cq import codec, library, search
-from img2cq.agreement import FRAME
+from img2cq.agreement import FRAME, agreements
 from img2cq.build import result_shape, build_shape
 from img2cq.data import draw_rng, load_split
 from img2cq.render import render_array
@@ -88,6 +88,7 @@ def test_library_of_a_split_is_saved_beside_it_and_reused(tmp_path):
 def test_search_with_the_library_alone_keeps_the_pictured_part(work, build_pool):
     packed = library.pack_library(work, 16, SEED, dims=8)
     image = picture_of(packed.program(5))
-    result = search.search(None, image, refine_seconds=0, pool=build_pool, library=packed, shortlist=8)
+    result = search.search(None, image, refine_seconds=0, pool=build_pool, library=packed, shortlist=8,
+                           judge=agreements)
     assert result.program == packed.program(5) and result.source == "library:5" and result.agreement > 0.99
     assert len(result.candidates) == 8

@@ -54,7 +54,8 @@ class FixedModel:
 
 def test_a_candidate_that_fails_to_build_never_wins(executor, build_pool):
     image = rendered_image(CONSTANT_PROGRAM, executor)
-    result = search.search(FixedModel(), image, candidates=2, pool=build_pool, executor=executor)
+    result = search.search(FixedModel(), image, candidates=2, pool=build_pool, executor=executor,
+                           judge=agreement.agreements)
     assert result.program == CONSTANT_PROGRAM and result.source.startswith("beam")
     scores = {c.source: c.agreement for c in result.candidates}
     assert scores["greedy"] == -np.inf and scores[result.source] > 0.9
@@ -79,7 +80,8 @@ def test_refinement_improves_a_perturbed_program(executor):
     params = search.numeric_parameters(L_SHAPE)
     perturbed = params.program(params.values * np.array([1, 1, 1, 1.6, 0.7, 1.4]))
     start = agreement.agreement(reference, agreement.render_programs([perturbed], executor)[0])
-    refined, score, evaluated = search.refine_text(perturbed, reference, executor, seconds=8, start_score=start)
+    refined, score, evaluated = search.refine_text(perturbed, reference, executor, seconds=8, start_score=start,
+                                                   judge=agreement.agreements)
     assert evaluated > 0 and score > start
     assert score == pytest.approx(agreement.agreement(reference, agreement.render_programs([refined], executor)[0]))
     # structure kept: the same text apart from the numbers, still parsed into the same parameters

@@ -1,0 +1,76 @@
+"""The learned agreement: training pairs (resumable, measured), the model's save/load, scoring."""
+import math
+
+import numpy as np
+import pytest
+
+from img2cq import agreement, codec, comparator
+from img2cq.library import PartLibrary
+
+SEED = 77
+
+
+@pytest.fixture(scope="module")
+def shipped_library():
+    return PartLibrary.load(None)
+
+
+def test_pairs_are_measured_and_a_stopped_run_resumes(tmp_path, shipped_library, monkeypatch):
+    monkeypatch.setattr(comparator, "CHUNK", 2)
+    monkeypatch.setattr(comparator, "SHORTLIST_POOL", 6)
+    monkeypatch.setattr(comparator, "FROM_SHORTLIST", 3)
+    monkeypatch.setattr(comparator, "EDITS_OF_NEAREST", 1)
+    monkeypatch.setattr(comparator, "EDITS_OF_QUERY", 2)
+    comparator.generate_pairs(tmp_path, 2, SEED, shipped_library, progress=False)
+    first = comparator.pair_path(tmp_path, SEED, 0)
+    written = first.stat().st_mtime_ns
+    comparator.generate_pairs(tmp_path, 4, SEED, shipped_library, progress=False)  # resumes at chunk 1
+    assert first.stat().st_mtime_ns == written and comparator.pair_path(tmp_path, SEED, 1).is_file()
+    records = comparator.read_pairs(tmp_path, SEED)
+    pairs = comparator.PairSet.from_records(records, progress=False)
+    assert len(pairs.references) >= 3 and len(pairs.iou) == len(pairs.candidates) == len(pairs.hand)
+    assert set(np.unique(pairs.source)) <= {-2, -1, 0, 1, 2, 3, 4, 5} and 0 in pairs.source
+    assert ((pairs.iou >= 0) & (pairs.iou <= 1 + 1e-6)).all()
+    # an edit of the query itself is, on the whole, far closer to it than a retrieved stranger
+    assert pairs.iou[pairs.source == -2].mean() > pairs.iou[pairs.source >= 1].mean()
+
+
+def test_a_saved_model_loads_and_scores_alike(tmp_path):
+    model = comparator.build_model(comparator.ComparatorConfig(width=4))
+    comparator.LearnedAgreement(model).save(tmp_path / "m", {"note": "test"})
+    loaded = comparator.LearnedAgreement.load(tmp_path / "m")
+    rng = np.random.default_rng(0)
+    views = [rng.random((2, agreement.FRAME, agreement.FRAME)) < 0.3 for _ in range(2)]
+    reference = agreement.Masks.from_views(views[0])
+    scores = loaded.scores(reference, [views[0], None, views[1]])
+    assert scores[1] == -math.inf and all(0 < s < 1 for s in (scores[0], scores[2]))
+    assert scores == pytest.approx(comparator.LearnedAgreement(model).scores(reference, [views[0], None, views[1]]))
+    assert loaded.card == {"note": "test"}
+    with pytest.raises(FileNotFoundError, match="no comparator"):
+        comparator.LearnedAgreement.load(tmp_path / "missing")
+
+
+def test_the_search_judges_with_the_shipped_model():
+    judge = comparator.default_judge()
+    assert judge.__func__ is comparator.LearnedAgreement.blended_scores
+    assert judge.__self__.card["held_out"]["spearman"] > 0.5
+
+
+def test_rank_quality_counts_the_kept_candidate_and_the_order():
+    rho, kept = comparator.rank_quality([(np.array([3.0, 2.0, 1.0]), np.array([0.9, 0.5, 0.1])),
+                                         (np.array([1.0, 2.0, 3.0]), np.array([0.9, 0.5, 0.1]))])
+    assert rho == pytest.approx(0.0) and kept == pytest.approx(0.5)
+
+
+def test_the_shipped_judge_keeps_the_pictured_part(shipped_library, build_pool):
+    from PIL import Image
+
+    from img2cq import search
+    from img2cq.build import build_shape, result_shape
+    from img2cq.render import render_array
+
+    for part in (123, 45678):
+        shape = result_shape(build_shape(shipped_library.sketches(part), seams=True))
+        image = Image.fromarray(render_array(shape, size=agreement.FRAME))
+        result = search.search(None, image, refine_seconds=0, pool=build_pool, library=shipped_library, shortlist=8)
+        assert result.source == f"library:{part}" and result.agreement > 0.8

@@ -111,7 +111,7 @@ def test_a_searched_answer_says_which_proposal_won_and_how_well_it_agrees(api, m
 
     kept = SimpleNamespace(program=reference_programs["gencad_box"], source="library:7+refined", agreement=0.81)
     monkeypatch.setattr(model_api, "generate_programs",
-                        lambda model, images, *args: [model_api._searched(kept) for _ in images])
+                        lambda model, images, *args: [model_api.SearchedProgram.of(kept) for _ in images])
     r = api.post("/generate", files={"image": ("p.png", picture(), "image/png")})
     assert r.status_code == 200, r.text
     out = r.json()

@@ -66,6 +66,14 @@ class SearchedProgram(str):
     source: str | None = None
     agreement: float | None = None
 
+    @classmethod
+    def of(cls, result) -> "SearchedProgram":
+        """The kept program of a ``search.SearchResult``."""
+        program = cls(result.program)
+        program.source = result.source
+        program.agreement = float(result.agreement) if math.isfinite(result.agreement) else None
+        return program
+
 
 @dataclass(frozen=True)
 class GenerateOptions:
@@ -97,15 +105,9 @@ def generate_programs(model, images: list, options: GenerateOptions, executor=No
         return model.generate(images, max_new_tokens=options.max_new_tokens)
     from img2cq.search import search
 
-    return [_searched(search(model, image, options.candidates, options.refine_seconds, executor=executor,
-                             library=library, max_new_tokens=options.max_new_tokens)) for image in images]
-
-
-def _searched(result) -> SearchedProgram:
-    program = SearchedProgram(result.program)
-    program.source = result.source
-    program.agreement = float(result.agreement) if math.isfinite(result.agreement) else None
-    return program
+    return [SearchedProgram.of(search(model, image, options.candidates, options.refine_seconds, executor=executor,
+                                      library=library, max_new_tokens=options.max_new_tokens))
+            for image in images]
 
 
 class ModelUnavailable(Exception):

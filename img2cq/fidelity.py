@@ -11,14 +11,15 @@ row is OFF.
 """
 from __future__ import annotations
 
-import argparse
 import re
 import statistics
 import sys
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from img2cq.console import fail
+from img2cq.training_args import ArgumentError, parse_cli
 
 
 NORMALS = ("+Z", "-Y", "+X", "+Y", "tilted", "-Z", "-X")
@@ -98,17 +99,22 @@ def sampler_programs(n: int, seed: int) -> list[str]:
     return [sample_program(draw_rng(seed, "train", i)) for i in range(n)]
 
 
+@dataclass
+class FidelityArguments:
+    jsonl: Path | None = field(default=None, metadata={
+        "positional": True, "help": "programs to measure (rows with `cadquery`)"})
+    n: int = field(default=2000, metadata={"help": "sampler programs to draw when no file is given"})
+    seed: int = field(default=0, metadata={"help": "sampler seed (default 0)"})
+    check: bool = field(default=False, metadata={"help": "exit 1 if any statistic is OFF"})
+
+    def __post_init__(self):
+        if self.n < 1 or self.seed < 0:
+            raise ArgumentError("need --n >= 1 and --seed >= 0")
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m img2cq.fidelity", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("jsonl", nargs="?", type=Path, help="programs to measure (rows with `cadquery`)")
-    parser.add_argument("--n", type=int, default=2000, help="sampler programs to draw when no file is given")
-    parser.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
-    parser.add_argument("--check", action="store_true", help="exit 1 if any statistic is OFF")
-    args = parser.parse_args(argv)
-    if args.n < 1 or args.seed < 0:
-        parser.error("need --n >= 1 and --seed >= 0")
-    from img2cq.data import DataError, read_programs  # after parsing: --help answers before numpy loads
+    args = parse_cli(FidelityArguments, __doc__, argv, config=False, prog="python -m img2cq.fidelity")
+    from img2cq.data import DataError, read_programs  # here: importing this module loads no numpy
 
     try:
         if args.jsonl is not None:

@@ -10,11 +10,12 @@ and from that the box's size and offset in pixels. Renders with a view jitter ar
 """
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from img2cq.console import fail
+from img2cq.training_args import parse_cli
 
 
 TOLERANCE_PX = 2.0  # allowed error of a tight side and of the centre, in pixels at any image size
@@ -99,13 +100,17 @@ def check_split(jsonl_path: str | Path, limit: int | None = None, workers: int =
     return report
 
 
+@dataclass
+class FitCheckArguments:
+    jsonl: str = field(metadata={
+        "positional": True, "help": "a split file (rows with 'image' and 'cadquery'); its programs must be trusted"})
+    limit: int | None = field(default=None, metadata={"help": "check only the first N rows"})
+    workers: int = 1
+    min_share: float = field(default=0.95, metadata={"help": "share of checked rows the bbox rule must fit"})
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("jsonl", help="a split file (rows with 'image' and 'cadquery'); its programs must be trusted")
-    parser.add_argument("--limit", type=int, default=None, help="check only the first N rows")
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--min-share", type=float, default=0.95, help="share of checked rows the bbox rule must fit")
-    args = parser.parse_args(argv)
+    args = parse_cli(FitCheckArguments, __doc__, argv, config=False, prog="python -m img2cq.fitcheck")
     if not Path(args.jsonl).is_file():
         return fail(f"no such split file: {args.jsonl}")
     if (args.limit is not None and args.limit < 1) or args.workers < 1:

@@ -21,14 +21,16 @@ measurements behind the choice of vocabulary size and number handling.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
+
+from img2cq.training_args import parse_cli
 
 ASSET_PATH = Path(__file__).parent / "assets" / "tokenizer.json"
 CODEC_ASSET_PATH = Path(__file__).parent / "assets" / "codec_tokenizer.json"
@@ -189,20 +191,24 @@ def _sample_programs(n: int, seed: int) -> list[str]:
     return [sample_program(rng) for _ in range(n)]
 
 
+@dataclass
+class TokenizerArguments:
+    out: str = field(default=str(ASSET_PATH), metadata={
+        "help": "where to write tokenizer.json (default: the shipped one, img2cq/assets/tokenizer.json)"})
+    programs: int = field(default=20000, metadata={"help": "training programs from the sampler"})
+    test_programs: int = field(default=1000, metadata={"help": "held-out programs for measuring"})
+    seed: int = 0
+    vocab_size: int = 4096
+    number_mode: str = field(default="plain", metadata={"choices": NUMBER_MODES})
+    compare: bool = field(default=False, metadata={
+        "help": "also measure every number mode at several vocabulary sizes"})
+    codec: bool = field(default=False, metadata={
+        "help": f"write the codec tokenizer to {CODEC_ASSET_PATH.name} instead (built, not trained)"})
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Train the program tokenizer on sampler programs and measure the options.")
-    parser.add_argument("--out", default=str(ASSET_PATH), help="where to write tokenizer.json")
-    parser.add_argument("--programs", type=int, default=20000, help="training programs from the sampler")
-    parser.add_argument("--test-programs", type=int, default=1000, help="held-out programs for measuring")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vocab-size", type=int, default=4096)
-    parser.add_argument("--number-mode", choices=NUMBER_MODES, default="plain")
-    parser.add_argument("--compare", action="store_true",
-                        help="also measure every number mode at several vocabulary sizes")
-    parser.add_argument("--codec", action="store_true",
-                        help=f"write the codec tokenizer to {CODEC_ASSET_PATH.name} instead (built, not trained)")
-    args = parser.parse_args(argv)
+    args = parse_cli(TokenizerArguments, "Train the program tokenizer on sampler programs and measure the options.",
+                     argv, config=False, prog="python -m img2cq.tokenizer")
     if args.codec:
         out = CODEC_ASSET_PATH if args.out == str(ASSET_PATH) else Path(args.out)
         build_codec_tokenizer().backend_tokenizer.save(str(out))

@@ -6,16 +6,19 @@ This module imports nothing heavy, so ``--help`` and a bad flag answer before to
 come from flags, from a JSON file given first (``enhanced_train.py configs/cpu_default.json``; keys
 are the field names), or both: flags after the file win. ``BasicTrainingArguments`` holds the
 options the basic script shows; ``TrainingArguments`` adds the rest. A field whose metadata says
-``"positional": True`` is a positional argument instead of a ``--flag``.
+``"positional": True`` is a positional argument instead of a ``--flag``; a list field whose metadata
+gives ``"nargs": "*"`` is an option that may be given with no value.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from types import UnionType
+from typing import Literal, Union, get_args, get_origin
 
 from img2cq.console import fail
 
@@ -120,39 +123,70 @@ def read_config(path: str, arguments_class) -> dict:
     return config
 
 
-def parse_arguments(arguments_class, description: str, argv: list[str], config: bool = True):
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default after its help, unless the help names its own; a description of several
+    lines (a script's docstring) kept as written, a one-line one wrapped."""
+
+    def _get_help_string(self, action):
+        if "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+    def _fill_text(self, text, width, indent):
+        if "\n" in text.strip():
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def _option_type(annotation):
+    """The type argparse converts a value with: ``X`` for ``X | None`` and for ``list[X]``."""
+    if get_origin(annotation) in (Union, UnionType, list):
+        return next(a for a in get_args(annotation) if a is not type(None))
+    return annotation
+
+
+def parse_arguments(arguments_class, description: str, argv: list[str], config: bool = True,
+                    prog: str | None = None):
     """Flags (with ``config``, optionally after a JSON config file) into one ``arguments_class`` instance."""
     from transformers import HfArgumentParser  # ~0.6 s, but no torch: --help stays quick
 
     class Parser(HfArgumentParser):
         @staticmethod
         def _parse_dataclass_field(parser, field):
-            if not field.metadata.get("positional"):
-                return HfArgumentParser._parse_dataclass_field(parser, field)
             kwargs = {k: v for k, v in field.metadata.items() if k != "positional"}
-            if field.default is not MISSING:
-                kwargs.update(nargs="?", default=field.default)
-            parser.add_argument(field.name, type=field.type, **kwargs)
+            if field.metadata.get("positional"):
+                if field.default is not MISSING:
+                    kwargs.update(nargs="?", default=field.default)
+                parser.add_argument(field.name, type=_option_type(field.type), **kwargs)
+            elif "nargs" in kwargs:  # a list option that may be given empty (nargs="*"), which the base refuses
+                names = dict.fromkeys([f"--{field.name}", f"--{field.name.replace('_', '-')}"])
+                default = field.default_factory() if field.default_factory is not MISSING else field.default
+                parser.add_argument(*names, type=_option_type(field.type), default=default, **kwargs)
+            else:
+                HfArgumentParser._parse_dataclass_field(parser, field)
 
-    parser = Parser(arguments_class, description=description)
+    parser = Parser(arguments_class, description=description, prog=prog, formatter_class=_HelpFormatter)
+    for action in parser._actions:  # usage and help show the dashed spelling first: --max-mb, then --max_mb
+        action.option_strings.sort(key=lambda option: "_" in option)
     if config:
         parser.add_argument("config", nargs="?", help=CONFIG_HELP)
         known, _ = parser.parse_known_args(argv)
         if known.config:
             parser.set_defaults(**read_config(known.config, arguments_class))
-    args, *_, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True,
-                                                           look_for_args_file=False)
-    if unknown:
+    namespace, unknown = parser.parse_known_args(argv)
+    if unknown:  # before the arguments' own checks run
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    return args
+    return arguments_class(**{f.name: getattr(namespace, f.name) for f in fields(arguments_class) if f.init})
 
 
-def parse_cli(arguments_class, description: str, argv: list[str] | None = None, config: bool = True):
+def parse_cli(arguments_class, description: str, argv: list[str] | None = None, config: bool = True,
+              prog: str | None = None):
     """A script's arguments as one ``arguments_class`` instance (flags, with ``config`` optionally
-    after a JSON config file); bad input is one error line and exit code 2."""
+    after a JSON config file); bad input is one error line and exit code 2. ``prog``: the command
+    shown in the usage line (default: the script's file name)."""
     argv = sys.argv[1:] if argv is None else argv
     try:
-        return parse_arguments(arguments_class, description, argv, config)
+        return parse_arguments(arguments_class, description, argv, config, prog)
     except ArgumentError as e:
         raise SystemExit(fail(e)) from None
 

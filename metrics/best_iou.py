@@ -9,15 +9,16 @@ with evaluation, training and the server, so every path judges a program and a p
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+from dataclasses import dataclass, field
 
 from img2cq.console import fail
 from img2cq.data import DataError
 from img2cq.sandbox import ExecResult, Executor, ProgramRunner
 from img2cq.iou import exact_iou_from_results, iou_from_results
 from img2cq.scoring import execute, executor_or_new, score_pair, score_results, summarise
+from img2cq.training_args import parse_cli
 from metrics.valid_syntax_rate import load_programs
 
 __all__ = ["evaluate_codes", "exact_iou_from_results", "get_iou_best", "iou_from_results", "score_pair"]
@@ -66,19 +67,22 @@ def _error(score: dict) -> str | None:
     return score["candidate_error"]
 
 
+@dataclass
+class IouArguments:
+    gt: str = field(metadata={
+        "positional": True, "help": "reference: a .py file, a folder of .py files, or a JSONL keyed by id"})
+    pred: str = field(metadata={"positional": True, "help": "prediction(s), in the same form as GT"})
+    gt_field: str | None = field(default=None, metadata={"help": "JSONL field holding the reference code"})
+    pred_field: str | None = field(default=None, metadata={"help": "JSONL field holding the predicted code"})
+    mirror: bool = field(default=False, metadata={"help": "also accept mirror images"})
+    exact: bool = field(default=False, metadata={"help": "OCC B-rep booleans instead of mesh booleans"})
+    workers: int = os.cpu_count() or 1
+    timeout: float = field(default=10.0, metadata={"help": "seconds per program"})
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m metrics.best_iou",
-        description="IoU of the solids built by reference and predicted CadQuery programs.")
-    parser.add_argument("gt", help="reference: a .py file, a folder of .py files, or a JSONL keyed by id")
-    parser.add_argument("pred", help="prediction(s), in the same form as GT")
-    parser.add_argument("--gt-field", help="JSONL field holding the reference code")
-    parser.add_argument("--pred-field", help="JSONL field holding the predicted code")
-    parser.add_argument("--mirror", action="store_true", help="also accept mirror images")
-    parser.add_argument("--exact", action="store_true", help="OCC B-rep booleans instead of mesh booleans")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per program")
-    args = parser.parse_args(argv)
+    args = parse_cli(IouArguments, "IoU of the solids built by reference and predicted CadQuery programs.", argv,
+                     config=False, prog="python -m metrics.best_iou")
     try:
         gt = load_programs(args.gt, args.gt_field)
         pred = load_programs(args.pred, args.pred_field)

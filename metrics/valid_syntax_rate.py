@@ -12,7 +12,7 @@ executor's error kind (syntax, runtime, timeout, empty, ...).
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -21,6 +21,7 @@ from img2cq.console import fail
 from img2cq.data import DataError, read_programs
 from img2cq.sandbox import ProgramRunner
 from img2cq.scoring import execute, executor_or_new
+from img2cq.training_args import parse_cli
 
 CODE_FIELDS = ("cadquery", "code", "prediction")
 
@@ -81,15 +82,20 @@ def evaluate_syntax_rate_simple(codes: dict[str, str]) -> float:
     return evaluate_syntax_rate(codes)["vsr"]
 
 
+@dataclasses.dataclass
+class VsrArguments:  # dataclasses.field: the option --field shadows a bare field() in this body
+    path: str = dataclasses.field(metadata={
+        "positional": True, "help": "a .py file, a folder of .py files, or a JSONL file"})
+    field: str | None = dataclasses.field(default=None, metadata={
+        "help": f"JSONL field holding the code (default: first of {', '.join(CODE_FIELDS)})"})
+    workers: int = os.cpu_count() or 1
+    timeout: float = dataclasses.field(default=10.0, metadata={"help": "seconds per program"})
+    verbose: bool = dataclasses.field(default=False, metadata={"help": "show a progress bar"})
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m metrics.valid_syntax_rate",
-                                     description="Share of CadQuery programs that run and produce a solid.")
-    parser.add_argument("path", help="a .py file, a folder of .py files, or a JSONL file")
-    parser.add_argument("--field", help=f"JSONL field holding the code (default: first of {', '.join(CODE_FIELDS)})")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per program")
-    parser.add_argument("--verbose", action="store_true", help="show a progress bar")
-    args = parser.parse_args(argv)
+    args = parse_cli(VsrArguments, "Share of CadQuery programs that run and produce a solid.", argv, config=False,
+                     prog="python -m metrics.valid_syntax_rate")
     if args.workers < 1 or args.timeout <= 0:
         return fail("--workers must be >= 1 and --timeout > 0")
     try:

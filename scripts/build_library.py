@@ -11,37 +11,42 @@ recording how it was made).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from img2cq.training_args import ArgumentError, parse_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_PART_BENCHMARK = ROOT / "benchmarks" / "real_dev" / "programs.jsonl"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parts", type=int, default=100_000, help="distinct parts in the library")
-    p.add_argument("--seed", type=int, default=2026, help="sampler seed of the draws")
-    p.add_argument("--work", type=Path, default=Path("runs/library-build"), help="work folder (resumable)")
-    p.add_argument("--out", type=Path, default=Path("models/part-library"), help="where the library is written")
-    p.add_argument("--dims", type=int, default=128, help="retrieval feature dimensions (principal components)")
-    p.add_argument("--workers", type=int, default=2, help="build processes (or local Dask workers)")
-    p.add_argument("--cluster", metavar="ADDRESS|auto|local", default=None,
-                   help="draw on a Dask cluster (scheduler address, auto = $DASK_SCHEDULER_ADDRESS, local)")
-    p.add_argument("--exclude-programs-in", nargs="*", default=[], metavar="SPLIT",
-                   help="held-out splits whose programs never enter the library (the real-part benchmark always)")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    if args.parts < 1 or args.workers < 1 or not 1 <= args.dims <= 1024:
-        p.error("need --parts >= 1, --workers >= 1 and 1 <= --dims <= 1024")
-    return args
+@dataclass
+class BuildLibraryArguments:
+    parts: int = field(default=100_000, metadata={"help": "distinct parts in the library"})
+    seed: int = field(default=2026, metadata={"help": "sampler seed of the draws"})
+    work: Path = field(default=Path("runs/library-build"), metadata={"help": "work folder (resumable)"})
+    out: Path = field(default=Path("models/part-library"), metadata={"help": "where the library is written"})
+    dims: int = field(default=128, metadata={"help": "retrieval feature dimensions (principal components)"})
+    workers: int = field(default=2, metadata={"help": "build processes (or local Dask workers)"})
+    cluster: str | None = field(default=None, metadata={
+        "metavar": "ADDRESS|auto|local",
+        "help": "draw on a Dask cluster (scheduler address, auto = $DASK_SCHEDULER_ADDRESS, local)"})
+    exclude_programs_in: list[str] = field(default_factory=list, metadata={
+        "nargs": "*", "metavar": "SPLIT",
+        "help": "held-out splits whose programs never enter the library (the real-part benchmark always)"})
+    no_progress: bool = False
+
+    def __post_init__(self):
+        if self.parts < 1 or self.workers < 1 or not 1 <= self.dims <= 1024:
+            raise ArgumentError("need --parts >= 1, --workers >= 1 and 1 <= --dims <= 1024")
+
+
+def parse_args(argv=None) -> BuildLibraryArguments:
+    return parse_cli(BuildLibraryArguments, __doc__, argv, config=False)
 
 
 def main(argv=None) -> int:

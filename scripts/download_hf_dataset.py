@@ -8,14 +8,14 @@ Synthetic runs are resumable: run the same command again after an interruption.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import sys
+from dataclasses import dataclass, field
+from typing import Literal
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from img2cq.console import fail  # noqa: E402 - light: no numpy, no torch
+from img2cq.console import fail  # light: no numpy, no torch
+from img2cq.training_args import ArgumentError, parse_cli
 
 HUB_HOST = "huggingface.co"
 
@@ -29,31 +29,39 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+@dataclass
+class DatasetArguments:
+    source: Literal["hub", "synthetic"] = "hub"
+    out: str = field(default="data", metadata={"help": "output folder (default: data)"})
+    train: int = 2000
+    val: int = 0
+    test: int = 500
+    seed: int = field(default=0, metadata={"help": "synthetic only: base seed (splits use disjoint streams)"})
+    workers: int = field(default=max(1, (os.cpu_count() or 2)), metadata={"help": "synthetic only"})
+    size: int = field(default=448, metadata={"help": "synthetic only: image size in pixels"})
+    line_width: float = field(default=1.0, metadata={"help": "synthetic only: edge width in pixels"})
+    view_jitter_deg: float = field(default=0.0, metadata={"help": "synthetic only: random view tilt"})
+    fit: Literal["bbox", "silhouette"] = field(default="bbox", metadata={
+        "help": "synthetic only: scale rule; bbox = the dataset's (projected 3D box fits 400x300 px of 448), "
+                "silhouette = longer side 400 px (this project's earlier renders)"})
+    cluster: str | None = field(default=None, metadata={
+        "metavar": "ADDRESS|auto|local",
+        "help": "synthetic only: run the programs on a Dask cluster (scheduler address, auto = "
+                "$DASK_SCHEDULER_ADDRESS, local = a cluster of --workers processes here); same rows"})
+    no_progress: bool = False
+
+    def __post_init__(self):
+        sizes = (self.train, self.val, self.test)
+        if min(sizes) < 0 or sum(sizes) == 0:
+            raise ArgumentError("split sizes must be >= 0 and not all 0")
+        if self.workers < 1 or self.size < 16 or self.line_width <= 0 or self.view_jitter_deg < 0 or self.seed < 0:
+            raise ArgumentError("need --workers >= 1, --size >= 16, --line-width > 0, --view-jitter-deg >= 0, "
+                                "--seed >= 0")
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", choices=("hub", "synthetic"), default="hub")
-    parser.add_argument("--out", default="data", help="output folder (default: data)")
-    parser.add_argument("--train", type=int, default=2000)
-    parser.add_argument("--val", type=int, default=0)
-    parser.add_argument("--test", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=0, help="synthetic only: base seed (splits use disjoint streams)")
-    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2)), help="synthetic only")
-    parser.add_argument("--size", type=int, default=448, help="synthetic only: image size in pixels")
-    parser.add_argument("--line-width", type=float, default=1.0, help="synthetic only: edge width in pixels")
-    parser.add_argument("--view-jitter-deg", type=float, default=0.0, help="synthetic only: random view tilt")
-    parser.add_argument("--fit", choices=("bbox", "silhouette"), default="bbox",
-                        help="synthetic only: scale rule; bbox = the dataset's (projected 3D box fits 400x300 px "
-                             "of 448), silhouette = longer side 400 px (this project's earlier renders)")
-    parser.add_argument("--cluster", metavar="ADDRESS|auto|local", default=None,
-                        help="synthetic only: run the programs on a Dask cluster (scheduler address, auto = "
-                             "$DASK_SCHEDULER_ADDRESS, local = a cluster of --workers processes here); same rows")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    args = parse_cli(DatasetArguments, __doc__, argv, config=False)
     sizes = {"train": args.train, "val": args.val, "test": args.test}
-    if min(sizes.values()) < 0 or sum(sizes.values()) == 0:
-        parser.error("split sizes must be >= 0 and not all 0")
-    if args.workers < 1 or args.size < 16 or args.line_width <= 0 or args.view_jitter_deg < 0 or args.seed < 0:
-        parser.error("need --workers >= 1, --size >= 16, --line-width > 0, --view-jitter-deg >= 0, --seed >= 0")
 
     from img2cq import data
 

@@ -15,20 +15,19 @@ only; ``--join`` checks the checksum and unpacks in place.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import subprocess
 import sys
 import tarfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from img2cq.console import fail
+from img2cq.training_args import ArgumentError, parse_cli
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # the torch dtypes, loaded when exporting
 WEIGHTS = "model.safetensors"
 TAR = "model.tar"
 
@@ -60,6 +59,7 @@ def git_commit() -> str | None:
 def export(model_dir: str | Path, out_dir: str | Path, dtype: str = "bf16", max_mb: float = 50,
            command: str = "") -> dict:
     """Write the half-precision ``from_pretrained`` directory; returns the export record."""
+    import torch
     from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
 
     from img2cq.modeling import save_pretrained
@@ -69,7 +69,7 @@ def export(model_dir: str | Path, out_dir: str | Path, dtype: str = "bf16", max_
         raise ExportError(f"no model in {model_dir} (expected config.json from a training run)")
     if dtype not in DTYPES:
         raise ExportError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    model = VisionEncoderDecoderModel.from_pretrained(model_dir).to(DTYPES[dtype])
+    model = VisionEncoderDecoderModel.from_pretrained(model_dir).to(getattr(torch, DTYPES[dtype]))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     processor = AutoImageProcessor.from_pretrained(model_dir)
     config_path = model_dir / "training_config.json"
@@ -134,22 +134,31 @@ def join(out_dir: str | Path) -> list[str]:
     return names
 
 
+@dataclass
+class ExportArguments:
+    model_dir: str | None = field(default=None, metadata={
+        "positional": True, "help": "directory written by a training script"})
+    out_dir: str | None = field(default=None, metadata={"positional": True, "help": "where the exported model goes"})
+    dtype: str = field(default="bf16", metadata={"help": "bf16 or fp16 (default: bf16)"})
+    max_mb: float = field(default=50, metadata={"help": "fail if the weights exceed this many MB; 0: no check"})
+    split_mib: float | None = field(default=None, metadata={
+        "help": "pack and cut the export into pieces of this size"})
+    join: str | None = field(default=None, metadata={
+        "metavar": "DIR", "help": "reassemble the pieces in DIR into the model directory"})
+
+    def __post_init__(self):
+        if not self.join and not (self.model_dir and self.out_dir):
+            raise ArgumentError("MODEL_DIR and OUT_DIR are needed (or --join DIR)")
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Export a trained model as half-precision safetensors (and pieces).")
-    p.add_argument("model_dir", nargs="?", help="directory written by a training script")
-    p.add_argument("out_dir", nargs="?", help="where the exported model goes")
-    p.add_argument("--dtype", default="bf16", help="bf16 or fp16 (default: bf16)")
-    p.add_argument("--max-mb", type=float, default=50, help="fail if the weights exceed this many MB; 0: no check")
-    p.add_argument("--split-mib", type=float, default=None, help="pack and cut the export into pieces of this size")
-    p.add_argument("--join", metavar="DIR", help="reassemble the pieces in DIR into the model directory")
-    a = p.parse_args(argv)
+    a = parse_cli(ExportArguments, "Export a trained model as half-precision safetensors (and pieces).", argv,
+                  config=False)
     command = " ".join(["python", "scripts/export_model.py", *(argv if argv is not None else sys.argv[1:])])
     try:
         if a.join:
             print(f"joined {len(join(a.join))} files into {a.join}")
             return 0
-        if not (a.model_dir and a.out_dir):
-            p.error("MODEL_DIR and OUT_DIR are needed (or --join DIR)")
         record = export(a.model_dir, a.out_dir, a.dtype, a.max_mb, command)
         print(f"exported {a.out_dir}: {WEIGHTS} {record['weights_bytes'] / 1e6:.1f} MB ({a.dtype})")
         if a.split_mib:

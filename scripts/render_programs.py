@@ -11,26 +11,31 @@ counted and listed (row number, the row's other fields, the reason) in OUT_DIR/<
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from img2cq.training_args import ArgumentError, parse_cli
+
+
+@dataclass
+class RenderArguments:
+    programs: Path = field(metadata={"positional": True, "help": "jsonl with a `cadquery` field per row"})
+    out: Path = field(metadata={"positional": True, "help": "output folder"})
+    split: str = field(default="test", metadata={"help": "split name: writes OUT/<split>.jsonl (default: test)"})
+    workers: int = 2
+    size: int = field(default=448, metadata={"help": "image size in pixels"})
+    id_prefix: str | None = field(default=None, metadata={
+        "help": "ids are PREFIX-<row number> (default: the programs file's stem)"})
+
+    def __post_init__(self):
+        if self.workers < 1 or self.size < 16:
+            raise ArgumentError("need --workers >= 1 and --size >= 16")
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("programs", type=Path, help="jsonl with a `cadquery` field per row")
-    parser.add_argument("out", type=Path, help="output folder")
-    parser.add_argument("--split", default="test", help="split name: writes OUT/<split>.jsonl (default: test)")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--size", type=int, default=448, help="image size in pixels")
-    parser.add_argument("--id-prefix", default=None, help="ids are PREFIX-<row number> (default: the programs file's stem)")
-    args = parser.parse_args(argv)
-    if args.workers < 1 or args.size < 16:
-        parser.error("need --workers >= 1 and --size >= 16")
+    args = parse_cli(RenderArguments, __doc__, argv, config=False)
     from img2cq.console import fail
     from img2cq.data import DataError, read_programs
 

@@ -13,35 +13,42 @@ benchmark's queries, never evaluation parts.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from img2cq.training_args import ArgumentError, parse_cli
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--queries", type=int, default=3000, help="sampler query parts to draw pairs for")
-    p.add_argument("--seed", type=int, default=7000, help="sampler seed of the query parts")
-    p.add_argument("--library", default=None, help="part library the shortlists come from (default: the shipped one)")
-    p.add_argument("--work", type=Path, default=Path("runs/comparator-pairs"), help="pair files (resumable)")
-    p.add_argument("--out", type=Path, default=Path("models/agreement"), help="where the model is saved")
-    p.add_argument("--width", type=int, default=16, help="channels of the first convolution")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--queries-per-step", type=int, default=4)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--validation", type=float, default=0.1, help="share of the queries held out")
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    p.add_argument("--workers", type=int, default=2, help="build processes drawing pairs")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    if args.queries < 50 or args.epochs < 1 or not 0 < args.validation < 0.5:
-        p.error("need --queries >= 50, --epochs >= 1 and 0 < --validation < 0.5")
-    return args
+
+@dataclass
+class ComparatorArguments:
+    queries: int = field(default=3000, metadata={"help": "sampler query parts to draw pairs for"})
+    seed: int = field(default=7000, metadata={"help": "sampler seed of the query parts"})
+    library: str | None = field(default=None, metadata={
+        "help": "part library the shortlists come from (default: the shipped one)"})
+    work: Path = field(default=Path("runs/comparator-pairs"), metadata={"help": "pair files (resumable)"})
+    out: Path = field(default=Path("models/agreement"), metadata={"help": "where the model is saved"})
+    width: int = field(default=16, metadata={"help": "channels of the first convolution"})
+    epochs: int = 12
+    queries_per_step: int = 4
+    lr: float = 3e-3
+    validation: float = field(default=0.1, metadata={"help": "share of the queries held out"})
+    threads: int = field(default=2, metadata={"help": "torch intra-op threads"})
+    workers: int = field(default=2, metadata={"help": "build processes drawing pairs"})
+    no_progress: bool = False
+
+    def __post_init__(self):
+        if self.queries < 50 or self.epochs < 1 or not 0 < self.validation < 0.5:
+            raise ArgumentError("need --queries >= 50, --epochs >= 1 and 0 < --validation < 0.5")
+
+
+def parse_args(argv=None) -> ComparatorArguments:
+    return parse_cli(ComparatorArguments, __doc__, argv, config=False)
 
 
 def loss_of(model, pairs, batch, flip: bool):

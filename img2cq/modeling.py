@@ -41,7 +41,7 @@ from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPi
 
 from img2cq.framing import SIZE as FRAME_SIZE, frame_silhouette
 from img2cq.grammar import CodecGrammar, GrammarLogitsProcessor
-from img2cq.tokenizer import decode_program, is_codec_tokenizer, load_codec_tokenizer, load_tokenizer
+from img2cq.tokenizer import decode_program, encode_program, is_codec_tokenizer, load_codec_tokenizer, load_tokenizer
 
 # Longest GenCAD programs are ~4,000 characters; with the BPE tokenizer that is well under
 # this many tokens (measured in the README, "Training").
@@ -246,10 +246,22 @@ def save_pretrained(out_dir, model, tokenizer, processor, training_config: dict 
     (out_dir / "README.md").write_text(model_card(training_config, metrics or {}, count_parameters(model)))
 
 
-class Img2CQ:
-    """A loaded model with its tokenizer and image processor: images in, program strings out."""
+def prompt_prefix(tokenizer, prompt: str | None) -> list[int]:
+    """The decoder's ids before the program: bos, or for a retrieve-and-edit model
+    ``bos <prompt program's tokens> bos`` (``img2cq.editing``)."""
+    if prompt is None:
+        return [tokenizer.bos_token_id]
+    return [tokenizer.bos_token_id, *encode_program(tokenizer, prompt), tokenizer.bos_token_id]
 
-    def __init__(self, model: VisionEncoderDecoderModel, tokenizer, processor, device=None):
+
+class Img2CQ:
+    """A loaded model with its tokenizer and image processor: images in, program strings out.
+
+    A retrieve-and-edit model (config ``retrieval_prompt``, ``img2cq.editing``) is prompted with the
+    program of the part ``library`` holds nearest to each picture (default library: the shipped one,
+    loaded on first use), unless the caller gives the prompts."""
+
+    def __init__(self, model: VisionEncoderDecoderModel, tokenizer, processor, device=None, library=None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         # Rows of a batch that finish early are padded while the others decode; those positions lie
@@ -258,14 +270,37 @@ class Img2CQ:
         self.tokenizer = tokenizer
         self.processor = processor
         self.grammar = CodecGrammar(tokenizer) if is_codec_tokenizer(tokenizer) else None
+        self.edits = bool(getattr(model.config, "retrieval_prompt", False))
+        self._library = library
+
+    @property
+    def library(self):
+        if self._library is None:
+            from img2cq.library import PartLibrary
+
+            self._library = PartLibrary.load()
+        return self._library
 
     @property
     def max_new_tokens(self) -> int:
         return self.model.config.decoder.n_positions - 1
 
     def pixel_values(self, images: list[Image.Image]) -> torch.Tensor:
+        if self.edits:
+            from img2cq.editing import edit_picture
+
+            images = [edit_picture(im) for im in images]
         images = [model_input_frame(im, self.processor) for im in images]
         return self.processor(images, return_tensors="pt")["pixel_values"].to(self.device)
+
+    def prompts(self, images: list[Image.Image]) -> list[str | None]:
+        """What each picture's program is written after: the nearest library part's program for a
+        retrieve-and-edit model, else nothing."""
+        if not self.edits:
+            return [None] * len(images)
+        from img2cq.editing import prompt_program
+
+        return [prompt_program(self.library, im) for im in images]
 
     def decode(self, sequences) -> list[str]:
         return [decode_program(self.tokenizer, seq) for seq in sequences]
@@ -277,8 +312,36 @@ class Img2CQ:
         return {"logits_processor": LogitsProcessorList([GrammarLogitsProcessor(self.grammar, max_new_tokens)])}
 
     @torch.no_grad()
+    def programs(self, images: list[Image.Image], n: int = 1, max_new_tokens: int | None = None,
+                 prompts: list[str | None] | None = None, **generate_kwargs) -> list[str]:
+        """``n`` programs per image (image-major) from ``model.generate(**generate_kwargs)``: batched
+        without prompts, one image at a time with them (the prompt is the decoder's prefix)."""
+        pixels = self.pixel_values(images)
+        prompts = self.prompts(images) if prompts is None else prompts
+        if all(p is None for p in prompts):
+            budget = max_new_tokens or self.max_new_tokens
+            return self.decode(self.model.generate(pixel_values=pixels, num_return_sequences=n, max_new_tokens=budget,
+                                                   **generate_kwargs, **self.generation_constraints(budget)))
+        out = []
+        for k, prompt in enumerate(prompts):
+            prefix = torch.tensor([prompt_prefix(self.tokenizer, prompt)], device=self.device)
+            budget = min(max_new_tokens or self.max_new_tokens, self.model.config.decoder.n_positions - prefix.shape[1])
+            sequences = self.model.generate(pixel_values=pixels[k:k + 1], decoder_input_ids=prefix,
+                                            num_return_sequences=n, max_new_tokens=budget, **generate_kwargs,
+                                            **self.generation_constraints(budget))
+            out += self.decode(sequences[:, prefix.shape[1]:])
+        return out
+
+    def sample(self, images: list[Image.Image], n: int, max_new_tokens: int | None = None,
+               prompts: list[str | None] | None = None) -> list[list[str]]:
+        """``n`` programs per image by nucleus sampling (``SAMPLING``)."""
+        if n <= 0:
+            return [[] for _ in images]
+        programs = self.programs(images, n, max_new_tokens, prompts, do_sample=True, **SAMPLING)
+        return [programs[i * n:(i + 1) * n] for i in range(len(images))]
+
     def generate(self, images: list[Image.Image], num_beams: int = 1, max_new_tokens: int | None = None,
-                 best_of: int | None = None, executor=None) -> list[str]:
+                 best_of: int | None = None, executor=None, prompts: list[str | None] | None = None) -> list[str]:
         """One program per image: greedy (``num_beams=1``) or beam search, batched.
 
         With the codec tokenizer, decoding is grammar-constrained: every program parses, and one
@@ -288,19 +351,12 @@ class Img2CQ:
         executor (``executor`` or the module default) and the first that builds a valid solid is
         kept; when none does, the greedy/beam program is returned.
         """
-        pixels = self.pixel_values(images)
-        max_new_tokens = max_new_tokens or self.max_new_tokens
-        first = self.model.generate(pixel_values=pixels, num_beams=num_beams, do_sample=False,
-                                    max_new_tokens=max_new_tokens, **self.generation_constraints(max_new_tokens))
-        programs = self.decode(first)
+        prompts = self.prompts(images) if prompts is None else prompts
+        programs = self.programs(images, 1, max_new_tokens, prompts, num_beams=num_beams, do_sample=False)
         if not best_of or best_of <= 1:
             return programs
-        sampled = self.model.generate(pixel_values=pixels, do_sample=True, **SAMPLING,
-                                      num_return_sequences=best_of - 1, max_new_tokens=max_new_tokens,
-                                      **self.generation_constraints(max_new_tokens))
-        sampled = self.decode(sampled)
-        candidates = [[programs[i]] + sampled[i * (best_of - 1):(i + 1) * (best_of - 1)] for i in range(len(images))]
-        return [pick_first_valid(c, executor) for c in candidates]
+        sampled = self.sample(images, best_of - 1, max_new_tokens, prompts)
+        return [pick_first_valid([first, *more], executor) for first, more in zip(programs, sampled)]
 
 
 def pick_first_valid(candidates: list[str], executor=None) -> str:
@@ -318,8 +374,9 @@ def pick_first_valid(candidates: list[str], executor=None) -> str:
     return candidates[0]
 
 
-def load_pretrained(model_dir, device=None) -> Img2CQ:
-    """Load a directory written by ``save_pretrained`` (or by ``transformers`` directly)."""
+def load_pretrained(model_dir, device=None, library=None) -> Img2CQ:
+    """Load a directory written by ``save_pretrained`` (or by ``transformers`` directly); ``library``:
+    the part library a retrieve-and-edit model is prompted from (default: the shipped one)."""
     from transformers import AutoImageProcessor
 
     model_dir = Path(model_dir)
@@ -329,7 +386,7 @@ def load_pretrained(model_dir, device=None) -> Img2CQ:
     model = VisionEncoderDecoderModel.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     processor = AutoImageProcessor.from_pretrained(model_dir)
-    generator = Img2CQ(model, tokenizer, processor, device=device)
+    generator = Img2CQ(model, tokenizer, processor, device=device, library=library)
     if generator.device.type == "cpu":  # bf16/fp16 exports (scripts/export_model.py): CPUs run fp32 best
         generator.model.float()
     return generator

@@ -168,22 +168,6 @@ def as_candidate(source: str, program: str) -> Candidate:
     return Candidate(program, source, -math.inf, sketches)
 
 
-def sample_programs(model, images: list[Image.Image], n: int, max_new_tokens: int | None = None) -> list[list[str]]:
-    """``n`` programs per image sampled from the model (nucleus sampling, as ``Img2CQ.generate(best_of=...)``)."""
-    import torch
-
-    from img2cq.modeling import SAMPLING
-
-    if n <= 0:
-        return [[] for _ in images]
-    with torch.no_grad():
-        sequences = model.model.generate(pixel_values=model.pixel_values(images), do_sample=True, **SAMPLING,
-                                         num_return_sequences=n,
-                                         max_new_tokens=max_new_tokens or model.max_new_tokens)
-    programs = model.decode(sequences)
-    return [programs[i * n:(i + 1) * n] for i in range(len(images))]
-
-
 def propose(model, images: list[Image.Image], candidates: int,
             max_new_tokens: int | None = None) -> list[list[Candidate]]:
     """The model's proposals per image: greedy; with ``candidates > 1`` also beam search and
@@ -191,7 +175,7 @@ def propose(model, images: list[Image.Image], candidates: int,
     programs = [[("greedy", p)] for p in model.generate(images, max_new_tokens=max_new_tokens)]
     if candidates > 1:
         beams = model.generate(images, num_beams=NUM_BEAMS, max_new_tokens=max_new_tokens)
-        samples = sample_programs(model, images, candidates - 2, max_new_tokens)
+        samples = model.sample(images, candidates - 2, max_new_tokens)
         for own, beam, sampled in zip(programs, beams, samples):
             own += [(f"beam{NUM_BEAMS}", beam)] + [("sample", p) for p in sampled]
     return [list({p: as_candidate(s, p) for s, p in reversed(own)}.values())[::-1] for own in programs]

@@ -40,8 +40,8 @@ from tqdm.auto import tqdm
 
 from img2cq.console import fail, show_notes
 from img2cq.data import DOWNLOAD_HINT, DataError, load_split
-from img2cq.modeling import (ModelError, build_model, build_pretrained, count_parameters, model_input_frame,
-                             save_pretrained)
+from img2cq.modeling import (ModelError, build_model, build_pretrained, count_parameters, load_pretrained,
+                             model_input_frame, prompt_prefix, save_pretrained)
 from img2cq.tokenizer import encode_program
 from img2cq.training_args import TrainingArguments, TrainingError
 from img2cq.training_records import RunLog, TrainState, find_checkpoints, save_checkpoint
@@ -78,7 +78,10 @@ def augment_image(image: Image.Image, rng: random.Random) -> Image.Image:
 
 
 class Collator:
-    """Rows {"image", "cadquery"} -> {"pixel_values", "labels"}; labels end in eos, padding is -100."""
+    """Rows {"image", "cadquery"} -> {"pixel_values", "decoder_input_ids", "labels", "decoder_attention_mask"}.
+
+    The decoder reads ``modeling.prompt_prefix`` (bos, or with a row's "prompt" program: bos, its
+    tokens, bos) then the program; labels are the program and eos, -100 on the prefix and padding."""
 
     def __init__(self, tokenizer, processor, *, max_tokens: int, augment: bool = False, seed: int = 0):
         self.tokenizer, self.processor, self.augment = tokenizer, processor, augment
@@ -90,13 +93,20 @@ class Collator:
         if self.augment:
             images = [augment_image(im, self.rng) for im in images]
         pixel_values = self.processor(images, return_tensors="pt")["pixel_values"]
-        ids = [encode_program(self.tokenizer, row["cadquery"])[: self.max_tokens - 1] + [self.tokenizer.eos_token_id]
-               for row in rows]
-        labels = torch.full((len(ids), max(map(len, ids))), -100, dtype=torch.long)
-        for i, seq in enumerate(ids):
-            labels[i, : len(seq)] = torch.tensor(seq)
-        # right padding: decoder input i (bos or label i-1) is real exactly where label i is
-        return {"pixel_values": pixel_values, "labels": labels, "decoder_attention_mask": (labels != -100).long()}
+        prefixes = [prompt_prefix(self.tokenizer, row.get("prompt")) for row in rows]
+        targets = [encode_program(self.tokenizer, row["cadquery"])[: self.max_tokens - len(prefix)] + [self.tokenizer.eos_token_id]
+                   for row, prefix in zip(rows, prefixes)]
+        width = max(len(p) + len(t) - 1 for p, t in zip(prefixes, targets))
+        inputs = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (prefix, target) in enumerate(zip(prefixes, targets)):
+            sequence = prefix + target[:-1]   # right padding: input k is real exactly where label k is
+            inputs[i, :len(sequence)] = torch.tensor(sequence)
+            labels[i, len(prefix) - 1:len(sequence)] = torch.tensor(target)
+            mask[i, :len(sequence)] = 1
+        return {"pixel_values": pixel_values, "decoder_input_ids": inputs, "labels": labels,
+                "decoder_attention_mask": mask}
 
 
 def make_collator(model, tokenizer, processor, augment: bool = False, seed: int = 0) -> Collator:
@@ -200,10 +210,17 @@ def programs_of(rows) -> list[str]:
 # Model and optimiser
 
 def build(args: TrainingArguments):
-    """(model, tokenizer, processor): a preset from scratch, or pretrained encoder + decoder."""
-    if args.encoder:
-        return build_pretrained(args.encoder, args.decoder, args.image_size)
-    return build_model(args.model_size, args.image_size)
+    """(model, tokenizer, processor): a preset from scratch, pretrained encoder + decoder, or a saved
+    model (``--init-from``); a retrieve-and-edit model (``--library-build``) says so in its config."""
+    if args.init_from:
+        generator = load_pretrained(args.init_from, device="cpu")
+        model, tokenizer, processor = generator.model.train(), generator.tokenizer, generator.processor
+    elif args.encoder:
+        model, tokenizer, processor = build_pretrained(args.encoder, args.decoder, args.image_size)
+    else:
+        model, tokenizer, processor = build_model(args.model_size, args.image_size)
+    model.config.retrieval_prompt = bool(args.library_build)
+    return model, tokenizer, processor
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -258,7 +275,9 @@ def evaluate(model, tokenizer, processor, eval_rows, args: TrainingArguments, de
         rows = [eval_rows[i] for i in range(n)]
         predictions = []
         for start in range(0, n, args.batch_size):
-            predictions += generator.generate([r["image"] for r in rows[start:start + args.batch_size]])
+            batch_rows = rows[start:start + args.batch_size]
+            prompts = [r["prompt"] for r in batch_rows] if "prompt" in batch_rows[0] else None
+            predictions += generator.generate([r["image"] for r in batch_rows], prompts=prompts)
         scores = score_programs([r["cadquery"] for r in rows], predictions)
         metrics.update(eval_vsr=scores["vsr"], eval_iou=scores["iou"])
     model.train()
@@ -462,9 +481,13 @@ def train(args: TrainingArguments, command: str | None = None, train_rows=None, 
     set_seed(args.seed)
 
     # data
+    if args.library_build and train_rows is None:
+        from img2cq.editing import library_rows
+
+        train_rows, eval_rows = library_rows(args.library_build, progress=accelerator.is_main_process)
     if train_rows is None and not args.stream:
         train_rows = load_rows(args.train_json, args.train_samples, exclude_programs_in=args.exclude_programs_in)
-    if eval_rows is None and args.eval_json:
+    if eval_rows is None and args.eval_json and not args.library_build:
         eval_rows = load_rows(args.eval_json, max(args.eval_samples, 32), what="evaluation")
 
     # model
@@ -475,7 +498,7 @@ def train(args: TrainingArguments, command: str | None = None, train_rows=None, 
     lengths = usable = None
     if not args.stream:
         if args.group_by_length or args.max_program_tokens:
-            lengths = program_lengths(programs_of(train_rows), tokenizer)
+            lengths = getattr(train_rows, "lengths", None) or program_lengths(programs_of(train_rows), tokenizer)
         usable = list(range(len(train_rows)))
         if args.max_program_tokens:
             usable = [i for i in usable if lengths[i] <= args.max_program_tokens]

@@ -91,6 +91,12 @@ class TrainingArguments(BasicTrainingArguments):
         "help": "processes rendering streamed samples (the stream ignores --dataloader-workers)"})
     log_steps: int = field(default=10, metadata={"help": "log every N steps"})
     dataloader_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
+    library_build: str | None = field(default=None, metadata={
+        "help": "train retrieve-and-edit: the shipped part library's parts, their pictures read from this work "
+                "folder of the build that made it, each prompted with its nearest other part (replaces "
+                "--train-json and --eval-json)"})
+    init_from: str | None = field(default=None, metadata={
+        "help": "start from the weights of this saved model (its sizes, tokenizer and image processor)"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -98,6 +104,10 @@ class TrainingArguments(BasicTrainingArguments):
             raise TrainingError("--stream needs --max-steps (a stream has no epochs)")
         if bool(self.encoder) != bool(self.decoder):
             raise TrainingError("--encoder and --decoder go together")
+        if self.init_from and self.encoder:
+            raise TrainingError("--init-from and --encoder/--decoder are two ways to start: give one")
+        if self.library_build and self.stream:
+            raise TrainingError("--library-build trains on the library's parts: it does not go with --stream")
         if self.mixed_precision not in ("no", "bf16", "fp16", "auto"):
             raise TrainingError(f"--mixed-precision must be no, bf16, fp16 or auto, got {self.mixed_precision!r}")
         if self.length_group_batches < 1:

@@ -8,7 +8,8 @@ refine_seconds=8)``:
 
 1. proposals: the ``SHORTLIST`` parts of the part library (``img2cq.library``) whose pictures are
    nearest to the input in feature space, and, with a model, its greedy and beam programs and
-   ``candidates - 2`` sampled ones;
+   ``candidates - 2`` sampled ones; a retrieve-and-edit model (``img2cq.editing``) instead writes
+   one program from each of the ``candidates`` library parts the judge ranks best (after step 2);
 2. re-ranking: every proposal that is a codec structure (all library parts, and every program
    the codec model writes) is built and rendered by ``img2cq.build.BuildPool``'s long-lived
    workers; anything else runs in the sandboxed executor as before; the proposal the judge
@@ -144,7 +145,7 @@ def refine_text(program: str, reference: Masks, executor, seconds: float, start_
 @dataclass
 class Candidate:
     program: str
-    source: str            # "greedy", "beam4", "sample", "library:<part index>", "refined"
+    source: str            # "greedy", "beam4", "sample", "library:<part index>", "edit:<its prompt>", "refined"
     agreement: float       # -inf: does not build or render
     sketches: list | None = None  # its codec structure, None for a program outside the codec
 
@@ -175,7 +176,7 @@ def propose(model, images: list[Image.Image], candidates: int,
     programs = [[("greedy", p)] for p in model.generate(images, max_new_tokens=max_new_tokens)]
     if candidates > 1:
         beams = model.generate(images, num_beams=NUM_BEAMS, max_new_tokens=max_new_tokens)
-        samples = model.sample(images, candidates - 2, max_new_tokens)
+        samples = model.sample(images, candidates - 2, max_new_tokens) if candidates > 2 else [[] for _ in images]
         for own, beam, sampled in zip(programs, beams, samples):
             own += [(f"beam{NUM_BEAMS}", beam)] + [("sample", p) for p in sampled]
     return [list({p: as_candidate(s, p) for s, p in reversed(own)}.values())[::-1] for own in programs]
@@ -188,6 +189,18 @@ def retrieve(library, image: Image.Image, shortlist: int) -> list[Candidate]:
         sketches = library.sketches(i)
         out.append(Candidate(codec.to_program(sketches), f"library:{i}", -math.inf, sketches))
     return out
+
+
+def edits_of(model, image: Image.Image, ranked: list[Candidate], count: int) -> list[Candidate]:
+    """A retrieve-and-edit model's greedy programs for the picture, one written from each of the
+    ``count`` best-ranked candidates that have a codec structure; copies of a candidate are dropped."""
+    best = sorted((c for c in ranked if c.sketches is not None and math.isfinite(c.agreement)),
+                  key=lambda c: -c.agreement)[:count]
+    if not best:
+        return []
+    programs = model.generate([image] * len(best), prompts=[c.program for c in best])
+    known = {c.program for c in ranked}
+    return [as_candidate(f"edit:{c.source}", p) for c, p in zip(best, programs) if p not in known]
 
 
 def refine_candidate(candidate: Candidate, reference: Masks, seconds: float, pool, executor, seed: int,
@@ -220,8 +233,9 @@ def score_candidates(candidates: list[Candidate], reference: Masks, pool, execut
 
 
 def pick_and_refine(image: Image.Image, proposals: list[Candidate], refine_seconds: float, pool,
-                    executor=None, seed: int = 0, judge=None, refine_judge=agreements) -> SearchResult:
-    """Score the proposals by ``judge`` (default: ``comparator.default_judge()``), keep the best,
+                    executor=None, seed: int = 0, judge=None, refine_judge=agreements, more=None) -> SearchResult:
+    """Score the proposals by ``judge`` (default: ``comparator.default_judge()``), and those
+    ``more(scored)`` adds (a retrieve-and-edit model's edits of the best, ``edits_of``), keep the best,
     refine it for ``refine_seconds`` by ``refine_judge`` (default: the hand-made agreement; the
     learned one, which ranks a shortlist better, is fooled by edits), and keep the refined program
     where ``refine_judge`` prefers it. The result's ``agreement`` is ``judge``'s score."""
@@ -231,6 +245,8 @@ def pick_and_refine(image: Image.Image, proposals: list[Candidate], refine_secon
     started = time.perf_counter()
     reference = Masks.from_views(views_from_image(image))
     scored = score_candidates(proposals, reference, pool, executor, judge)
+    if more is not None:
+        scored += score_candidates(more(scored), reference, pool, executor, judge)
     if not scored:
         raise ValueError("no candidate to search: give a model, a library or an executor for its programs")
     best = max(scored, key=lambda c: c.agreement)  # ties keep the earlier
@@ -259,11 +275,24 @@ def search(model, image: Image.Image, candidates: int = 8, refine_seconds: float
     from img2cq.build import shared_pool
 
     started = time.perf_counter()
-    proposals = propose(model, [image], candidates, max_new_tokens)[0] if model is not None else []
+    proposals = propose(model, [image], candidates, max_new_tokens)[0] if proposes(model) else []
     proposals += retrieve(library, image, shortlist)
-    result = pick_and_refine(image, proposals, refine_seconds, pool or shared_pool(), executor, seed, judge)
+    result = pick_and_refine(image, proposals, refine_seconds, pool or shared_pool(), executor, seed, judge,
+                             more=editor(model, image, candidates))
     result.seconds = time.perf_counter() - started
     return result
+
+
+def proposes(model) -> bool:
+    """Whether the model writes proposals before re-ranking (a retrieve-and-edit model writes after it)."""
+    return model is not None and not model.edits
+
+
+def editor(model, image: Image.Image, candidates: int):
+    """``pick_and_refine``'s ``more`` for a retrieve-and-edit model: its edits of the best ranked."""
+    if model is None or not model.edits:
+        return None
+    return lambda ranked: edits_of(model, image, ranked, candidates)
 
 
 def search_label(candidates: int, refine_seconds: float) -> str:
@@ -274,8 +303,6 @@ def search_label(candidates: int, refine_seconds: float) -> str:
     if refine_seconds > 0:
         label += f"+refine{refine_seconds:g}"
     return label
-
-
 
 
 def search_many(model, images: list[Image.Image], candidates: int = 8, refine_seconds: float = 0.0,
@@ -298,12 +325,13 @@ def search_many(model, images: list[Image.Image], candidates: int = 8, refine_se
             for start in range(0, len(images), batch_size):
                 batch = images[start:start + batch_size]
                 started = time.perf_counter()
-                proposals = propose(model, batch, candidates, max_new_tokens) if model is not None else [[] for _ in batch]
+                proposals = propose(model, batch, candidates, max_new_tokens) if proposes(model) else [[] for _ in batch]
                 share = (time.perf_counter() - started) / len(batch)
                 for i, (image, own) in enumerate(zip(batch, proposals)):
                     started = time.perf_counter()
                     own = own + retrieve(library, image, shortlist)
-                    result = pick_and_refine(image, own, refine_seconds, pool, ex, seed=start + i, judge=judge)
+                    result = pick_and_refine(image, own, refine_seconds, pool, ex, seed=start + i, judge=judge,
+                                             more=editor(model, image, candidates))
                     result.seconds = time.perf_counter() - started + share
                     results.append(result)
                     bar.update(1)

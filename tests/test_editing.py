@@ -1,10 +1,12 @@
 """Retrieve-and-edit: training rows from a library build, the prompted decoder sequence, and a
 model that trains on it and generates after its prompt."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
-from img2cq import codec, library
+from img2cq import codec, library, search
 from img2cq.editing import library_rows, nearest_others
 from img2cq.modeling import build_model, image_processor, load_pretrained, prompt_prefix
 from img2cq.tokenizer import encode_program
@@ -89,3 +91,8 @@ def test_an_edit_model_learns_its_parts_and_writes_after_the_prompt(build, tmp_p
     assert model.prompts(pictures) == [parts.program(parts.nearest(p, 1)[0]) for p in pictures]
     for program in model.generate(pictures) + [p for ps in model.sample(pictures, 2) for p in ps]:
         codec.parse(program)  # grammar-constrained after the prompt: every program parses
+    ranked = [replace(search.retrieve(parts, pictures[0], 4)[k], agreement=score) for k, score in enumerate([0.2, 0.9, 0.5, -np.inf])]
+    edits = search.edits_of(model, pictures[0], ranked, 2)
+    assert {c.source for c in edits} <= {f"edit:{ranked[1].source}", f"edit:{ranked[2].source}"}
+    assert not {c.program for c in edits} & {c.program for c in ranked}
+    assert search.proposes(model) is False and search.editor(None, pictures[0], 2) is None

@@ -48,6 +48,8 @@ def test_agreement_prefers_the_right_program(executor):
 class FixedModel:
     """A model that writes a broken program greedily and a valid one with beam search."""
 
+    edits = False  # writes from the picture alone, not from a retrieved part
+
     def generate(self, images, num_beams=1, max_new_tokens=None, **kwargs):
         return ["import cadquery as cq\nsolid = cq.Workplane().box(1, 1,"] if num_beams == 1 else [CONSTANT_PROGRAM]
 

@@ -141,21 +141,31 @@ def score_features(features: np.ndarray) -> float:
     return float((1 - EDGE_WEIGHT) * features[0] + EDGE_WEIGHT * features[6])
 
 
-def agreement(reference: Masks, views: np.ndarray | None) -> float:
-    """How well a candidate's framed render (``views``) matches the reference; -inf for no render.
-    ``score_features`` of its ``comparison``, computing only the two features the mix uses."""
+def reduced_views(views: np.ndarray, resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A candidate's framed views at ``resolution``: silhouette, edges and the distance to the nearest
+    edge (in picture widths): what every judge reads of a candidate, computed once."""
     from scipy.ndimage import distance_transform_edt
 
-    if views is None:
-        return -math.inf
-    n = reference.silhouette.shape[0]
-    silhouette, edges = reduce_views(views, n)
+    silhouette, edges = reduce_views(views, resolution)
+    return silhouette, edges, distance_transform_edt(~edges) / resolution
+
+
+def agreement_of_reduced(reference: Masks, silhouette: np.ndarray, edges: np.ndarray, edge_distance: np.ndarray) -> float:
+    """``agreement`` of a candidate's ``reduced_views``."""
     to_reference = _mean_distance(reference.edge_distance, edges)
-    to_candidate = _mean_distance(distance_transform_edt(~edges) / n, reference.edges)
+    to_candidate = _mean_distance(edge_distance, reference.edges)
     features = np.zeros(len(FEATURES))
     features[0] = _iou(reference.silhouette, silhouette)
     features[6] = math.exp(-(to_reference + to_candidate) / 2 / EDGE_SCALE)
     return score_features(features)
+
+
+def agreement(reference: Masks, views: np.ndarray | None) -> float:
+    """How well a candidate's framed render (``views``) matches the reference; -inf for no render.
+    ``score_features`` of its ``comparison``, computing only the two features the mix uses."""
+    if views is None:
+        return -math.inf
+    return agreement_of_reduced(reference, *reduced_views(views, reference.silhouette.shape[0]))
 
 
 def agreements(reference: Masks, views: list[np.ndarray | None]) -> list[float]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -160,11 +161,8 @@ def masks_channels(masks: agreement.Masks) -> np.ndarray:
 
 
 def candidate_channels(views: np.ndarray, resolution: int) -> np.ndarray:
-    """Channels of a candidate's framed views (only what the model reads is computed)."""
-    from scipy.ndimage import distance_transform_edt
-
-    silhouette, edges = agreement.reduce_views(views, resolution)
-    return picture_channels(silhouette, edges, distance_transform_edt(~edges) / resolution)
+    """Channels of a candidate's framed views."""
+    return picture_channels(*agreement.reduced_views(views, resolution))
 
 
 @dataclass
@@ -228,26 +226,32 @@ class LearnedAgreement:
 
     def scores(self, reference: agreement.Masks, views: list[np.ndarray | None]) -> list[float]:
         """Predicted IoU of each candidate's framed views (-inf where there is no render)."""
-        import math
+        n = reference.silhouette.shape[0]
+        return self.predict(reference, [None if v is None else agreement.reduced_views(v, n) for v in views])
 
+    def blended_scores(self, reference: agreement.Masks, views: list[np.ndarray | None]) -> list[float]:
+        """The mean of the predicted IoU and the hand-made agreement (both 0-1, -inf for no render);
+        each candidate's views are reduced once for both."""
+        n = reference.silhouette.shape[0]
+        reduced = [None if v is None else agreement.reduced_views(v, n) for v in views]
+        hand = [-math.inf if r is None else agreement.agreement_of_reduced(reference, *r) for r in reduced]
+        return [(a + b) / 2 for a, b in zip(self.predict(reference, reduced), hand)]
+
+    def predict(self, reference: agreement.Masks, reduced: list[tuple | None]) -> list[float]:
+        """Predicted IoU of each candidate's ``agreement.reduced_views`` (-inf for None)."""
         import torch
 
-        present = [i for i, v in enumerate(views) if v is not None]
-        out = [-math.inf] * len(views)
+        present = [i for i, r in enumerate(reduced) if r is not None]
+        out = [-math.inf] * len(reduced)
         if not present:
             return out
-        n = reference.silhouette.shape[0]
-        channels = np.stack([candidate_channels(views[i], n) for i in present])
+        channels = np.stack([picture_channels(*reduced[i]) for i in present])
         reference_channels = np.repeat(masks_channels(reference)[None], len(present), axis=0)
         with torch.no_grad():
             logits = self.model(torch.from_numpy(reference_channels), torch.from_numpy(channels))
         for i, p in zip(present, torch.sigmoid(logits).tolist()):
             out[i] = p
         return out
-
-    def blended_scores(self, reference: agreement.Masks, views: list[np.ndarray | None]) -> list[float]:
-        """The mean of the predicted IoU and the hand-made agreement (both 0-1, -inf for no render)."""
-        return [(a + b) / 2 for a, b in zip(self.scores(reference, views), agreement.agreements(reference, views))]
 
 
 # ----------------------------------------------------------------------------------------------

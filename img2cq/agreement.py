@@ -150,6 +150,12 @@ def reduced_views(views: np.ndarray, resolution: int) -> tuple[np.ndarray, np.nd
     return silhouette, edges, distance_transform_edt(~edges) / resolution
 
 
+def reduced_candidates(reference: Masks, views: list[np.ndarray | None]) -> list[tuple | None]:
+    """``reduced_views`` of each candidate at the reference's resolution (None where there is no render)."""
+    n = reference.silhouette.shape[0]
+    return [None if v is None else reduced_views(v, n) for v in views]
+
+
 def agreement_of_reduced(reference: Masks, silhouette: np.ndarray, edges: np.ndarray, edge_distance: np.ndarray) -> float:
     """``agreement`` of a candidate's ``reduced_views``."""
     to_reference = _mean_distance(reference.edge_distance, edges)

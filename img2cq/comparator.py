@@ -226,14 +226,12 @@ class LearnedAgreement:
 
     def scores(self, reference: agreement.Masks, views: list[np.ndarray | None]) -> list[float]:
         """Predicted IoU of each candidate's framed views (-inf where there is no render)."""
-        n = reference.silhouette.shape[0]
-        return self.predict(reference, [None if v is None else agreement.reduced_views(v, n) for v in views])
+        return self.predict(reference, agreement.reduced_candidates(reference, views))
 
     def blended_scores(self, reference: agreement.Masks, views: list[np.ndarray | None]) -> list[float]:
         """The mean of the predicted IoU and the hand-made agreement (both 0-1, -inf for no render);
         each candidate's views are reduced once for both."""
-        n = reference.silhouette.shape[0]
-        reduced = [None if v is None else agreement.reduced_views(v, n) for v in views]
+        reduced = agreement.reduced_candidates(reference, views)
         hand = [-math.inf if r is None else agreement.agreement_of_reduced(reference, *r) for r in reduced]
         return [(a + b) / 2 for a, b in zip(self.predict(reference, reduced), hand)]
 

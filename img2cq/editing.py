@@ -84,13 +84,13 @@ def library_rows(build_work: str | Path, library=None, eval_parts: int = EVAL_PA
 
     The thumbnails are matched to the library by re-reading the build as ``pack_library`` did; a
     build that does not give the library's parts in its order is refused."""
-    from img2cq.library import PartLibrary, distinct_parts
+    from img2cq.library import DEFAULT_SEED, PartLibrary, distinct_parts
 
     library = library or PartLibrary.load()
     work = Path(build_work)
     if not work.is_dir():
         raise FileNotFoundError(f"no library build at {work} (scripts/build_library.py --work {work} makes one)")
-    tokens, thumbs, _ = distinct_parts(work, len(library), library.card.get("seed", 2026),
+    tokens, thumbs, _ = distinct_parts(work, len(library), library.card.get("seed", DEFAULT_SEED),
                                        exclude_programs=_held_out_programs(library))
     for i in np.linspace(0, len(library) - 1, 50).astype(int):
         if tokens[i].split() != library.tokens(int(i)):
@@ -128,4 +128,3 @@ def _held_out_programs(library) -> set[str]:
 def prompt_program(library, image: Image.Image) -> str:
     """The program of the library part nearest to the picture: what a prompted model edits."""
     return library.program(library.nearest(image, 1)[0])
-

@@ -312,12 +312,11 @@ class Img2CQ:
         return {"logits_processor": LogitsProcessorList([GrammarLogitsProcessor(self.grammar, max_new_tokens)])}
 
     @torch.no_grad()
-    def programs(self, images: list[Image.Image], n: int = 1, max_new_tokens: int | None = None,
-                 prompts: list[str | None] | None = None, **generate_kwargs) -> list[str]:
-        """``n`` programs per image (image-major) from ``model.generate(**generate_kwargs)``: batched
-        without prompts, one image at a time with them (the prompt is the decoder's prefix)."""
-        pixels = self.pixel_values(images)
-        prompts = self.prompts(images) if prompts is None else prompts
+    def programs(self, pixels: torch.Tensor, prompts: list[str | None], n: int = 1, max_new_tokens: int | None = None,
+                 **generate_kwargs) -> list[str]:
+        """``n`` programs per picture (image-major) from ``model.generate(**generate_kwargs)`` for the
+        ``pixel_values`` of the pictures: batched without prompts, one picture at a time with them
+        (the prompt is the decoder's prefix)."""
         if all(p is None for p in prompts):
             budget = max_new_tokens or self.max_new_tokens
             return self.decode(self.model.generate(pixel_values=pixels, num_return_sequences=n, max_new_tokens=budget,
@@ -332,13 +331,19 @@ class Img2CQ:
             out += self.decode(sequences[:, prefix.shape[1]:])
         return out
 
+    def sampled(self, pixels: torch.Tensor, prompts: list[str | None], n: int,
+                max_new_tokens: int | None = None) -> list[list[str]]:
+        """``n`` programs per picture by nucleus sampling (``SAMPLING``), grouped by picture."""
+        if n <= 0:
+            return [[] for _ in prompts]
+        programs = self.programs(pixels, prompts, n, max_new_tokens, do_sample=True, **SAMPLING)
+        return [programs[i * n:(i + 1) * n] for i in range(len(prompts))]
+
     def sample(self, images: list[Image.Image], n: int, max_new_tokens: int | None = None,
                prompts: list[str | None] | None = None) -> list[list[str]]:
         """``n`` programs per image by nucleus sampling (``SAMPLING``)."""
-        if n <= 0:
-            return [[] for _ in images]
-        programs = self.programs(images, n, max_new_tokens, prompts, do_sample=True, **SAMPLING)
-        return [programs[i * n:(i + 1) * n] for i in range(len(images))]
+        prompts = self.prompts(images) if prompts is None else prompts
+        return self.sampled(self.pixel_values(images), prompts, n, max_new_tokens)
 
     def generate(self, images: list[Image.Image], num_beams: int = 1, max_new_tokens: int | None = None,
                  best_of: int | None = None, executor=None, prompts: list[str | None] | None = None) -> list[str]:
@@ -351,11 +356,12 @@ class Img2CQ:
         executor (``executor`` or the module default) and the first that builds a valid solid is
         kept; when none does, the greedy/beam program is returned.
         """
+        pixels = self.pixel_values(images)
         prompts = self.prompts(images) if prompts is None else prompts
-        programs = self.programs(images, 1, max_new_tokens, prompts, num_beams=num_beams, do_sample=False)
+        programs = self.programs(pixels, prompts, 1, max_new_tokens, num_beams=num_beams, do_sample=False)
         if not best_of or best_of <= 1:
             return programs
-        sampled = self.sample(images, best_of - 1, max_new_tokens, prompts)
+        sampled = self.sampled(pixels, prompts, best_of - 1, max_new_tokens)
         return [pick_first_valid([first, *more], executor) for first, more in zip(programs, sampled)]
 
 

@@ -63,13 +63,13 @@ def candidates_of(split_spec: str, library, shortlist: int, workers: int, cache:
     return out
 
 
-def judges() -> list[tuple[str, object]]:
+def judges(comparator_dir: str | None) -> list[tuple[str, object]]:
     from img2cq.agreement import agreements
     from img2cq.comparator import LearnedAgreement
 
     out = [("hand-made agreement", agreements)]
     try:
-        learned = LearnedAgreement.load()
+        learned = LearnedAgreement.load(comparator_dir)
     except FileNotFoundError:
         return out
     return out + [("learned agreement", learned.scores), ("blend of the two", learned.blended_scores)]
@@ -81,6 +81,7 @@ def main() -> int:
     p.add_argument("--eval-json", nargs="+", default=["benchmarks/real_dev/test.jsonl"],
                    help="splits, each optionally PATH:N for its first N rows")
     p.add_argument("--shortlist", type=int, default=64)
+    p.add_argument("--comparator", default=None, help="learned agreement to judge with (default: the shipped one)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--cache", type=Path, default=Path("runs/bench_rerank"))
     args = p.parse_args()
@@ -98,7 +99,7 @@ def main() -> int:
         print(f"\n{spec}: {len(iou)} pictures, shortlist {args.shortlist} of {len(library)} parts, "
               f"{data['render_s'] * 1000:.0f} ms per render ({args.workers} workers, load {os.getloadavg()[0]:.1f})")
         print(f"  feature-nearest IoU {iou[:, 0].mean():.3f}   oracle (best of shortlist) IoU {iou.max(1).mean():.3f}")
-        for name, judge in judges():
+        for name, judge in judges(args.comparator):
             groups = []
             for picture in range(len(iou)):
                 reference = Masks.from_reduced(*unpack(data["picture_views"][picture]))

@@ -1,14 +1,16 @@
 """IoU against seconds per image for test-time search settings, with refinement evaluations per second.
 
-Each setting ``CANDIDATES:SHORTLIST:REFINE`` searches every picture of the split (the model's
+Each setting ``CANDIDATES:SHORTLIST:REFINE[:TOP]`` searches every picture of the split (the model's
 CANDIDATES proposals, or none with ``--model none``; the SHORTLIST nearest parts of the part
-library, rendered and re-ranked; REFINE seconds of structured refinement), then the kept programs
+library, rendered and re-ranked; REFINE seconds of structured refinement, shared by the TOP best
+ranked, default 1), then the kept programs
 are scored against the references in the sandbox (VSR, IoU). Seconds per image count everything
 after the picture is loaded: proposing, retrieval, rendering, re-ranking, refinement. Kept programs
 are cached per setting (``--out``; resumable, Ctrl-C keeps what is finished). ``--judge`` picks what
 scores the proposals: the blend of the learned and the hand-made agreement (the search's default,
-``comparator.default_judge``), the learned one alone or the hand-made one alone; refinement is
-scored by the hand-made agreement throughout.
+``comparator.default_judge``), the learned one alone or the hand-made one alone; ``--refine-judge``
+what scores refinement's edits (default: the hand-made agreement, as the search does);
+``--comparator`` another learned agreement than the shipped one.
 
     python benchmarks/bench_search.py --eval-json benchmarks/real_dev/test.jsonl \\
         --settings 1:16:1 8:64:8 --model models/img2cq-cpu
@@ -30,8 +32,11 @@ def main() -> int:
     p.add_argument("--library", default=None, help="part library (default: the shipped one)")
     p.add_argument("--eval-json", default="benchmarks/real_dev/test.jsonl")
     p.add_argument("--samples", type=int, default=None, help="first N pictures (default: all)")
-    p.add_argument("--settings", nargs="+", default=["1:16:1", "8:64:8"], help="CANDIDATES:SHORTLIST:REFINE_SECONDS")
+    p.add_argument("--settings", nargs="+", default=["1:16:1", "8:64:8"],
+                   help="CANDIDATES:SHORTLIST:REFINE_SECONDS[:REFINE_TOP]")
     p.add_argument("--judge", choices=["blend", "learned", "hand"], default="blend", help="what scores the proposals")
+    p.add_argument("--refine-judge", choices=["blend", "learned", "hand"], default="hand", help="what scores refinement's edits")
+    p.add_argument("--comparator", default=None, help="learned agreement of the judge (default: the shipped one)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("runs/bench_search"))
     args = p.parse_args()
@@ -46,8 +51,9 @@ def main() -> int:
 
     rows = load_samples(args.eval_json, args.samples)
     library = PartLibrary.load(args.library)
-    learned = LearnedAgreement.load()
-    judge = {"learned": learned.scores, "hand": agreements, "blend": learned.blended_scores}[args.judge]
+    learned = LearnedAgreement.load(args.comparator)
+    judges = {"learned": learned.scores, "hand": agreements, "blend": learned.blended_scores}
+    judge, refine_judge = judges[args.judge], judges[args.refine_judge]
     model = None
     if args.model != "none":
         import torch
@@ -60,8 +66,10 @@ def main() -> int:
     for setting in args.settings:
         fields = setting.split(":")
         candidates, shortlist, refine = int(fields[0]), int(fields[1]), float(fields[2])
+        refine_top = int(fields[3]) if len(fields) > 3 else 1
         label = (f"{'library' if model is None else search_label(candidates, 0)}+short{shortlist}+refine{refine:g}"
-                 + f"+{args.judge}")
+                 + (f"+top{refine_top}" if refine_top > 1 else "")
+                 + f"+{args.judge}" + ("" if args.refine_judge == "hand" else f"+refine-{args.refine_judge}"))
         path = args.out / f"{Path(args.eval_json).parent.name}-{Path(args.eval_json).stem}-{args.model.replace('/', '_')}-{label}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         done = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -69,7 +77,8 @@ def main() -> int:
         if todo:
             with open(path, "a") as f:
                 for row, result in zip(todo, search_many(model, [r["image"] for r in todo], candidates, refine,
-                                                         args.workers, library, shortlist, judge=judge)):
+                                                         args.workers, library, shortlist, judge=judge,
+                                                         refine_judge=refine_judge, refine_top=refine_top)):
                     done.append({"id": row["id"], "program": result.program, "seconds": result.seconds,
                                  "source": result.source, "evaluations": result.refine_evaluations,
                                  "load": os.getloadavg()[0]})

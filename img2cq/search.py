@@ -145,7 +145,7 @@ def refine_text(program: str, reference: Masks, executor, seconds: float, start_
 @dataclass
 class Candidate:
     program: str
-    source: str            # "greedy", "beam4", "sample", "library:<part index>", "edit:<its prompt>", "refined"
+    source: str            # "greedy", "beam4", "sample", "library:<part index>", "edit:<its prompt>", + "+refined"
     agreement: float       # -inf: does not build or render
     sketches: list | None = None  # its codec structure, None for a program outside the codec
 
@@ -212,10 +212,10 @@ def refine_candidate(candidate: Candidate, reference: Masks, seconds: float, poo
     if candidate.sketches is not None:
         sketches, score, evaluated = refine(candidate.sketches, reference, pool, seconds, candidate.agreement, seed,
                                             judge=judge)
-        return Candidate(codec.to_program(sketches), "refined", score, sketches), evaluated
+        return Candidate(codec.to_program(sketches), candidate.source + "+refined", score, sketches), evaluated
     program, score, evaluated = refine_text(candidate.program, reference, executor, seconds, candidate.agreement,
                                             seed, judge)
-    return Candidate(program, "refined", score, None), evaluated
+    return Candidate(program, candidate.source + "+refined", score, None), evaluated
 
 
 def score_candidates(candidates: list[Candidate], reference: Masks, pool, executor, judge) -> list[Candidate]:
@@ -233,12 +233,14 @@ def score_candidates(candidates: list[Candidate], reference: Masks, pool, execut
 
 
 def pick_and_refine(image: Image.Image, proposals: list[Candidate], refine_seconds: float, pool,
-                    executor=None, seed: int = 0, judge=None, refine_judge=agreements, more=None) -> SearchResult:
+                    executor=None, seed: int = 0, judge=None, refine_judge=agreements, more=None,
+                    refine_top: int = 1) -> SearchResult:
     """Score the proposals by ``judge`` (default: ``comparator.default_judge()``), and those
-    ``more(scored)`` adds (a retrieve-and-edit model's edits of the best, ``edits_of``), keep the best,
-    refine it for ``refine_seconds`` by ``refine_judge`` (default: the hand-made agreement; the
-    learned one, which ranks a shortlist better, is fooled by edits), and keep the refined program
-    where ``refine_judge`` prefers it. The result's ``agreement`` is ``judge``'s score."""
+    ``more(scored)`` adds (a retrieve-and-edit model's edits of the best, ``edits_of``); refine each
+    of the ``refine_top`` best for ``refine_seconds / refine_top`` by ``refine_judge`` (default: the
+    hand-made agreement; the learned one, which ranks a shortlist better, is fooled by edits), a
+    refined program standing in for its start where ``refine_judge`` prefers it; keep the one
+    ``judge`` scores best. The result's ``agreement`` is ``judge``'s score."""
     from img2cq.comparator import default_judge
 
     judge = judge or default_judge()
@@ -249,36 +251,45 @@ def pick_and_refine(image: Image.Image, proposals: list[Candidate], refine_secon
         scored += score_candidates(more(scored), reference, pool, executor, judge)
     if not scored:
         raise ValueError("no candidate to search: give a model, a library or an executor for its programs")
-    best = max(scored, key=lambda c: c.agreement)  # ties keep the earlier
-    result = SearchResult(best.program, best.agreement, best.source, scored)
-    if refine_seconds > 0 and math.isfinite(best.agreement):
-        start = replace(best)
+    ranked = sorted(scored, key=lambda c: -c.agreement)  # stable: ties keep the earlier
+    result = SearchResult(ranked[0].program, ranked[0].agreement, ranked[0].source, scored)
+    starts = [c for c in ranked[:refine_top] if math.isfinite(c.agreement)] if refine_seconds > 0 else []
+    finals = []
+    for k, candidate in enumerate(starts):
+        start = replace(candidate)
         if refine_judge is not judge:
             score_candidates([start], reference, pool, executor, refine_judge)
-        refined, result.refine_evaluations = refine_candidate(start, reference, refine_seconds, pool, executor, seed,
-                                                              refine_judge)
+        refined, evaluated = refine_candidate(start, reference, refine_seconds / len(starts), pool, executor,
+                                              seed + k, refine_judge)
+        result.refine_evaluations += evaluated
         if refined.agreement > start.agreement:
             if refine_judge is not judge:
                 score_candidates([refined], reference, pool, executor, judge)
-            result.program, result.agreement, result.source = refined.program, refined.agreement, best.source + "+refined"
             result.candidates.append(refined)
+            finals.append(refined)
+        else:
+            finals.append(candidate)
+    if finals:
+        kept = max(finals, key=lambda c: c.agreement)
+        result.program, result.agreement, result.source = kept.program, kept.agreement, kept.source
     result.seconds = time.perf_counter() - started
     return result
 
 
 def search(model, image: Image.Image, candidates: int = 8, refine_seconds: float = 0.0, pool=None, executor=None,
            library=None, shortlist: int = SHORTLIST, max_new_tokens: int | None = None, seed: int = 0,
-           judge=None) -> SearchResult:
+           judge=None, refine_top: int = 1) -> SearchResult:
     """The program whose render agrees best with ``image``, from the model's ``candidates``
     proposals (no model: none) and the library's ``shortlist`` nearest parts, then refined for
-    ``refine_seconds``. ``pool``: a ``BuildPool`` (the process's shared one when None)."""
+    ``refine_seconds`` (shared by the ``refine_top`` best). ``pool``: a ``BuildPool`` (the process's
+    shared one when None)."""
     from img2cq.build import shared_pool
 
     started = time.perf_counter()
     proposals = propose(model, [image], candidates, max_new_tokens)[0] if proposes(model) else []
     proposals += retrieve(library, image, shortlist)
     result = pick_and_refine(image, proposals, refine_seconds, pool or shared_pool(), executor, seed, judge,
-                             more=editor(model, image, candidates))
+                             more=editor(model, image, candidates), refine_top=refine_top)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -307,10 +318,12 @@ def search_label(candidates: int, refine_seconds: float) -> str:
 
 def search_many(model, images: list[Image.Image], candidates: int = 8, refine_seconds: float = 0.0,
                 workers: int = 2, library=None, shortlist: int = SHORTLIST, max_new_tokens: int | None = None,
-                batch_size: int = 8, progress: bool = True, judge=None) -> list[SearchResult]:
+                batch_size: int = 8, progress: bool = True, judge=None,
+                refine_judge=agreements, refine_top: int = 1) -> list[SearchResult]:
     """``search`` for many images with one build pool and one sandbox pool, the model proposing
     for ``batch_size`` images at a time (each result's ``seconds`` includes its share of the
-    batch). Ctrl-C returns the finished results."""
+    batch); ``judge``, ``refine_judge`` and ``refine_top`` as in ``pick_and_refine``. Ctrl-C returns the finished
+    results."""
     from tqdm.auto import tqdm
 
     from img2cq.build import BuildPool
@@ -331,7 +344,8 @@ def search_many(model, images: list[Image.Image], candidates: int = 8, refine_se
                     started = time.perf_counter()
                     own = own + retrieve(library, image, shortlist)
                     result = pick_and_refine(image, own, refine_seconds, pool, ex, seed=start + i, judge=judge,
-                                             more=editor(model, image, candidates))
+                                             refine_judge=refine_judge, more=editor(model, image, candidates),
+                                             refine_top=refine_top)
                     result.seconds = time.perf_counter() - started + share
                     results.append(result)
                     bar.update(1)

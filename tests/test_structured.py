@@ -1,10 +1,13 @@
 """Structured refinement: edits stay in the codec's grammar, and refinement recovers proportions."""
 import dataclasses
+import math
 
 import numpy as np
+from PIL import Image
 
-from img2cq import agreement, codec, structured
-from img2cq.build import structure_views
+from img2cq import agreement, codec, search, structured
+from img2cq.build import build_shape, result_shape, structure_views
+from img2cq.render import render_array
 from img2cq.data import draw_rng
 from img2cq.sampler import sample_program
 
@@ -33,3 +36,18 @@ def test_refinement_recovers_a_stretched_part(build_pool):
     refined, score, evaluated = structured.refine(stretched, reference, build_pool, seconds=6.0, start_score=start)
     assert evaluated >= 16 and score > start + 0.03
     assert score == structured.score_structures([refined], reference, build_pool)[0]
+
+
+def test_the_search_refines_each_of_its_best_candidates(build_pool):
+    target = codec.parse(sample_program(draw_rng(5, "train", 3)))
+    image = Image.fromarray(render_array(result_shape(build_shape(target, seams=True)), size=agreement.FRAME))
+    first = target[0]
+    starts = [[dataclasses.replace(first, scale=int(first.scale * f), distance=int(first.distance * d)), *target[1:]]
+              for f, d in ((1.3, 0.6), (0.75, 1.5))]
+    proposals = [search.Candidate(codec.to_program(s), f"library:{i}", -math.inf, s) for i, s in enumerate(starts)]
+    result = search.pick_and_refine(image, proposals, 8.0, build_pool, judge=agreement.agreements, refine_top=2)
+    refined = [c for c in result.candidates if c.source.endswith("+refined")]
+    assert sorted(c.source for c in refined) == ["library:0+refined", "library:1+refined"]  # both were refined
+    assert result.refine_evaluations >= 32
+    assert result.agreement == max(c.agreement for c in refined) > max(p.agreement for p in proposals)
+    assert result.program == codec.to_program(max(refined, key=lambda c: c.agreement).sketches)

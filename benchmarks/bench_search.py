@@ -3,7 +3,7 @@
 Each setting ``CANDIDATES:SHORTLIST:REFINE[:TOP]`` searches every picture of the split (the model's
 CANDIDATES proposals, or none with ``--model none``; the SHORTLIST nearest parts of the part
 library, rendered and re-ranked; REFINE seconds of structured refinement, shared by the TOP best
-ranked, default 1), then the kept programs
+ranked, default ``search.default_refine_top``), then the kept programs
 are scored against the references in the sandbox (VSR, IoU). Seconds per image count everything
 after the picture is loaded: proposing, retrieval, rendering, re-ranking, refinement. Kept programs
 are cached per setting (``--out``; resumable, Ctrl-C keeps what is finished). ``--judge`` picks what
@@ -47,7 +47,7 @@ def main() -> int:
     from img2cq.comparator import LearnedAgreement
     from img2cq.evaluation import load_samples, score_programs
     from img2cq.library import PartLibrary
-    from img2cq.search import search_label, search_many
+    from img2cq.search import default_refine_top, search_label, search_many
 
     rows = load_samples(args.eval_json, args.samples)
     library = PartLibrary.load(args.library)
@@ -66,7 +66,7 @@ def main() -> int:
     for setting in args.settings:
         fields = setting.split(":")
         candidates, shortlist, refine = int(fields[0]), int(fields[1]), float(fields[2])
-        refine_top = int(fields[3]) if len(fields) > 3 else 1
+        refine_top = int(fields[3]) if len(fields) > 3 else default_refine_top(refine)
         label = (f"{'library' if model is None else search_label(candidates, 0)}+short{shortlist}+refine{refine:g}"
                  + (f"+top{refine_top}" if refine_top > 1 else "")
                  + f"+{args.judge}" + ("" if args.refine_judge == "hand" else f"+refine-{args.refine_judge}"))

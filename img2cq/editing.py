@@ -57,13 +57,13 @@ def nearest_others(library, batch: int = 1024, progress: bool = True) -> np.ndar
 
 class LibraryRows(Sequence):
     """Rows {"image", "cadquery", "prompt"} of library parts: the part's stored thumbnail, its
-    program, and the program of the part it is prompted with. ``lengths``: the decoder's tokens
-    per row (prompt and program), for length-grouped batches."""
+    program, and the program of the part it is prompted with (no "prompt" unless ``prompted``).
+    ``lengths``: the decoder's tokens per row (prompt and program), for length-grouped batches."""
 
-    def __init__(self, library, thumbs: np.ndarray, parts: np.ndarray, prompts: np.ndarray):
-        self.library, self.thumbs, self.parts, self.prompts = library, thumbs, parts, prompts
+    def __init__(self, library, thumbs: np.ndarray, parts: np.ndarray, prompts: np.ndarray, prompted: bool = True):
+        self.library, self.thumbs, self.parts, self.prompts, self.prompted = library, thumbs, parts, prompts, prompted
         sizes = np.diff(library.offsets)
-        self.lengths = (sizes[parts] + sizes[prompts] + 2).tolist()
+        self.lengths = (sizes[parts] + 1 + (sizes[prompts] + 1 if prompted else 0)).tolist()
 
     def __len__(self) -> int:
         return len(self.parts)
@@ -72,15 +72,18 @@ class LibraryRows(Sequence):
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(len(self)))]
         part = int(self.parts[i])
-        return {"image": Image.fromarray(self.thumbs[part]).convert("RGB"), "cadquery": self.library.program(part),
-                "prompt": self.library.program(int(self.prompts[i]))}
+        row = {"image": Image.fromarray(self.thumbs[part]).convert("RGB"), "cadquery": self.library.program(part)}
+        if self.prompted:
+            row["prompt"] = self.library.program(int(self.prompts[i]))
+        return row
 
 
-def library_rows(build_work: str | Path, library=None, eval_parts: int = EVAL_PARTS,
+def library_rows(build_work: str | Path, library=None, eval_parts: int = EVAL_PARTS, prompted: bool = True,
                  progress: bool = True) -> tuple[LibraryRows, LibraryRows]:
     """(train, eval) rows of retrieve-and-edit from the part library (default: the shipped one) and
     the work folder of the build that made it; the last ``eval_parts`` parts are the eval rows,
-    and no training row is prompted with one of them.
+    and no training row is prompted with one of them. Without ``prompted``, the same rows without
+    their prompts: what a plain model trained at the same cost reads.
 
     The thumbnails are matched to the library by re-reading the build as ``pack_library`` did; a
     build that does not give the library's parts in its order is refused."""
@@ -106,8 +109,8 @@ def library_rows(build_work: str | Path, library=None, eval_parts: int = EVAL_PA
     log.info("retrieve-and-edit rows: %d training parts (%d prompted with an eval part left out), %d eval parts",
              len(train), cut - len(train), eval_parts)
     evaluation = np.arange(cut, len(library))
-    return (LibraryRows(library, thumbs, train, nearest[train]),
-            LibraryRows(library, thumbs, evaluation, nearest[evaluation]))
+    return (LibraryRows(library, thumbs, train, nearest[train], prompted),
+            LibraryRows(library, thumbs, evaluation, nearest[evaluation], prompted))
 
 
 def _held_out_programs(library) -> set[str]:

@@ -271,6 +271,7 @@ class Img2CQ:
         self.processor = processor
         self.grammar = CodecGrammar(tokenizer) if is_codec_tokenizer(tokenizer) else None
         self.edits = bool(getattr(model.config, "retrieval_prompt", False))
+        self.library_pictures = bool(getattr(model.config, "library_pictures", self.edits))
         self._library = library
 
     @property
@@ -286,7 +287,8 @@ class Img2CQ:
         return self.model.config.decoder.n_positions - 1
 
     def pixel_values(self, images: list[Image.Image]) -> torch.Tensor:
-        if self.edits:
+        """A model trained on the library's parts reads every picture as their thumbnails look."""
+        if self.library_pictures:
             from img2cq.editing import edit_picture
 
             images = [edit_picture(im) for im in images]

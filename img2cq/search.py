@@ -34,6 +34,8 @@ from img2cq.agreement import Masks, agreements, render_programs, views_from_imag
 PRELOAD = ("img2cq.render", "img2cq.agreement")  # modules the executor's workers import before forking
 NUM_BEAMS = 4
 SHORTLIST = 64               # library parts rendered and re-ranked per picture
+REFINE_TOP = 3               # at most this many of the best-ranked candidates share the refinement ...
+REFINE_SECONDS_EACH = 2.0    # ... each given at least this many seconds (so 1 s refines the best alone)
 REFINE_SIGMA = 0.1           # CMA-ES start step, in log-scale units (about 10 % of each number)
 REFINE_BOUND = 1.0           # numbers move at most a factor e from their start value
 
@@ -234,10 +236,11 @@ def score_candidates(candidates: list[Candidate], reference: Masks, pool, execut
 
 def pick_and_refine(image: Image.Image, proposals: list[Candidate], refine_seconds: float, pool,
                     executor=None, seed: int = 0, judge=None, refine_judge=agreements, more=None,
-                    refine_top: int = 1) -> SearchResult:
+                    refine_top: int | None = None) -> SearchResult:
     """Score the proposals by ``judge`` (default: ``comparator.default_judge()``), and those
     ``more(scored)`` adds (a retrieve-and-edit model's edits of the best, ``edits_of``); refine each
-    of the ``refine_top`` best for ``refine_seconds / refine_top`` by ``refine_judge`` (default: the
+    of the ``refine_top`` best (default: ``default_refine_top``) for ``refine_seconds / refine_top``
+    by ``refine_judge`` (default: the
     hand-made agreement; the learned one, which ranks a shortlist better, is fooled by edits), a
     refined program standing in for its start where ``refine_judge`` prefers it; keep the one
     ``judge`` scores best. The result's ``agreement`` is ``judge``'s score."""
@@ -253,6 +256,7 @@ def pick_and_refine(image: Image.Image, proposals: list[Candidate], refine_secon
         raise ValueError("no candidate to search: give a model, a library or an executor for its programs")
     ranked = sorted(scored, key=lambda c: -c.agreement)  # stable: ties keep the earlier
     result = SearchResult(ranked[0].program, ranked[0].agreement, ranked[0].source, scored)
+    refine_top = default_refine_top(refine_seconds) if refine_top is None else refine_top
     starts = [c for c in ranked[:refine_top] if math.isfinite(c.agreement)] if refine_seconds > 0 else []
     finals = []
     for k, candidate in enumerate(starts):
@@ -276,9 +280,15 @@ def pick_and_refine(image: Image.Image, proposals: list[Candidate], refine_secon
     return result
 
 
+def default_refine_top(refine_seconds: float) -> int:
+    """How many of the best-ranked candidates share ``refine_seconds``: refining a few hedges the
+    judge's ranking errors, once each still gets ``REFINE_SECONDS_EACH`` (docs/search.md)."""
+    return max(1, min(REFINE_TOP, int(refine_seconds // REFINE_SECONDS_EACH)))
+
+
 def search(model, image: Image.Image, candidates: int = 8, refine_seconds: float = 0.0, pool=None, executor=None,
            library=None, shortlist: int = SHORTLIST, max_new_tokens: int | None = None, seed: int = 0,
-           judge=None, refine_top: int = 1) -> SearchResult:
+           judge=None, refine_top: int | None = None) -> SearchResult:
     """The program whose render agrees best with ``image``, from the model's ``candidates``
     proposals (no model: none) and the library's ``shortlist`` nearest parts, then refined for
     ``refine_seconds`` (shared by the ``refine_top`` best). ``pool``: a ``BuildPool`` (the process's
@@ -319,7 +329,7 @@ def search_label(candidates: int, refine_seconds: float) -> str:
 def search_many(model, images: list[Image.Image], candidates: int = 8, refine_seconds: float = 0.0,
                 workers: int = 2, library=None, shortlist: int = SHORTLIST, max_new_tokens: int | None = None,
                 batch_size: int = 8, progress: bool = True, judge=None,
-                refine_judge=agreements, refine_top: int = 1) -> list[SearchResult]:
+                refine_judge=agreements, refine_top: int | None = None) -> list[SearchResult]:
     """``search`` for many images with one build pool and one sandbox pool, the model proposing
     for ``batch_size`` images at a time (each result's ``seconds`` includes its share of the
     batch); ``judge``, ``refine_judge`` and ``refine_top`` as in ``pick_and_refine``. Ctrl-C returns the finished

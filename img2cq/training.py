@@ -211,7 +211,8 @@ def programs_of(rows) -> list[str]:
 
 def build(args: TrainingArguments):
     """(model, tokenizer, processor): a preset from scratch, pretrained encoder + decoder, or a saved
-    model (``--init-from``); a retrieve-and-edit model (``--library-build``) says so in its config."""
+    model (``--init-from``). A model trained on the library (``--library-build``) says in its config
+    that it reads library thumbnails and whether it is prompted (``retrieval_prompt``)."""
     if args.init_from:
         generator = load_pretrained(args.init_from, device="cpu")
         model, tokenizer, processor = generator.model.train(), generator.tokenizer, generator.processor
@@ -219,7 +220,8 @@ def build(args: TrainingArguments):
         model, tokenizer, processor = build_pretrained(args.encoder, args.decoder, args.image_size)
     else:
         model, tokenizer, processor = build_model(args.model_size, args.image_size)
-    model.config.retrieval_prompt = bool(args.library_build)
+    model.config.retrieval_prompt = bool(args.library_build) and args.retrieval_prompt
+    model.config.library_pictures = bool(args.library_build)
     return model, tokenizer, processor
 
 
@@ -484,7 +486,8 @@ def train(args: TrainingArguments, command: str | None = None, train_rows=None, 
     if args.library_build and train_rows is None:
         from img2cq.editing import library_rows
 
-        train_rows, eval_rows = library_rows(args.library_build, progress=accelerator.is_main_process)
+        train_rows, eval_rows = library_rows(args.library_build, prompted=args.retrieval_prompt,
+                                             progress=accelerator.is_main_process)
     if train_rows is None and not args.stream:
         train_rows = load_rows(args.train_json, args.train_samples, exclude_programs_in=args.exclude_programs_in)
     if eval_rows is None and args.eval_json and not args.library_build:

@@ -95,6 +95,9 @@ class TrainingArguments(BasicTrainingArguments):
         "help": "train retrieve-and-edit: the shipped part library's parts, their pictures read from this work "
                 "folder of the build that made it, each prompted with its nearest other part (replaces "
                 "--train-json and --eval-json)"})
+    retrieval_prompt: bool = field(default=True, metadata={
+        "help": "with --library-build: each row prompted with its nearest other part; --no-retrieval-prompt: "
+                "the same rows and pictures without prompts (the plain model, to compare at equal cost)"})
     init_from: str | None = field(default=None, metadata={
         "help": "start from the weights of this saved model (its sizes, tokenizer and image processor)"})
 

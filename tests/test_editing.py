@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from PIL import Image, ImageDraw
+
 from img2cq import codec, library, search
-from img2cq.editing import library_rows, nearest_others
-from img2cq.modeling import build_model, image_processor, load_pretrained, prompt_prefix
+from img2cq.editing import edit_picture, library_rows, nearest_others
+from img2cq.modeling import build_model, image_processor, load_pretrained, model_input_frame, prompt_prefix
 from img2cq.tokenizer import encode_program
 from img2cq.training import Collator, TrainingArguments, train
+from img2cq.training_args import parse_training_cli
 
 SEED = 41
 
@@ -96,3 +99,25 @@ def test_an_edit_model_learns_its_parts_and_writes_after_the_prompt(build, tmp_p
     assert {c.source for c in edits} <= {f"edit:{ranked[1].source}", f"edit:{ranked[2].source}"}
     assert not {c.program for c in edits} & {c.program for c in ranked}
     assert search.proposes(model) is False and search.editor(None, pictures[0], 2) is None
+
+
+def test_without_prompts_the_same_rows_train_a_plain_model_that_reads_library_pictures(build, tmp_path,
+                                                                                       one_torch_thread):
+    """The baseline a retrieve-and-edit model is compared with: same parts, same pictures, no prompt."""
+    work, parts = build
+    prompted = library_rows(work, parts, eval_parts=4, progress=False)[0]
+    plain, eval_rows = library_rows(work, parts, eval_parts=4, prompted=False, progress=False)
+    assert list(plain.parts) == list(prompted.parts) and all("prompt" not in row for row in plain)
+    assert plain.lengths[0] == len(parts.tokens(plain.parts[0])) + 1
+    args = parse_training_cli(TrainingArguments, "", [
+        "--output-dir", str(tmp_path / "model"), "--model-size", "tiny", "--library-build", str(work),
+        "--no-retrieval-prompt", "--max-steps", "2", "--save-steps", "1000", "--eval-samples", "0"])
+    assert args.retrieval_prompt is False
+    train(args, train_rows=plain, eval_rows=eval_rows)
+    model = load_pretrained(tmp_path / "model", device="cpu", library=parts)
+    assert not model.edits and model.library_pictures and not search.editor(model, None, 2)
+    picture = Image.new("RGB", (448, 448), "white")
+    ImageDraw.Draw(picture).rectangle((100, 150, 340, 300), fill=(120, 120, 120), outline=(0, 0, 0), width=3)
+    expected = model.processor([model_input_frame(edit_picture(picture), model.processor)], return_tensors="pt")
+    assert torch.equal(model.pixel_values([picture]), expected["pixel_values"])
+    assert model.prompts([picture]) == [None]

@@ -14,9 +14,11 @@ refine_seconds=8)``:
    the codec model writes) is built and rendered by ``img2cq.build.BuildPool``'s long-lived
    workers; anything else runs in the sandboxed executor as before; the proposal the judge
    scores best is kept;
-3. refinement for ``refine_seconds``: a structure is edited by ``img2cq.structured.refine``
-   (proportions, depths, offsets, holes, loops, sketches, operations); a program outside the codec
-   has its number literals tuned by CMA-ES through the sandbox (``refine_text``).
+3. refinement for ``refine_seconds``, shared by the few best-ranked proposals when there is time
+   for each (``default_refine_top``), the judge keeping the best: a structure is edited by
+   ``img2cq.structured.refine`` (proportions, depths, offsets, holes, loops, sketches,
+   operations); a program outside the codec has its number literals tuned by CMA-ES through the
+   sandbox (``refine_text``).
 """
 from __future__ import annotations
 
@@ -240,10 +242,9 @@ def pick_and_refine(image: Image.Image, proposals: list[Candidate], refine_secon
     """Score the proposals by ``judge`` (default: ``comparator.default_judge()``), and those
     ``more(scored)`` adds (a retrieve-and-edit model's edits of the best, ``edits_of``); refine each
     of the ``refine_top`` best (default: ``default_refine_top``) for ``refine_seconds / refine_top``
-    by ``refine_judge`` (default: the
-    hand-made agreement; the learned one, which ranks a shortlist better, is fooled by edits), a
-    refined program standing in for its start where ``refine_judge`` prefers it; keep the one
-    ``judge`` scores best. The result's ``agreement`` is ``judge``'s score."""
+    by ``refine_judge`` (default: the hand-made agreement; the learned one, which ranks a shortlist
+    better, is fooled by edits), a refined program standing in for its start where ``refine_judge``
+    prefers it; keep the one ``judge`` scores best. The result's ``agreement`` is ``judge``'s score."""
     from img2cq.comparator import default_judge
 
     judge = judge or default_judge()
@@ -332,8 +333,8 @@ def search_many(model, images: list[Image.Image], candidates: int = 8, refine_se
                 refine_judge=agreements, refine_top: int | None = None) -> list[SearchResult]:
     """``search`` for many images with one build pool and one sandbox pool, the model proposing
     for ``batch_size`` images at a time (each result's ``seconds`` includes its share of the
-    batch); ``judge``, ``refine_judge`` and ``refine_top`` as in ``pick_and_refine``. Ctrl-C returns the finished
-    results."""
+    batch); ``judge``, ``refine_judge`` and ``refine_top`` as in ``pick_and_refine``. Ctrl-C
+    returns the finished results."""
     from tqdm.auto import tqdm
 
     from img2cq.build import BuildPool

@@ -109,6 +109,8 @@ class TrainingArguments(BasicTrainingArguments):
             raise TrainingError("--encoder and --decoder go together")
         if self.init_from and self.encoder:
             raise TrainingError("--init-from and --encoder/--decoder are two ways to start: give one")
+        if not self.retrieval_prompt and not self.library_build:
+            raise TrainingError("--no-retrieval-prompt goes with --library-build (the library's rows without prompts)")
         if self.library_build and self.stream:
             raise TrainingError("--library-build trains on the library's parts: it does not go with --stream")
         if self.mixed_precision not in ("no", "bf16", "fp16", "auto"):

@@ -113,6 +113,8 @@ def test_without_prompts_the_same_rows_train_a_plain_model_that_reads_library_pi
         "--output-dir", str(tmp_path / "model"), "--model-size", "tiny", "--library-build", str(work),
         "--no-retrieval-prompt", "--max-steps", "2", "--save-steps", "1000", "--eval-samples", "0"])
     assert args.retrieval_prompt is False
+    with pytest.raises(SystemExit):  # one error line: the flag means nothing without the library's rows
+        parse_training_cli(TrainingArguments, "", ["--no-retrieval-prompt"])
     train(args, train_rows=plain, eval_rows=eval_rows)
     model = load_pretrained(tmp_path / "model", device="cpu", library=parts)
     assert not model.edits and model.library_pictures and not search.editor(model, None, 2)

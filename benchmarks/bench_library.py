@@ -8,7 +8,7 @@ is looked up and its program scored against the picture's own program by 3D IoU 
 metric, every program run in the sandbox). Features are chosen on the synthetic split; the
 real-part column only reports.
 
-    python benchmarks/bench_library.py --work runs/library-build --sizes 1562 6250 25000 100000 \\
+    python benchmarks/bench_library.py --work runs/library-build --sizes 1562 6250 25000 100000 200000 300000 \\
         --features raw32 pca64 pca128 pca256 --eval-json data/synthetic-1000/test.jsonl:200 \\
         benchmarks/real_dev/test.jsonl
 """
@@ -24,8 +24,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", default="runs/library-build", help="work folder of a library build")
     p.add_argument("--seed", type=int, default=None, help="the build's seed (default: the library default)")
-    p.add_argument("--sizes", type=int, nargs="+", default=[1562, 6250, 25000, 100000])
-    p.add_argument("--features", nargs="+", default=["raw32", "pca128"],
+    p.add_argument("--sizes", type=int, nargs="+", default=[1562, 6250, 25000, 100000, 200000, 300000])
+    p.add_argument("--features", nargs="+", default=["raw32", "pca64"],
                    help="rawS (S x S grey, S in 8/16/32/64) or pcaD (32 x 32 grey on D principal components)")
     p.add_argument("--eval-json", nargs="+", default=["benchmarks/real_dev/test.jsonl"],
                    help="splits to score, each optionally PATH:N for its first N rows")

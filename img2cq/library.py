@@ -167,7 +167,7 @@ def build_chunks(work: str | Path, parts: int, seed: int = DEFAULT_SEED, workers
 # Retrieval features and the shipped artefact
 
 FEATURE_SIDE = 32            # retrieval looks at the framed picture averaged down to 32 x 32
-FEATURE_DIMS = 128           # ... projected on its first principal components (fitted on library parts)
+FEATURE_DIMS = 64            # ... projected on its first principal components (fitted on library parts)
 MAX_SHARD_BYTES = 14 << 20   # every shipped file stays under 15 MiB
 LIBRARY_DIR = Path(__file__).resolve().parent.parent / "models" / "part-library"
 

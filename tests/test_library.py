@@ -92,3 +92,13 @@ def test_search_with_the_library_alone_keeps_the_pictured_part(work, build_pool)
                            judge=agreements)
     assert result.program == packed.program(5) and result.source == "library:5" and result.agreement > 0.99
     assert len(result.candidates) == 8
+
+
+def test_the_shipped_library_holds_what_its_card_says_in_files_under_15_mib():
+    shipped = library.PartLibrary.load()
+    assert len(shipped) == shipped.card["parts"] >= 100_000
+    assert shipped.features.shape == (len(shipped), library.FEATURE_DIMS) == (len(shipped), shipped.components.shape[0])
+    files = list(library.LIBRARY_DIR.iterdir())
+    assert len([f for f in files if f.name.startswith("parts-")]) == shipped.card["shards"]
+    assert all(f.stat().st_size < 15 * 2**20 for f in files) and sum(f.stat().st_size for f in files) < 50e6
+    assert codec.parse(shipped.program(len(shipped) - 1)) == shipped.sketches(len(shipped) - 1)

@@ -36,8 +36,8 @@ from img2cq.agreement import Masks, agreements, render_programs, views_from_imag
 PRELOAD = ("img2cq.render", "img2cq.agreement")  # modules the executor's workers import before forking
 NUM_BEAMS = 4
 SHORTLIST = 64               # library parts rendered and re-ranked per picture
-REFINE_TOP = 3               # at most this many of the best-ranked candidates share the refinement ...
-REFINE_SECONDS_EACH = 2.0    # ... each given at least this many seconds (so 1 s refines the best alone)
+REFINE_TOP = 7               # at most this many of the best-ranked candidates share the refinement ...
+REFINE_SECONDS_EACH = 1.0    # ... each given at least this many seconds (so 1 s refines the best alone)
 REFINE_SIGMA = 0.1           # CMA-ES start step, in log-scale units (about 10 % of each number)
 REFINE_BOUND = 1.0           # numbers move at most a factor e from their start value
 
@@ -202,7 +202,8 @@ def edits_of(model, image: Image.Image, ranked: list[Candidate], count: int) -> 
                   key=lambda c: -c.agreement)[:count]
     if not best:
         return []
-    programs = model.generate([image] * len(best), prompts=[c.program for c in best])
+    pixels = model.pixel_values([image]).expand(len(best), -1, -1, -1)  # the picture is framed once
+    programs = model.programs(pixels, [c.program for c in best], num_beams=1, do_sample=False)
     known = {c.program for c in ranked}
     return [as_candidate(f"edit:{c.source}", p) for c, p in zip(best, programs) if p not in known]
 

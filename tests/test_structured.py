@@ -51,5 +51,5 @@ def test_the_search_refines_each_of_its_best_candidates(build_pool):
     assert result.refine_evaluations >= 32
     assert result.agreement == max(c.agreement for c in refined) > max(p.agreement for p in proposals)
     assert result.program == codec.to_program(max(refined, key=lambda c: c.agreement).sketches)
-    # by default the best alone at 1 s; the best three share 8 s (each still gets 2 s or more)
-    assert [search.default_refine_top(s) for s in (0, 1, 4, 8, 20)] == [1, 1, 2, 3, 3]
+    # by default the best alone at 1 s; the best seven share 7 s or more (each gets 1 s or more)
+    assert [search.default_refine_top(s) for s in (0, 1, 1.9, 4, 7, 20)] == [1, 1, 1, 4, 7, 7]

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from img2cq.library import DEFAULT_SEED, FEATURE_DIMS
 from img2cq.training_args import ArgumentError, parse_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,11 +28,10 @@ REAL_PART_BENCHMARK = ROOT / "benchmarks" / "real_dev" / "programs.jsonl"
 @dataclass
 class BuildLibraryArguments:
     parts: int = field(default=300_000, metadata={"help": "distinct parts in the library"})
-    seed: int = field(default=2026, metadata={"help": "sampler seed of the draws"})
+    seed: int = field(default=DEFAULT_SEED, metadata={"help": "sampler seed of the draws"})
     work: Path = field(default=Path("runs/library-build"), metadata={"help": "work folder (resumable)"})
     out: Path = field(default=Path("models/part-library"), metadata={"help": "where the library is written"})
-    dims: int | None = field(default=None, metadata={
-        "help": "retrieval feature dimensions (principal components; default: the library's, 64)"})
+    dims: int = field(default=FEATURE_DIMS, metadata={"help": "retrieval feature dimensions (principal components)"})
     workers: int = field(default=2, metadata={"help": "build processes (or local Dask workers)"})
     cluster: str | None = field(default=None, metadata={
         "metavar": "ADDRESS|auto|local",
@@ -42,7 +42,7 @@ class BuildLibraryArguments:
     no_progress: bool = False
 
     def __post_init__(self):
-        if self.parts < 1 or self.workers < 1 or (self.dims is not None and not 1 <= self.dims <= 1024):
+        if self.parts < 1 or self.workers < 1 or not 1 <= self.dims <= 1024:
             raise ArgumentError("need --parts >= 1, --workers >= 1 and 1 <= --dims <= 1024")
 
 
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
                     for program in read_programs(split)}
         started = time.perf_counter()
         library.build_chunks(args.work, args.parts, args.seed, args.workers, not args.no_progress, cluster=args.cluster)
-        built = library.pack_library(args.work, args.parts, args.seed, args.dims or library.FEATURE_DIMS, held_out,
+        built = library.pack_library(args.work, args.parts, args.seed, args.dims, held_out,
                                      {**provenance(), "held_out_splits": [str(p) for p in
                                                                           [REAL_PART_BENCHMARK.relative_to(ROOT),
                                                                            *args.exclude_programs_in]]})

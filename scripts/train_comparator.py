@@ -32,6 +32,9 @@ class ComparatorArguments:
     library: str | None = field(default=None, metadata={
         "help": "part library the shortlists come from (default: the shipped one)"})
     work: Path = field(default=Path("runs/comparator-pairs"), metadata={"help": "pair files (resumable)"})
+    earlier: list[str] = field(default_factory=list, metadata={
+        "help": "pair folders of earlier draws to train on as well, as FOLDER:SEED (e.g. drawn against "
+                "another library); the held-out queries stay the last of this draw's"})
     out: Path = field(default=Path("models/agreement"), metadata={"help": "where the model is saved"})
     width: int = field(default=16, metadata={"help": "channels of the first convolution"})
     epochs: int = 12
@@ -111,6 +114,16 @@ def main(argv=None) -> int:
     from img2cq.data import provenance
     from img2cq.library import PartLibrary
 
+    try:
+        earlier = [(Path(folder), int(seed)) for folder, seed in (e.rsplit(":", 1) for e in args.earlier)]
+    except ValueError:
+        return fail(f"--earlier takes FOLDER:SEED, got {args.earlier}")
+    earlier_records = []
+    for folder, seed in earlier:
+        found = comparator.read_pairs(folder, seed)
+        if not found:
+            return fail(f"no pair files of seed {seed} in {folder}")
+        earlier_records += found
     args.work.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(filename=args.work / "pairs.log", level=logging.INFO, format="%(asctime)s %(message)s")
     try:
@@ -118,7 +131,7 @@ def main(argv=None) -> int:
     except FileNotFoundError as e:
         return fail(e)
     comparator.generate_pairs(args.work, args.queries, args.seed, library, args.workers, not args.no_progress)
-    records = comparator.read_pairs(args.work, args.seed)[:-(-args.queries // comparator.CHUNK)]
+    records = earlier_records + comparator.read_pairs(args.work, args.seed)[:-(-args.queries // comparator.CHUNK)]
     train, val = split(comparator.PairSet.from_records(records, not args.no_progress), args.validation)
     print(f"{len(train.references)} training queries ({len(train.iou)} pairs), {len(val.references)} held out "
           f"({len(val.iou)} pairs)")
@@ -156,7 +169,7 @@ def main(argv=None) -> int:
     rho, kept = ranking(val, predict(model, val))
     card = {**provenance(), "torch": torch.__version__, "command": " ".join(["python", *sys.argv]), "seed": args.seed,
             "queries": len(train.references), "pairs": len(train.iou), "held_out_queries": len(val.references),
-            "library_parts": len(library), "epochs": args.epochs, "width": args.width,
+            "library_parts": len(library), "earlier_pairs": args.earlier, "epochs": args.epochs, "width": args.width,
             "held_out": {"spearman": round(rho, 4), "kept_iou": round(kept, 4),
                          "hand_made_spearman": round(hand[0], 4), "hand_made_kept_iou": round(hand[1], 4)},
             "train_seconds": round(time.perf_counter() - started)}

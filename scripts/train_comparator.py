@@ -1,6 +1,7 @@
 """Train the learned agreement (``img2cq.comparator``): draw pairs, fit, report, save.
 
     python scripts/train_comparator.py --queries 3000            # resumable: run it again after a stop
+    python scripts/train_comparator.py --queries 2000 --seed 7300 --work runs/pairs-new --earlier runs/comparator-pairs:7000
 
 Stage 1 writes training pairs to ``--work`` (sampler queries of ``--seed``, a file per 25 queries,
 a progress bar, a log in ``<work>/pairs.log``); stopping loses at most the chunk in progress.
@@ -34,7 +35,7 @@ class ComparatorArguments:
     work: Path = field(default=Path("runs/comparator-pairs"), metadata={"help": "pair files (resumable)"})
     earlier: list[str] = field(default_factory=list, metadata={
         "help": "pair folders of earlier draws to train on as well, as FOLDER:SEED (e.g. drawn against "
-                "another library); the held-out queries stay the last of this draw's"})
+                "another library); they come first, so the held-out share is taken from this draw's end"})
     out: Path = field(default=Path("models/agreement"), metadata={"help": "where the model is saved"})
     width: int = field(default=16, metadata={"help": "channels of the first convolution"})
     epochs: int = 12

@@ -49,6 +49,8 @@ class ComparatorArguments:
     def __post_init__(self):
         if self.queries < 50 or self.epochs < 1 or not 0 < self.validation < 0.5:
             raise ArgumentError("need --queries >= 50, --epochs >= 1 and 0 < --validation < 0.5")
+        if not all(":" in e and e.rsplit(":", 1)[1].isdigit() for e in self.earlier):
+            raise ArgumentError(f"--earlier takes FOLDER:SEED, got {' '.join(self.earlier)}")
 
 
 def parse_args(argv=None) -> ComparatorArguments:
@@ -115,13 +117,9 @@ def main(argv=None) -> int:
     from img2cq.data import provenance
     from img2cq.library import PartLibrary
 
-    try:
-        earlier = [(Path(folder), int(seed)) for folder, seed in (e.rsplit(":", 1) for e in args.earlier)]
-    except ValueError:
-        return fail(f"--earlier takes FOLDER:SEED, got {args.earlier}")
     earlier_records = []
-    for folder, seed in earlier:
-        found = comparator.read_pairs(folder, seed)
+    for folder, seed in (e.rsplit(":", 1) for e in args.earlier):
+        found = comparator.read_pairs(folder, int(seed))
         if not found:
             return fail(f"no pair files of seed {seed} in {folder}")
         earlier_records += found

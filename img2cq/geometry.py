@@ -14,6 +14,8 @@ RENDER_MESH_TOLERANCE, RENDER_MESH_ANGULAR = 2e-3, 0.3
 MIN_SOLID_VOLUME = 1e-9
 
 # Generated training parts: a valid solid can still be unfit to learn from (the data engine rejects it).
-MIN_PART_VOLUME = 1e-3      # smaller parts are dust
-MIN_PART_EXTENT = 0.02      # a bounding-box side thinner than this is a sliver
+# Thin is not degenerate (pins, wires, thin-walled tubes and sheets are real parts): a side counts
+# as a sliver below 0.006, under two pixels of a 448 px picture where the part spans ~400.
+MIN_PART_VOLUME = 2e-5      # smaller parts are dust
+MIN_PART_EXTENT = 0.006     # a bounding-box side thinner than this is a sliver
 MIN_PART_FILL = 0.01        # volume / bounding-box volume below this is a wire frame of slivers

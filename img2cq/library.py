@@ -67,6 +67,17 @@ def draw_part(job: tuple[int, int]) -> dict:
             "thumb": picture_thumbnail(framed), "views": np.packbits(np.stack([silhouette, edges]))}
 
 
+def redraw_part(job: tuple[int, int, str | None]) -> dict:
+    """Worker job of a refresh: ``draw_part`` again unless draw ``index`` of ``seed`` still samples
+    the program it had (``stored``: its codec tokens, None for a draw rejected before)."""
+    from img2cq.data import draw_rng
+    from img2cq.sampler import sample_program
+
+    seed, index, stored = job
+    tokens = " ".join(codec.to_tokens(codec.parse(sample_program(draw_rng(seed, "train", index)))))
+    return {"index": index, "unchanged": True} if tokens == stored else draw_part((seed, index))
+
+
 def chunk_path(work: Path, seed: int, number: int) -> Path:
     return work / f"seed{seed}-chunk{number:05d}.npz"
 
@@ -161,6 +172,47 @@ def build_chunks(work: str | Path, parts: int, seed: int = DEFAULT_SEED, workers
             number += 1
     bar.close()
     return accepted
+
+
+def refresh_chunks(work: str | Path, seed: int = DEFAULT_SEED, workers: int = 2, progress: bool = True) -> dict:
+    """Bring a build's finished work files up to the current sampler and part checks, after a change
+    to either: a draw that still samples its stored program keeps its record (the renderer is
+    assumed unchanged), every other one (a changed program, or a draw rejected before) is built
+    again, so a change that touches a sixth of the draws costs a sixth of a build. Resumable: a
+    refreshed chunk costs only its rejected draws again. Returns how many draws were kept, how many
+    built again and how many of those were accepted."""
+    from tqdm.auto import tqdm
+
+    from img2cq.build import BuildPool
+
+    work = Path(work)
+    chunk = json.loads((work / "build.json").read_text())["chunk"]
+    paths = []
+    while chunk_path(work, seed, len(paths)).is_file():
+        paths.append(chunk_path(work, seed, len(paths)))
+    counts = {"kept": 0, "rebuilt": 0, "rebuilt_accepted": 0}
+    with BuildPool(workers) as pool:
+        for number, path in enumerate(tqdm(paths, desc=f"refreshing library draws (seed {seed})", unit="chunk",
+                                           disable=not progress)):
+            with np.load(path, allow_pickle=False) as data:
+                stored = {int(i): (str(t), str(g), th) for i, t, g, th in
+                          zip(data["index"], data["tokens"], data["signature"], data["thumb"])}
+                indices = range(number * chunk, number * chunk + int(data["draws"]))
+            results = pool.map(redraw_part, [(seed, i, stored[i][0] if i in stored else None) for i in indices])
+            records, rebuilt = [], 0
+            for index, result in zip(indices, results):
+                if result is not None and result.get("unchanged"):
+                    tokens, signature, thumb = stored[index]
+                    records.append({"index": index, "reject": None, "tokens": tokens, "signature": signature, "thumb": thumb})
+                else:
+                    records.append(result or {"index": index, "reject": "worker"})
+                    rebuilt += 1
+                    counts["rebuilt_accepted"] += records[-1]["reject"] is None
+            write_chunk(path, records)
+            counts["kept"] += len(records) - rebuilt
+            counts["rebuilt"] += rebuilt
+            log.info("refreshed chunk %d: %d draws kept, %d built again", number, len(records) - rebuilt, rebuilt)
+    return counts
 
 
 # ----------------------------------------------------------------------------------------------

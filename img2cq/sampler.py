@@ -41,6 +41,8 @@ DEFAULT_WEIGHTS: dict[str, dict] = {
     "split_pattern_prob": 0.3,  # a hole pattern drawn one sketch per hole, where the sketch budget allows
 }
 
+LONGEST_STOCK = 100  # the longest first extrusion, in lengths of its section's longer side
+
 # DeepCAD polar angles (theta, phi) of each axis-aligned normal.
 _AXIS_ANGLES = {"+Z": (0.0, 0.0), "-Z": (math.pi, 0.0), "+X": (math.pi / 2, 0.0), "-X": (math.pi / 2, math.pi),
                 "+Y": (math.pi / 2, math.pi / 2), "-Y": (math.pi / 2, -math.pi / 2)}
@@ -209,12 +211,13 @@ def _base_region(rng, kind) -> tuple[int, int, int, int]:
 
 def _base_depth(rng, kind) -> int:
     """Extrusion depth of the first sketch in grid steps: plates thin, blocks and cylinders thick,
-    and some long extruded sections (rods, beams) as in the real data."""
+    and some long extruded sections as in the real data: stock cut to length (pins, shafts, rods,
+    tubes, beams and profiles) runs from its section's size to a hundred times it."""
     thin, thick, long = {"rect": (0.45, 0.4, 0.15), "circle": (0.4, 0.45, 0.15), "L": (0.3, 0.45, 0.25),
                          "T": (0.3, 0.45, 0.25), "U": (0.3, 0.45, 0.25), "ring": (0.3, 0.6, 0.1)}.get(kind, (0.6, 0.4, 0.0))
     choice = _pick(rng, {"thin": thin, "thick": thick, "long": long})
-    if choice == "long":  # rods and beams up to ten times longer than their section (log-uniform)
-        return int(round(math.exp(rng.uniform(math.log(GRID), math.log(9.8 * GRID)))))
+    if choice == "long":  # log-uniform length, one to a hundred sections
+        return int(round(math.exp(rng.uniform(math.log(GRID), math.log(LONGEST_STOCK * GRID)))))
     lo, hi = {"thin": (0.016, 0.16), "thick": (0.16, 0.86)}[choice]
     return int(rng.integers(round(lo * GRID), round(hi * GRID)))
 
@@ -236,7 +239,7 @@ def _base(rng, w) -> tuple[Sketch, list[Pad], bool]:
         loops = [Loop(c, radius=r)]
         r_in = 0
         if kind == "ring":
-            r_in = _frac(rng, 0.35, 0.95, r)
+            r_in = _frac(rng, 0.35, 0.98, r)  # down to thin-walled tube
             loops.append(Loop(c, radius=r_in))
         round_pad = (c[0], c[1], r, r_in)
         s = r * 0.7

@@ -119,7 +119,8 @@ def write_program(sketches: list[Sketch], rotation: np.ndarray) -> str:
         centre = np.round((lo + hi) / 2 * k * codec.DISTANCE_LEVELS) / (k * codec.DISTANCE_LEVELS)
         if up != "tilted":
             centre["XYZ".index(up[1])] = 0.0
-        if np.abs(pts - centre).max() * k <= 0.75:
+        longest = max(abs(s.depth) for s in sketches) * k  # a tilted rod can fit 0.75 per axis and not the codec
+        if np.abs(pts - centre).max() * k <= 0.75 and longest <= codec.NUMBER_RANGE / codec.DISTANCE_LEVELS:
             break
     scaled = lambda p: (float(p[0] * k), float(p[1] * k))
     drawn = []

@@ -2,12 +2,15 @@
 
     python scripts/build_library.py --parts 300000                 # resumable: run it again after a stop
     python scripts/build_library.py --parts 300000 --cluster tcp://head:8786
+    python scripts/build_library.py --parts 300000 --refresh      # after a sampler change
 
 Stage 1 draws parts into the work folder (``--work``, a file per 1,000 draws, a progress bar, a log
 in ``<work>/build.log``); stopping loses at most the chunk in progress. Stage 2 drops duplicate
 parts and parts whose program is in a held-out split (always the real-part benchmark, plus any
 ``--exclude-programs-in``), and writes the library to ``--out`` (files of at most 14 MiB and a card
-recording how it was made).
+recording how it was made). ``--refresh`` first brings the work folder's finished draws up to the
+current sampler and part checks: only draws whose program changed, and draws rejected before, are
+built again (the renderer must be unchanged; a renderer change needs a new work folder).
 """
 from __future__ import annotations
 
@@ -39,6 +42,8 @@ class BuildLibraryArguments:
     exclude_programs_in: list[str] = field(default_factory=list, metadata={
         "nargs": "*", "metavar": "SPLIT",
         "help": "held-out splits whose programs never enter the library (the real-part benchmark always)"})
+    refresh: bool = field(default=False, metadata={
+        "help": "first rebuild the work folder's draws whose program changed (after a sampler change)"})
     no_progress: bool = False
 
     def __post_init__(self):
@@ -62,6 +67,9 @@ def main(argv=None) -> int:
         held_out = {program.code for split in [REAL_PART_BENCHMARK, *args.exclude_programs_in]
                     for program in read_programs(split)}
         started = time.perf_counter()
+        if args.refresh:
+            counts = library.refresh_chunks(args.work, args.seed, args.workers, not args.no_progress)
+            print(f"{counts['kept']} draws kept, {counts['rebuilt']} built again ({counts['rebuilt_accepted']} accepted)")
         library.build_chunks(args.work, args.parts, args.seed, args.workers, not args.no_progress, cluster=args.cluster)
         built = library.pack_library(args.work, args.parts, args.seed, args.dims, held_out,
                                      {**provenance(), "held_out_splits": [str(p) for p in

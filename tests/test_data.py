@@ -27,10 +27,12 @@ def test_validate_and_render_rejects_degenerate_parts():
     good = cq.Workplane().box(1, 0.5, 0.2).val()
     verdict = data.validate_and_render(good, size=64)
     assert verdict["reject"] is None and verdict["png"].startswith(b"\x89PNG")
+    pin = cq.Workplane().cylinder(1.2, 0.005).val()  # thin is not degenerate: pins and wires are parts
+    assert data.validate_and_render(pin, size=64)["reject"] is None
     apart = cq.Workplane().box(0.5, 0.5, 0.5).union(cq.Workplane().box(0.5, 0.5, 0.5).translate((2, 0, 0))).val()
     assert data.validate_and_render(apart)["reject"] == "disconnected"
-    assert data.validate_and_render(cq.Workplane().box(0.05, 0.05, 0.05).val())["reject"] == "too_small"
-    assert data.validate_and_render(cq.Workplane().box(1.4, 1.4, 0.01).val())["reject"] == "sliver"
+    assert data.validate_and_render(cq.Workplane().box(0.02, 0.02, 0.02).val())["reject"] == "too_small"
+    assert data.validate_and_render(cq.Workplane().box(1.4, 1.4, 0.004).val())["reject"] == "sliver"
 
 
 def test_signature_ignores_placement():

@@ -1,6 +1,7 @@
 """The part library: resumable drawing, packing (duplicates and held-out programs out), shards,
 retrieval, and the search over it."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -38,6 +39,27 @@ def test_drawing_resumes_and_matches_the_sampler(work):
     assert str(first["tokens"][0]).split() == codec.to_tokens(codec.parse(sample_program(draw_rng(SEED, "train", i))))
     with pytest.raises(ValueError, match="same seed and chunk"):
         library.build_chunks(work, 20, SEED, progress=False, chunk=16)
+
+
+def test_refresh_builds_again_only_the_draws_whose_program_changed(work, tmp_path):
+    """After a sampler change a build is refreshed, not redone: here one stored draw pretends to hold
+    an older program; it alone is built again (with the draws rejected before), the rest is kept."""
+    shutil.copytree(work, tmp_path / "build")
+    before = library.read_chunks(tmp_path / "build", SEED)
+    stale = before[1]
+    records = [{"index": int(i), "reject": None, "tokens": str(t), "signature": str(g), "thumb": th}
+               for i, t, g, th in zip(stale["index"], stale["tokens"], stale["signature"], stale["thumb"])]
+    records[0] = {**records[0], "tokens": "new plane+Z+X", "thumb": np.zeros_like(records[0]["thumb"])}
+    records += [{"index": i, "reject": "sliver"} for i in set(range(8, 16)) - {int(i) for i in stale["index"]}]
+    library.write_chunk(library.chunk_path(tmp_path / "build", SEED, 1), sorted(records, key=lambda r: r["index"]))
+
+    counts = library.refresh_chunks(tmp_path / "build", SEED, workers=1, progress=False)
+
+    rejected_before = sum(int(c["draws"]) - len(c["index"]) for c in before)
+    assert counts == {"kept": 24 - 1 - rejected_before, "rebuilt": 1 + rejected_before, "rebuilt_accepted": 1}
+    for old, new in zip(before, library.read_chunks(tmp_path / "build", SEED)):
+        for key in ("index", "tokens", "signature", "thumb"):
+            np.testing.assert_array_equal(old[key], new[key])
 
 
 def test_pack_drops_duplicates_and_held_out_programs(work):

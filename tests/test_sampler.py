@@ -10,11 +10,12 @@ from img2cq import codec
 from img2cq.fidelity import normal_key, program_statistics
 from img2cq.sampler import (
     ALLOWED_NORMALS,
+    LONGEST_STOCK,
     hole_pattern,
     sample_program,
     sample_sketches,
 )
-from img2cq.sketches import polar_frame
+from img2cq.sketches import GRID, polar_frame, write_program
 
 N_PROGRAMS = 40
 WP_LINE = re.compile(r"^wp_sketch(\d+) = cq\.Workplane\(cq\.Plane\(cq\.Vector\([^()]+\), cq\.Vector\([^()]+\), "
@@ -89,6 +90,19 @@ def test_programs_build_one_valid_solid_inside_the_normalised_box(programs):
         bb = shape.BoundingBox()
         assert max(abs(bb.xmin), abs(bb.xmax), abs(bb.ymin), abs(bb.ymax), abs(bb.zmin), abs(bb.zmax)) < 0.76
     assert built >= 0.95 * len(programs)
+
+
+def test_long_stock_runs_to_a_hundred_sections_and_stays_in_the_codec():
+    """Pins, shafts and tubes are real parts; a long one on a tilted plane fits 0.75 per axis while
+    its length would not fit the codec's extrusion range at that scale, so it is drawn smaller."""
+    lengths = []
+    for seed in range(300):
+        sketches, rotation = sample_sketches(np.random.default_rng([7, seed]), {
+            "n_sketches": {1: 1.0}, "base_profile": {"circle": 1.0}, "base_normal": {"tilted": 1.0}})
+        lengths.append(abs(sketches[0].depth) / GRID)
+        program = write_program(sketches, rotation)  # raises CodecError outside the codec's range
+        assert codec.to_program(codec.parse(program)) == program
+    assert 30 < max(lengths) <= LONGEST_STOCK
 
 
 def test_later_sketches_sit_flush_on_faces_of_what_exists(built_multi_sketch_parts):

@@ -186,11 +186,13 @@ def refresh_chunks(work: str | Path, seed: int = DEFAULT_SEED, workers: int = 2,
     from img2cq.build import BuildPool
 
     work = Path(work)
+    counts = {"kept": 0, "rebuilt": 0, "rebuilt_accepted": 0}
+    if not (work / "build.json").is_file():  # a new work folder: nothing drawn yet, nothing to refresh
+        return counts
     chunk = json.loads((work / "build.json").read_text())["chunk"]
     paths = []
     while chunk_path(work, seed, len(paths)).is_file():
         paths.append(chunk_path(work, seed, len(paths)))
-    counts = {"kept": 0, "rebuilt": 0, "rebuilt_accepted": 0}
     with BuildPool(workers) as pool:
         for number, path in enumerate(tqdm(paths, desc=f"refreshing library draws (seed {seed})", unit="chunk",
                                            disable=not progress)):

@@ -60,6 +60,7 @@ def test_refresh_builds_again_only_the_draws_whose_program_changed(work, tmp_pat
     for old, new in zip(before, library.read_chunks(tmp_path / "build", SEED)):
         for key in ("index", "tokens", "signature", "thumb"):
             np.testing.assert_array_equal(old[key], new[key])
+    assert library.refresh_chunks(tmp_path / "new", SEED, progress=False)["kept"] == 0  # nothing drawn yet
 
 
 def test_pack_drops_duplicates_and_held_out_programs(work):

@@ -97,13 +97,18 @@ def write_chunk(path: Path, records: list[dict]) -> None:
     tmp.rename(path)
 
 
+def finished_chunk_paths(work: Path, seed: int) -> list[Path]:
+    """The paths of a build's finished work files, in draw order."""
+    paths = []
+    while chunk_path(work, seed, len(paths)).is_file():
+        paths.append(chunk_path(work, seed, len(paths)))
+    return paths
+
+
 def read_chunks(work: Path, seed: int) -> list[dict]:
     """The finished work files of a build, in draw order."""
     chunks = []
-    for number in range(10**6):
-        path = chunk_path(work, seed, number)
-        if not path.is_file():
-            break
+    for path in finished_chunk_paths(work, seed):
         with np.load(path, allow_pickle=False) as data:
             chunks.append({k: data[k] for k in data.files})
     return chunks
@@ -190,11 +195,8 @@ def refresh_chunks(work: str | Path, seed: int = DEFAULT_SEED, workers: int = 2,
     if not (work / "build.json").is_file():  # a new work folder: nothing drawn yet, nothing to refresh
         return counts
     chunk = json.loads((work / "build.json").read_text())["chunk"]
-    paths = []
-    while chunk_path(work, seed, len(paths)).is_file():
-        paths.append(chunk_path(work, seed, len(paths)))
     with BuildPool(workers) as pool:
-        for number, path in enumerate(tqdm(paths, desc=f"refreshing library draws (seed {seed})", unit="chunk",
+        for number, path in enumerate(tqdm(finished_chunk_paths(work, seed), desc=f"refreshing library draws (seed {seed})", unit="chunk",
                                            disable=not progress)):
             with np.load(path, allow_pickle=False) as data:
                 stored = {int(i): (str(t), str(g), th) for i, t, g, th in

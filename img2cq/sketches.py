@@ -114,13 +114,13 @@ def write_program(sketches: list[Sketch], rotation: np.ndarray) -> str:
     pts = np.concatenate([s.corners() for s in sketches if s.op == "union"]) @ rotation.T
     lo, hi = pts.min(axis=0), pts.max(axis=0)
     up = axis_key(rotation[:, 2])
+    longest = max(abs(s.depth) for s in sketches)  # a tilted rod can fit 0.75 per axis and not the codec
     for scale in PART_SCALES:
         k = scale / codec.DISTANCE_LEVELS / GRID  # world length of one design step
         centre = np.round((lo + hi) / 2 * k * codec.DISTANCE_LEVELS) / (k * codec.DISTANCE_LEVELS)
         if up != "tilted":
             centre["XYZ".index(up[1])] = 0.0
-        longest = max(abs(s.depth) for s in sketches) * k  # a tilted rod can fit 0.75 per axis and not the codec
-        if np.abs(pts - centre).max() * k <= 0.75 and longest <= codec.NUMBER_RANGE / codec.DISTANCE_LEVELS:
+        if np.abs(pts - centre).max() * k <= 0.75 and longest * k <= codec.NUMBER_RANGE / codec.DISTANCE_LEVELS:
             break
     scaled = lambda p: (float(p[0] * k), float(p[1] * k))
     drawn = []

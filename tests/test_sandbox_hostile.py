@@ -456,11 +456,11 @@ FORK_GRANDCHILD = (BYPASS_HOOK + "import _posixsubprocess, os, time\n"
 
 def test_a_program_that_forks_leaves_no_process(tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # the children's directories, and so their working directories
-    with Executor(workers=1, timeout=5.0, memory_mb=3072) as executor:
+    with Executor(workers=1, timeout=30.0, memory_mb=3072) as executor:
         limits = psutil.Process(executor.worker_pids()[0]).rlimit(psutil.RLIMIT_NOFILE)
         started = time.monotonic()
         r = executor.run(FORK_GRANDCHILD)
-        assert time.monotonic() - started < 4, r.reason  # answered when the program ended, not at the timeout
+        assert time.monotonic() - started < 15, r.reason  # answered when the program ended, not at the timeout
         assert (r.ok, r.error_kind, r.message) == (False, "forbidden", "left 1 process(es) running")
         deadline = time.monotonic() + 5
         while (left := processes_in(str(tmp_path))) and time.monotonic() < deadline:

@@ -197,11 +197,18 @@ def build_model(config: ComparatorConfig):
     return Comparator(config)
 
 
-class LearnedAgreement:
-    """The trained comparator, scoring candidates' renders against one reference picture."""
+def member_paths(path: Path) -> list[Path]:
+    """A saved comparator's member weights, in member order."""
+    return sorted(path.glob("member-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
 
-    def __init__(self, model, card: dict | None = None):
-        self.model, self.card = model.eval(), card or {}
+
+class LearnedAgreement:
+    """The trained comparator, scoring candidates' renders against one reference picture: the mean
+    predicted IoU of its members, networks trained alike from different random starts (two rank a
+    shortlist better than either alone)."""
+
+    def __init__(self, members: list, card: dict | None = None):
+        self.members, self.card = [m.eval() for m in members], card or {}
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> "LearnedAgreement":
@@ -210,18 +217,24 @@ class LearnedAgreement:
         path = Path(path) if path is not None else MODEL_DIR
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"no comparator in {path} (config.json missing)")
-        model = build_model(ComparatorConfig(**json.loads((path / "config.json").read_text())))
-        model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+        config = ComparatorConfig(**json.loads((path / "config.json").read_text()))
+        members = []
+        for weights in member_paths(path):
+            members.append(build_model(config))
+            members[-1].load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        if not members:
+            raise FileNotFoundError(f"no comparator in {path} (no member-*.pt)")
         card = json.loads((path / "card.json").read_text()) if (path / "card.json").is_file() else {}
-        return cls(model, card)
+        return cls(members, card)
 
     def save(self, path: str | Path, card: dict) -> None:
         import torch
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        (path / "config.json").write_text(json.dumps(asdict(self.model.config), indent=1) + "\n")
-        torch.save(self.model.state_dict(), path / "model.pt")
+        (path / "config.json").write_text(json.dumps(asdict(self.members[0].config), indent=1) + "\n")
+        for k, member in enumerate(self.members):
+            torch.save(member.state_dict(), path / f"member-{k}.pt")
         (path / "card.json").write_text(json.dumps(card, indent=1) + "\n")
 
     def scores(self, reference: agreement.Masks, views: list[np.ndarray | None]) -> list[float]:
@@ -235,6 +248,14 @@ class LearnedAgreement:
         hand = [-math.inf if r is None else agreement.agreement_of_reduced(reference, *r) for r in reduced]
         return [(a + b) / 2 for a, b in zip(self.predict(reference, reduced), hand)]
 
+    def predicted_iou(self, reference_channels: np.ndarray, candidate_channels: np.ndarray) -> np.ndarray:
+        """The members' mean predicted IoU for (B, 3, n, n) uint8 channels of pictures and candidates."""
+        import torch
+
+        reference, candidate = torch.from_numpy(reference_channels), torch.from_numpy(candidate_channels)
+        with torch.no_grad():
+            return torch.stack([torch.sigmoid(m(reference, candidate)) for m in self.members]).mean(0).numpy()
+
     def predict(self, reference: agreement.Masks, reduced: list[tuple | None]) -> list[float]:
         """Predicted IoU of each candidate's ``agreement.reduced_views`` (-inf for None)."""
         import torch
@@ -245,9 +266,7 @@ class LearnedAgreement:
             return out
         channels = np.stack([picture_channels(*reduced[i]) for i in present])
         reference_channels = np.repeat(masks_channels(reference)[None], len(present), axis=0)
-        with torch.no_grad():
-            logits = self.model(torch.from_numpy(reference_channels), torch.from_numpy(channels))
-        for i, p in zip(present, torch.sigmoid(logits).tolist()):
+        for i, p in zip(present, self.predicted_iou(reference_channels, channels).tolist()):
             out[i] = p
         return out
 

@@ -5,11 +5,11 @@
 
 Stage 1 writes training pairs to ``--work`` (sampler queries of ``--seed``, a file per 25 queries,
 a progress bar, a log in ``<work>/pairs.log``); stopping loses at most the chunk in progress.
-Stage 2 fits the comparator (regressing each pair's IoU) on all but the last ``--validation`` share
-of the queries, prints the
-Spearman correlation with 3D IoU within one query's shortlist and the IoU of the part each query
-keeps, beside the hand-made agreement's on the same queries, and saves the model with a card to
-``--out``. Query parts come from a sampler seed of their own: never library parts, never the
+Stage 2 fits the comparator's ``--members`` networks (each regressing each pair's IoU from a random
+start of its own) on all but the last ``--validation`` share of the queries, prints the Spearman
+correlation with 3D IoU within one query's shortlist and the IoU of the part each query keeps,
+beside the hand-made agreement's on the same queries, and saves the comparator with a card to
+``--out`` after each member; a member already saved there is kept, so a stopped run goes on. Query parts come from a sampler seed of their own: never library parts, never the
 benchmark's queries, never evaluation parts.
 """
 from __future__ import annotations
@@ -38,6 +38,8 @@ class ComparatorArguments:
                 "another library); they come first, so the held-out share is taken from this draw's end"})
     out: Path = field(default=Path("models/agreement"), metadata={"help": "where the model is saved"})
     width: int = field(default=16, metadata={"help": "channels of the first convolution"})
+    members: int = field(default=2, metadata={
+        "help": "networks trained alike from different random starts, their predictions averaged"})
     epochs: int = 12
     queries_per_step: int = 4
     lr: float = 3e-3
@@ -47,8 +49,8 @@ class ComparatorArguments:
     no_progress: bool = False
 
     def __post_init__(self):
-        if self.queries < 50 or self.epochs < 1 or not 0 < self.validation < 0.5:
-            raise ArgumentError("need --queries >= 50, --epochs >= 1 and 0 < --validation < 0.5")
+        if self.queries < 50 or self.epochs < 1 or self.members < 1 or not 0 < self.validation < 0.5:
+            raise ArgumentError("need --queries >= 50, --epochs >= 1, --members >= 1 and 0 < --validation < 0.5")
         if not all(":" in e and e.rsplit(":", 1)[1].isdigit() for e in self.earlier):
             raise ArgumentError(f"--earlier takes FOLDER:SEED, got {' '.join(self.earlier)}")
 
@@ -68,16 +70,10 @@ def loss_of(model, pairs, batch, flip: bool):
     return ((torch.sigmoid(model(reference, candidate)) - torch.from_numpy(pairs.iou[batch])) ** 2).mean()
 
 
-def predict(model, pairs, chunk: int = 512) -> np.ndarray:
-    import torch
-
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(pairs.iou), chunk):
-            index = np.arange(start, min(start + chunk, len(pairs.iou)))
-            out.append(model(torch.from_numpy(pairs.references[pairs.query_of[index]]),
-                             torch.from_numpy(pairs.candidates[index])))
-    return torch.cat(out).numpy()
+def predict(judge, pairs, chunk: int = 512) -> np.ndarray:
+    """A ``comparator.LearnedAgreement``'s predicted IoU of every pair."""
+    return np.concatenate([judge.predicted_iou(pairs.references[pairs.query_of[index]], pairs.candidates[index])
+                           for index in np.array_split(np.arange(len(pairs.iou)), -(-len(pairs.iou) // chunk))])
 
 
 def ranking(pairs, scores, shortlist_only: bool = True) -> tuple[float, float]:
@@ -108,6 +104,41 @@ def split(pairs, validation: float):
     return sets
 
 
+def train_member(args: ComparatorArguments, train, val, seed: int, label: str):
+    """One network fitted to the pairs' IoU from the random start of ``seed``, reporting on the
+    held-out queries after each epoch."""
+    import torch
+
+    from img2cq import comparator
+
+    torch.manual_seed(seed)
+    model = comparator.build_model(comparator.ComparatorConfig(width=args.width))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    groups = train.groups()
+    steps = args.epochs * -(-len(groups) // args.queries_per_step)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=steps)
+    rng, started = np.random.default_rng(seed), time.perf_counter()
+    for epoch in range(args.epochs):
+        model.train()
+        order = rng.permutation(len(groups))
+        total = 0.0
+        for start in range(0, len(order), args.queries_per_step):
+            batch = np.concatenate([groups[g] for g in order[start:start + args.queries_per_step]])
+            loss = loss_of(model, train, batch, flip=bool(rng.integers(2)))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += loss.item()
+        model.eval()
+        predicted = predict(comparator.LearnedAgreement([model]), val)
+        (rho, kept), (rho_all, _) = ranking(val, predicted), ranking(val, predicted, shortlist_only=False)
+        print(f"{label} epoch {epoch + 1}/{args.epochs}: loss {total / -(-len(order) // args.queries_per_step):.4f}, "
+              f"held out Spearman {rho:.3f} (with edits {rho_all:.3f}), kept IoU {kept:.3f} "
+              f"({time.perf_counter() - started:.0f} s)", flush=True)
+    return model
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
@@ -135,45 +166,32 @@ def main(argv=None) -> int:
     print(f"{len(train.references)} training queries ({len(train.iou)} pairs), {len(val.references)} held out "
           f"({len(val.iou)} pairs)")
 
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    model = comparator.build_model(comparator.ComparatorConfig(width=args.width))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    groups = train.groups()
-    steps = args.epochs * -(-len(groups) // args.queries_per_step)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=steps)
-    rng, started, step = np.random.default_rng(args.seed), time.perf_counter(), 0
     hand = ranking(val, val.hand)
     print(f"hand-made agreement on the held-out queries: Spearman {hand[0]:.3f}, kept IoU {hand[1]:.3f}; "
           f"oracle {np.mean([val.iou[g[val.source[g] >= 0]].max() for g in val.groups()]):.3f}")
-    for epoch in range(args.epochs):
-        model.train()
-        order = rng.permutation(len(groups))
-        total = 0.0
-        for start in range(0, len(order), args.queries_per_step):
-            batch = np.concatenate([groups[g] for g in order[start:start + args.queries_per_step]])
-            loss = loss_of(model, train, batch, flip=bool(rng.integers(2)))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total, step = total + loss.item(), step + 1
-        model.eval()
-        predicted = predict(model, val)
-        (rho, kept), (rho_all, _) = ranking(val, predicted), ranking(val, predicted, shortlist_only=False)
-        print(f"epoch {epoch + 1}/{args.epochs}: loss {total / -(-len(order) // args.queries_per_step):.4f}, held out "
-              f"Spearman {rho:.3f} (with edits {rho_all:.3f}), kept IoU {kept:.3f} "
-              f"({time.perf_counter() - started:.0f} s)", flush=True)
-
-    rho, kept = ranking(val, predict(model, val))
-    card = {**provenance(), "torch": torch.__version__, "command": " ".join(["python", *sys.argv]), "seed": args.seed,
-            "queries": len(train.references), "pairs": len(train.iou), "held_out_queries": len(val.references),
-            "library_parts": len(library), "earlier_pairs": args.earlier, "epochs": args.epochs, "width": args.width,
-            "held_out": {"spearman": round(rho, 4), "kept_iou": round(kept, 4),
-                         "hand_made_spearman": round(hand[0], 4), "hand_made_kept_iou": round(hand[1], 4)},
-            "train_seconds": round(time.perf_counter() - started)}
-    comparator.LearnedAgreement(model).save(args.out, card)
-    print(f"saved {args.out}: {json.dumps(card['held_out'])}")
+    torch.set_num_threads(args.threads)
+    started, members, member_cards = time.perf_counter(), [], []
+    for k in range(args.members):
+        if (args.out / f"member-{k}.pt").is_file():  # finished by an earlier run of this command
+            member = comparator.LearnedAgreement.load(args.out).members[k]
+            print(f"member {k + 1}/{args.members}: kept from {args.out}")
+        else:
+            member = train_member(args, train, val, seed=args.seed + k, label=f"member {k + 1}/{args.members}")
+        members.append(member)
+        alone = ranking(val, predict(comparator.LearnedAgreement([member]), val))
+        member_cards.append({"spearman": round(alone[0], 4), "kept_iou": round(alone[1], 4)})
+        ensemble = comparator.LearnedAgreement(members)
+        rho, kept = ranking(val, predict(ensemble, val))
+        card = {**provenance(), "torch": torch.__version__, "command": " ".join(["python", *sys.argv]), "seed": args.seed,
+                "queries": len(train.references), "pairs": len(train.iou), "held_out_queries": len(val.references),
+                "library_parts": len(library), "earlier_pairs": args.earlier, "epochs": args.epochs, "width": args.width,
+                "members": len(members), "member_seeds": [args.seed + j for j in range(len(members))],
+                "held_out": {"spearman": round(rho, 4), "kept_iou": round(kept, 4),
+                             "members": member_cards,
+                             "hand_made_spearman": round(hand[0], 4), "hand_made_kept_iou": round(hand[1], 4)},
+                "train_seconds": round(time.perf_counter() - started)}
+        ensemble.save(args.out, card)
+        print(f"saved {args.out} ({len(members)} member(s)): {json.dumps(card['held_out'])}", flush=True)
     return 0
 
 

@@ -36,15 +36,18 @@ def test_pairs_are_measured_and_a_stopped_run_resumes(tmp_path, shipped_library,
 
 
 def test_a_saved_model_loads_and_scores_alike(tmp_path):
-    model = comparator.build_model(comparator.ComparatorConfig(width=4))
-    comparator.LearnedAgreement(model).save(tmp_path / "m", {"note": "test"})
+    members = [comparator.build_model(comparator.ComparatorConfig(width=4)) for _ in range(2)]
+    comparator.LearnedAgreement(members).save(tmp_path / "m", {"note": "test"})
     loaded = comparator.LearnedAgreement.load(tmp_path / "m")
     rng = np.random.default_rng(0)
     views = [rng.random((2, agreement.FRAME, agreement.FRAME)) < 0.3 for _ in range(2)]
     reference = agreement.Masks.from_views(views[0])
     scores = loaded.scores(reference, [views[0], None, views[1]])
     assert scores[1] == -math.inf and all(0 < s < 1 for s in (scores[0], scores[2]))
-    assert scores == pytest.approx(comparator.LearnedAgreement(model).scores(reference, [views[0], None, views[1]]))
+    assert scores == pytest.approx(comparator.LearnedAgreement(members).scores(reference, [views[0], None, views[1]]))
+    alone = [comparator.LearnedAgreement([m]).scores(reference, [views[0], views[1]]) for m in members]
+    assert alone[0] != pytest.approx(alone[1])  # two random starts, and the ensemble scores their mean
+    assert [scores[0], scores[2]] == pytest.approx(np.mean(alone, axis=0).tolist())
     assert loaded.card == {"note": "test"}
     with pytest.raises(FileNotFoundError, match="no comparator"):
         comparator.LearnedAgreement.load(tmp_path / "missing")

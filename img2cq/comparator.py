@@ -204,8 +204,8 @@ def member_paths(path: Path) -> list[Path]:
 
 class LearnedAgreement:
     """The trained comparator, scoring candidates' renders against one reference picture: the mean
-    predicted IoU of its members, networks trained alike from different random starts (two rank a
-    shortlist better than either alone)."""
+    predicted IoU of its members, networks trained alike from different random starts (``--members``
+    of ``train_comparator.py``; two ranked held-out shortlists better than either alone)."""
 
     def __init__(self, members: list, card: dict | None = None):
         self.members, self.card = [m.eval() for m in members], card or {}

@@ -38,7 +38,7 @@ class ComparatorArguments:
                 "another library); they come first, so the held-out share is taken from this draw's end"})
     out: Path = field(default=Path("models/agreement"), metadata={"help": "where the model is saved"})
     width: int = field(default=16, metadata={"help": "channels of the first convolution"})
-    members: int = field(default=2, metadata={
+    members: int = field(default=1, metadata={
         "help": "networks trained alike from different random starts, their predictions averaged"})
     epochs: int = 12
     queries_per_step: int = 4

@@ -233,6 +233,8 @@ class LearnedAgreement:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         (path / "config.json").write_text(json.dumps(asdict(self.members[0].config), indent=1) + "\n")
+        for stale in member_paths(path)[len(self.members):]:  # of a larger comparator saved there before
+            stale.unlink()
         for k, member in enumerate(self.members):
             torch.save(member.state_dict(), path / f"member-{k}.pt")
         (path / "card.json").write_text(json.dumps(card, indent=1) + "\n")

@@ -139,6 +139,18 @@ def train_member(args: ComparatorArguments, train, val, seed: int, label: str):
     return model
 
 
+def earlier_members(out: Path, recipe: dict) -> list:
+    """Members a stopped run of the same recipe (seed, data, epochs, width) saved in ``out``; none
+    where ``out`` holds another comparator, which the new one then replaces."""
+    from img2cq import comparator
+
+    try:
+        saved = comparator.LearnedAgreement.load(out)
+    except FileNotFoundError:
+        return []
+    return saved.members if all(saved.card.get(key) == value for key, value in recipe.items()) else []
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
@@ -170,10 +182,13 @@ def main(argv=None) -> int:
     print(f"hand-made agreement on the held-out queries: Spearman {hand[0]:.3f}, kept IoU {hand[1]:.3f}; "
           f"oracle {np.mean([val.iou[g[val.source[g] >= 0]].max() for g in val.groups()]):.3f}")
     torch.set_num_threads(args.threads)
+    recipe = {"seed": args.seed, "queries": len(train.references), "pairs": len(train.iou),
+              "earlier_pairs": args.earlier, "epochs": args.epochs, "width": args.width}
+    finished = earlier_members(args.out, recipe)
     started, members, member_cards = time.perf_counter(), [], []
     for k in range(args.members):
-        if (args.out / f"member-{k}.pt").is_file():  # finished by an earlier run of this command
-            member = comparator.LearnedAgreement.load(args.out).members[k]
+        if k < len(finished):
+            member = finished[k]
             print(f"member {k + 1}/{args.members}: kept from {args.out}")
         else:
             member = train_member(args, train, val, seed=args.seed + k, label=f"member {k + 1}/{args.members}")
@@ -182,9 +197,8 @@ def main(argv=None) -> int:
         member_cards.append({"spearman": round(alone[0], 4), "kept_iou": round(alone[1], 4)})
         ensemble = comparator.LearnedAgreement(members)
         rho, kept = ranking(val, predict(ensemble, val))
-        card = {**provenance(), "torch": torch.__version__, "command": " ".join(["python", *sys.argv]), "seed": args.seed,
-                "queries": len(train.references), "pairs": len(train.iou), "held_out_queries": len(val.references),
-                "library_parts": len(library), "earlier_pairs": args.earlier, "epochs": args.epochs, "width": args.width,
+        card = {**provenance(), "torch": torch.__version__, "command": " ".join(["python", *sys.argv]), **recipe,
+                "held_out_queries": len(val.references), "library_parts": len(library),
                 "members": len(members), "member_seeds": [args.seed + j for j in range(len(members))],
                 "held_out": {"spearman": round(rho, 4), "kept_iou": round(kept, 4),
                              "members": member_cards,

@@ -49,6 +49,8 @@ def test_a_saved_model_loads_and_scores_alike(tmp_path):
     assert alone[0] != pytest.approx(alone[1])  # two random starts, and the ensemble scores their mean
     assert [scores[0], scores[2]] == pytest.approx(np.mean(alone, axis=0).tolist())
     assert loaded.card == {"note": "test"}
+    comparator.LearnedAgreement(members[:1]).save(tmp_path / "m", {"note": "one"})  # replaces the pair
+    assert len(comparator.LearnedAgreement.load(tmp_path / "m").members) == 1
     with pytest.raises(FileNotFoundError, match="no comparator"):
         comparator.LearnedAgreement.load(tmp_path / "missing")
 

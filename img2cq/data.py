@@ -402,6 +402,8 @@ def stream_samples(seed: int, workers: int = 2, split: str = "train", start: int
     """Endless fresh samples {"id", "cadquery", "image" (PIL), "index"} for online training.
 
     Draw order (and so the stream) is fixed by the seed; pass `start` to resume after a draw index.
+    ``library.stream_built_samples`` gives the training split's samples in the default style without a
+    sandbox child per program (what training's ``--stream`` reads).
     """
     from PIL import Image
 

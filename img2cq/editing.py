@@ -128,6 +128,8 @@ def _held_out_programs(library) -> set[str]:
     return programs
 
 
-def prompt_program(library, image: Image.Image) -> str:
-    """The program of the library part nearest to the picture: what a prompted model edits."""
-    return library.program(library.nearest(image, 1)[0])
+def prompt_programs(library, images: list[Image.Image]) -> list[str]:
+    """The program of the library part nearest to each picture: what a prompted model edits."""
+    from img2cq.library import picture_features
+
+    return [library.program(i) for i in library.nearest_each(np.stack([picture_features(im) for im in images]))]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,23 @@ def picture_thumbnail(framed_grey: np.ndarray, size: int = THUMB) -> np.ndarray:
     return framed_grey.reshape(size, f, size, f).mean(axis=(1, 3)).round().astype(np.uint8)
 
 
+def built_draw(seed: int, index: int):
+    """(codec structure, shape, reject reason) of sampler draw ``index`` of ``seed``, built by the
+    trusted path (the sampler's own program, never model-written or user text) and checked as the
+    dataset's parts are; shape is None where it did not build."""
+    from img2cq.build import build_shape, result_shape
+    from img2cq.data import draw_rng, reject_reason
+    from img2cq.sampler import sample_program
+
+    sketches = codec.parse(sample_program(draw_rng(seed, "train", index)))
+    try:
+        shape = result_shape(build_shape(sketches, seams=True))
+        reason = None if shape.isValid() else "invalid"
+        return sketches, shape, reason or reject_reason(shape)
+    except Exception as e:  # noqa: BLE001 - OCC raises many kinds for a part that does not build
+        return sketches, None, f"build_{type(e).__name__}"
+
+
 def draw_part(job: tuple[int, int]) -> dict:
     """Worker job: sampler draw ``index`` of ``seed`` built, checked and rendered.
 
@@ -45,19 +63,11 @@ def draw_part(job: tuple[int, int]) -> dict:
     import cadquery as cq
 
     from img2cq.agreement import FRAME, RESOLUTION, framed_grey, reduce_views, views_from_grey
-    from img2cq.build import build_shape, result_shape
-    from img2cq.data import draw_rng, geometry_signature, reject_reason
+    from img2cq.data import geometry_signature
     from img2cq.render import render_array
-    from img2cq.sampler import sample_program
 
     seed, index = job
-    sketches = codec.parse(sample_program(draw_rng(seed, "train", index)))
-    try:
-        shape = result_shape(build_shape(sketches, seams=True))
-        reason = None if shape.isValid() else "invalid"
-        reason = reason or reject_reason(shape)
-    except Exception as e:  # noqa: BLE001 - OCC raises many kinds for a part that does not build
-        return {"index": index, "reject": f"build_{type(e).__name__}"}
+    sketches, shape, reason = built_draw(seed, index)
     if reason:
         return {"index": index, "reject": reason}
     framed = framed_grey(render_array(shape, size=FRAME))
@@ -65,6 +75,48 @@ def draw_part(job: tuple[int, int]) -> dict:
     return {"index": index, "reject": None, "tokens": " ".join(codec.to_tokens(sketches)),
             "signature": geometry_signature(shape.Volume(), np.asarray(cq.Shape.matrixOfInertia(shape))),
             "thumb": picture_thumbnail(framed), "views": np.packbits(np.stack([silhouette, edges]))}
+
+
+def draw_picture(job: tuple[int, int]) -> dict:
+    """Worker job: sampler draw ``index`` of ``seed`` as a training sample: {"index", "reject"}, and for
+    a draw that passes the checks "cadquery" (its program), "signature" (geometry) and "picture" (the
+    dataset-style render, RGB uint8)."""
+    import cadquery as cq
+
+    from img2cq.agreement import FRAME
+    from img2cq.data import geometry_signature
+    from img2cq.render import render_array
+
+    seed, index = job
+    sketches, shape, reason = built_draw(seed, index)
+    if reason:
+        return {"index": index, "reject": reason}
+    return {"index": index, "reject": None, "cadquery": codec.to_program(sketches),
+            "signature": geometry_signature(shape.Volume(), np.asarray(cq.Shape.matrixOfInertia(shape))),
+            "picture": render_array(shape, size=FRAME)}
+
+
+def stream_built_samples(seed: int, workers: int = 2, start: int = 0, batch: int | None = None) -> Iterator[dict]:
+    """``data.stream_samples(seed, workers, start=start)``'s endless samples {"id", "index", "cadquery",
+    "image"}: the same draws, programs and pictures, built and rendered by ``draw_picture`` in a
+    ``BuildPool`` instead of a sandbox child per program (they are the sampler's own programs, never
+    model-written or user text), de-duplicated by geometry as that stream is."""
+    from PIL import Image
+
+    from img2cq.build import BuildPool
+
+    batch = batch or 8 * workers
+    seen: set = set()
+    with BuildPool(workers) as pool:
+        index = start
+        while True:
+            for rec in pool.map(draw_picture, [(seed, i) for i in range(index, index + batch)]):
+                if rec is None or rec["reject"] is not None or rec["signature"] in seen:
+                    continue
+                seen.add(rec["signature"])
+                yield {"id": f"syn-{seed}-train-{rec['index']:07d}", "index": rec["index"], "cadquery": rec["cadquery"],
+                       "image": Image.fromarray(rec["picture"])}
+            index += batch
 
 
 def redraw_part(job: tuple[int, int, str | None]) -> dict:
@@ -298,6 +350,16 @@ class PartLibrary:
         k = min(k, len(self))
         top = np.argpartition(distance, k - 1)[:k] if k < len(self) else np.arange(len(self))
         return [int(i) for i in top[np.argsort(distance[top])]]
+
+    def nearest_each(self, features: np.ndarray, block: int = 256) -> np.ndarray:
+        """(B,) the nearest part to each row of (B, n) ``picture_features``: one pass over the library
+        per block of rows instead of one per picture."""
+        projected = self.project(features)
+        out = np.empty(len(projected), np.int64)
+        for start in range(0, len(projected), block):
+            distance = self._norms[None, :] - 2 * projected[start:start + block] @ self.features.T
+            out[start:start + block] = distance.argmin(axis=1)
+        return out
 
     @classmethod
     def from_features(cls, tokens: list[str], features: np.ndarray, card: dict, dims: int = FEATURE_DIMS) -> "PartLibrary":

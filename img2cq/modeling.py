@@ -300,9 +300,9 @@ class Img2CQ:
         retrieve-and-edit model, else nothing."""
         if not self.edits:
             return [None] * len(images)
-        from img2cq.editing import prompt_program
+        from img2cq.editing import prompt_programs
 
-        return [prompt_program(self.library, im) for im in images]
+        return prompt_programs(self.library, images)
 
     def decode(self, sequences) -> list[str]:
         return [decode_program(self.tokenizer, seq) for seq in sequences]

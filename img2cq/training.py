@@ -146,7 +146,10 @@ def epoch_order(usable: list[int], lengths, args: TrainingArguments, epoch: int)
 
 
 class StreamDataset(IterableDataset):
-    """Fresh procedural samples for ever (``img2cq.data.stream_samples``), optionally length-grouped.
+    """Fresh procedural samples for ever (``library.stream_built_samples``: ``data.stream_samples``'s,
+    built and rendered in long-lived build workers), optionally length-grouped,
+    and with a ``library`` each prompted with the program of its nearest part there (retrieve-and-edit:
+    what a new picture is prompted with at generation time, ``editing.prompt_programs``).
 
     With ``group_batches``, samples are gathered into a buffer of ``group_batches * batch_size`` and
     handed out in ``length_grouped_order``, so every batch the DataLoader cuts is one length group.
@@ -157,32 +160,35 @@ class StreamDataset(IterableDataset):
     """
 
     def __init__(self, seed: int, workers: int, start: int, tokenizer, batch_size: int,
-                 max_program_tokens: int | None = None, group_batches: int | None = None):
+                 max_program_tokens: int | None = None, group_batches: int | None = None, library=None):
         self.seed, self.workers, self.start, self.next_index = seed, workers, start, start
         self.tokenizer, self.batch_size = tokenizer, batch_size
-        self.max_program_tokens, self.group_batches = max_program_tokens, group_batches
+        self.max_program_tokens, self.group_batches, self.library = max_program_tokens, group_batches, library
 
     def __iter__(self):
-        from img2cq.data import stream_samples
+        from img2cq.editing import prompt_programs
+        from img2cq.library import stream_built_samples
 
-        buffer, lengths = [], []
+        buffer = []
         size = self.batch_size * self.group_batches if self.group_batches else 1
-        for row in stream_samples(seed=self.seed, workers=self.workers, start=self.start):
+        for row in stream_built_samples(seed=self.seed, workers=self.workers, start=self.start):
             self.next_index = row["index"] + 1
-            if self.max_program_tokens or self.group_batches:
-                n = len(encode_program(self.tokenizer, row["cadquery"]))
-                if self.max_program_tokens and n > self.max_program_tokens:
-                    continue
-                lengths.append(n)
+            if self.max_program_tokens and len(encode_program(self.tokenizer, row["cadquery"])) > self.max_program_tokens:
+                continue
             buffer.append(row)
             if len(buffer) < size:
                 continue
+            if self.library is not None:  # one pass over the library for the whole buffer
+                for r, prompt in zip(buffer, prompt_programs(self.library, [r["image"] for r in buffer])):
+                    r["prompt"] = prompt
             if self.group_batches:
+                lengths = [len(prompt_prefix(self.tokenizer, r.get("prompt"))) + len(encode_program(self.tokenizer, r["cadquery"]))
+                           for r in buffer]
                 generator = torch.Generator().manual_seed(self.seed * 1_000_003 + buffer[0]["index"])
                 order = length_grouped_order(range(size), lengths, self.batch_size, self.group_batches, generator)
                 buffer = [buffer[i] for i in order]
             yield from buffer
-            buffer, lengths = [], []
+            buffer = []
 
 
 def load_rows(path: str | None, limit: int | None = None, what: str = "training",
@@ -212,7 +218,8 @@ def programs_of(rows) -> list[str]:
 def build(args: TrainingArguments):
     """(model, tokenizer, processor): a preset from scratch, pretrained encoder + decoder, or a saved
     model (``--init-from``). A model trained on the library (``--library-build``) says in its config
-    that it reads library thumbnails and whether it is prompted (``retrieval_prompt``)."""
+    that it reads library thumbnails and whether it is prompted (``retrieval_prompt``); one trained on
+    prompted streamed samples (``--stream-prompts``) is prompted and reads full pictures."""
     if args.init_from:
         generator = load_pretrained(args.init_from, device="cpu")
         model, tokenizer, processor = generator.model.train(), generator.tokenizer, generator.processor
@@ -220,7 +227,7 @@ def build(args: TrainingArguments):
         model, tokenizer, processor = build_pretrained(args.encoder, args.decoder, args.image_size)
     else:
         model, tokenizer, processor = build_model(args.model_size, args.image_size)
-    model.config.retrieval_prompt = bool(args.library_build) and args.retrieval_prompt
+    model.config.retrieval_prompt = (bool(args.library_build) and args.retrieval_prompt) or args.stream_prompts
     model.config.library_pictures = bool(args.library_build)
     return model, tokenizer, processor
 
@@ -354,10 +361,13 @@ def resume_state(accelerator, args: TrainingArguments, out: Path, previous: list
 def open_stream(accelerator, args: TrainingArguments, state: TrainState, tokenizer, collate):
     """--stream: (this process's stream, its prepared DataLoader); a resumed run starts past the draws
     already used."""
+    from img2cq.library import PartLibrary
+
     stream = StreamDataset(seed=args.seed + accelerator.process_index, workers=args.stream_workers,
                            start=state.stream_next_index, tokenizer=tokenizer, batch_size=args.batch_size,
                            max_program_tokens=args.max_program_tokens,
-                           group_batches=args.length_group_batches if args.group_by_length else None)
+                           group_batches=args.length_group_batches if args.group_by_length else None,
+                           library=PartLibrary.load() if args.stream_prompts else None)
     return stream, accelerator.prepare(DataLoader(stream, batch_size=args.batch_size, collate_fn=collate,
                                                   num_workers=0))
 

@@ -88,7 +88,7 @@ class TrainingArguments(BasicTrainingArguments):
         "help": "wall-clock budget of this run: then checkpoint, save the model and stop (go on with --resume)"})
     stream: bool = field(default=False, metadata={"help": "train on fresh procedural samples (needs --max-steps)"})
     stream_workers: int = field(default=1, metadata={
-        "help": "processes rendering streamed samples (the stream ignores --dataloader-workers)"})
+        "help": "build workers drawing and rendering streamed samples (the stream ignores --dataloader-workers)"})
     log_steps: int = field(default=10, metadata={"help": "log every N steps"})
     dataloader_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
     library_build: str | None = field(default=None, metadata={
@@ -98,6 +98,9 @@ class TrainingArguments(BasicTrainingArguments):
     retrieval_prompt: bool = field(default=True, metadata={
         "help": "with --library-build: each row prompted with its nearest other part; --no-retrieval-prompt: "
                 "the same rows and pictures without prompts (the plain model, to compare at equal cost)"})
+    stream_prompts: bool = field(default=False, metadata={
+        "help": "with --stream: train retrieve-and-edit on fresh samples, each prompted with its nearest part of "
+                "the shipped part library (what a new picture gets), the model reading full pictures"})
     init_from: str | None = field(default=None, metadata={
         "help": "start from the weights of this saved model (its sizes, tokenizer and image processor)"})
 
@@ -111,6 +114,8 @@ class TrainingArguments(BasicTrainingArguments):
             raise TrainingError("--init-from and --encoder/--decoder are two ways to start: give one")
         if not self.retrieval_prompt and not self.library_build:
             raise TrainingError("--no-retrieval-prompt goes with --library-build (the library's rows without prompts)")
+        if self.stream_prompts and not self.stream:
+            raise TrainingError("--stream-prompts prompts streamed samples: it goes with --stream")
         if self.library_build and self.stream:
             raise TrainingError("--library-build trains on the library's parts: it does not go with --stream")
         if self.mixed_precision not in ("no", "bf16", "fp16", "auto"):

@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -n "${DEVICE_ENV:-}" ] && source "$DEVICE_ENV"
 
+CONFIG=${CONFIG:-configs/gpu_stream.json}       # the recipe (configs/gpu_edit_stream.json: retrieve-and-edit)
 MODEL_DIR=${MODEL_DIR:-models/compact-stream}   # on the GPU machine; git-ignored
 MAX_STEPS=${MAX_STEPS:-4000}                    # fixes the cosine schedule: keep it across calls
 MAX_MINUTES=${MAX_MINUTES:-8}                   # leaves 2 of the 10 minutes to save and export
@@ -20,8 +21,8 @@ nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 >
 SMI=$!
 trap 'kill $SMI' EXIT
 
-# the recipe is configs/gpu_stream.json; the flags after it win
-python3 enhanced_train.py configs/gpu_stream.json --max-steps "$MAX_STEPS" --max-minutes "$MAX_MINUTES" \
+# the recipe is $CONFIG (default configs/gpu_stream.json); the flags after it win
+python3 enhanced_train.py "$CONFIG" --max-steps "$MAX_STEPS" --max-minutes "$MAX_MINUTES" \
     --output-dir "$MODEL_DIR"
 
 cp "$MODEL_DIR/logs/train_log.csv" "$OUT/train_log.csv"

@@ -159,6 +159,18 @@ def test_stream_samples_yields_fresh_images():
     assert all(s["image"].size == (64, 64) and s["cadquery"].startswith("import") for s in samples)
 
 
+def test_built_samples_are_the_sandboxed_streams_samples():
+    """Built in build workers instead of a sandbox child per program: the same draws, programs and
+    pictures, pixel for pixel."""
+    from img2cq.library import stream_built_samples
+
+    sandboxed = list(islice(data.stream_samples(seed=3, workers=1, batch=6), 4))
+    built = list(islice(stream_built_samples(seed=3, workers=1, batch=6), 4))
+    assert [(s["id"], s["index"], s["cadquery"]) for s in built] == [(s["id"], s["index"], s["cadquery"]) for s in sandboxed]
+    for a, b in zip(built, sandboxed):
+        assert np.array_equal(np.asarray(a["image"].convert("RGB")), np.asarray(b["image"].convert("RGB")))
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "download_hf_dataset.py"), *args],
                           capture_output=True, text=True, timeout=60)

@@ -68,3 +68,30 @@ def test_max_minutes_checkpoints_saves_and_stops(tmp_path, repo_root):
     config = json.loads((out / "training_config.json").read_text())
     assert config["steps"] == 1 and config["finished"] is False
     assert load_pretrained(out, device="cpu").model.config.decoder.n_layer == 2
+
+
+def test_stream_prompts_train_retrieve_and_edit_on_fresh_samples(tmp_path, monkeypatch):
+    """--stream-prompts: each streamed sample is prompted with its nearest part of the shipped library,
+    the prompt is read and not learned, and the saved model edits full pictures."""
+    from img2cq.library import PartLibrary
+
+    rows_seen = []
+    collate = training.Collator.__call__
+
+    def recording(self, rows):
+        rows_seen.extend(rows)
+        return collate(self, rows)
+
+    monkeypatch.setattr(training.Collator, "__call__", recording)
+    out = tmp_path / "model"
+    train(TrainingArguments(output_dir=str(out), model_size="tiny", eval_json=None, stream=True, stream_workers=1,
+                            stream_prompts=True, batch_size=2, max_steps=1, save_steps=1000, warmup_steps=0,
+                            length_group_batches=1))
+    library = PartLibrary.load()
+    assert len(rows_seen) >= 2
+    for row in rows_seen:
+        assert row["prompt"] == library.program(library.nearest(row["image"], 1)[0])
+    model = load_pretrained(out, device="cpu")
+    assert model.edits and not model.library_pictures
+    with pytest.raises(training.TrainingError, match="goes with --stream"):
+        TrainingArguments(output_dir=str(tmp_path / "other"), stream_prompts=True)

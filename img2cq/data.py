@@ -112,6 +112,11 @@ def geometry_signature(volume: float, inertia: np.ndarray) -> str:
 # ----------------------------------------------------------------------------------------------
 # Synthetic generation
 
+def sample_id(seed: int, split: str, index: int) -> str:
+    """The id of a synthetic sample: its seed, split and draw index."""
+    return f"syn-{seed}-{split}-{index:07d}"
+
+
 def draw_rng(seed: int, split: str, index: int) -> np.random.Generator:
     """Independent generator per (seed, split, draw index): splits never share a stream, and
     results do not depend on the worker count."""
@@ -248,10 +253,10 @@ def write_synthetic_split(out: Path, split: str, size: int, seed: int, executor:
                 if rec["reason"] is not None:
                     stats["rejected"][rec["reason"]] = stats["rejected"].get(rec["reason"], 0) + 1
                     continue
-                sample_id = f"syn-{seed}-{split}-{rec['index']:07d}"
-                image = f"images/{sample_id}.png"
+                name = sample_id(seed, split, rec["index"])
+                image = f"images/{name}.png"
                 (out / image).write_bytes(rec["png"])
-                row = {"id": sample_id, "image": image, "cadquery": rec["cadquery"],
+                row = {"id": name, "image": image, "cadquery": rec["cadquery"],
                        "token_count": count_tokens(rec["cadquery"]), "source": "synthetic", "seed": seed,
                        "split": split, "sample_index": rec["index"], "signature": rec["signature"]}
                 f.write(json.dumps(row) + "\n")
@@ -341,10 +346,10 @@ def write_hub_rows(rows: Iterable[dict], out: str | Path, split: str, limit: int
         for row in tqdm(rows, total=limit, desc=f"{split} (hub)", unit="row", disable=not progress):
             if n >= limit:
                 break
-            sample_id = f"{split}-{n:07d}-{row['deepcad_id']}".replace("/", "_")
-            image = f"images/{sample_id}.png"
+            name = f"{split}-{n:07d}-{row['deepcad_id']}".replace("/", "_")
+            image = f"images/{name}.png"
             row["image"].convert("RGB").save(out / image)
-            f.write(json.dumps({"id": sample_id, "image": image, "cadquery": row["cadquery"],
+            f.write(json.dumps({"id": name, "image": image, "cadquery": row["cadquery"],
                                 "token_count": row["token_count"], "deepcad_id": row["deepcad_id"],
                                 "prompt": row.get("prompt"), "hundred_subset": row.get("hundred_subset"),
                                 "source": HUB_DATASET, "split": split}) + "\n")
@@ -420,7 +425,7 @@ def stream_samples(seed: int, workers: int = 2, split: str = "train", start: int
             for rec in generate_draws(executor, seed, split, index, batch, seen, {**render_kwargs, "seed": seed},
                                       weights):
                 if rec["reason"] is None:
-                    yield {"id": f"syn-{seed}-{split}-{rec['index']:07d}", "index": rec["index"],
+                    yield {"id": sample_id(seed, split, rec["index"]), "index": rec["index"],
                            "cadquery": rec["cadquery"], "image": Image.open(io.BytesIO(rec["png"])).convert("RGB")}
             index += batch
     finally:

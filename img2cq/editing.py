@@ -45,13 +45,10 @@ def nearest_others(library, batch: int = 1024, progress: bool = True) -> np.ndar
     from tqdm.auto import tqdm
 
     features = library.features
-    norms = (features ** 2).sum(axis=1)
     out = np.empty(len(features), np.int64)
     for start in tqdm(range(0, len(features), batch), desc="nearest other parts", unit="block", disable=not progress):
         block = features[start:start + batch]
-        distance = norms[None, :] - 2 * block @ features.T
-        distance[np.arange(len(block)), np.arange(start, start + len(block))] = np.inf
-        out[start:start + len(block)] = distance.argmin(axis=1)
+        out[start:start + len(block)] = library.nearest_projected(block, exclude=np.arange(start, start + len(block)))
     return out
 
 

@@ -54,16 +54,22 @@ def built_draw(seed: int, index: int):
         return sketches, None, f"build_{type(e).__name__}"
 
 
+def shape_signature(shape) -> str:
+    """``data.geometry_signature`` of a built shape (de-duplication by geometry)."""
+    import cadquery as cq
+
+    from img2cq.data import geometry_signature
+
+    return geometry_signature(shape.Volume(), np.asarray(cq.Shape.matrixOfInertia(shape)))
+
+
 def draw_part(job: tuple[int, int]) -> dict:
     """Worker job: sampler draw ``index`` of ``seed`` built, checked and rendered.
 
     Returns {"index", "reject"} for a draw that fails a check, else also "tokens" (codec tokens,
     space-joined), "signature" (geometry), "thumb" (THUMB^2 uint8) and "views" (packed agreement
     views at ``agreement.RESOLUTION``)."""
-    import cadquery as cq
-
     from img2cq.agreement import FRAME, RESOLUTION, framed_grey, reduce_views, views_from_grey
-    from img2cq.data import geometry_signature
     from img2cq.render import render_array
 
     seed, index = job
@@ -73,7 +79,7 @@ def draw_part(job: tuple[int, int]) -> dict:
     framed = framed_grey(render_array(shape, size=FRAME))
     silhouette, edges = reduce_views(views_from_grey(framed), RESOLUTION)
     return {"index": index, "reject": None, "tokens": " ".join(codec.to_tokens(sketches)),
-            "signature": geometry_signature(shape.Volume(), np.asarray(cq.Shape.matrixOfInertia(shape))),
+            "signature": shape_signature(shape),
             "thumb": picture_thumbnail(framed), "views": np.packbits(np.stack([silhouette, edges]))}
 
 
@@ -81,10 +87,7 @@ def draw_picture(job: tuple[int, int]) -> dict:
     """Worker job: sampler draw ``index`` of ``seed`` as a training sample: {"index", "reject"}, and for
     a draw that passes the checks "cadquery" (its program), "signature" (geometry) and "picture" (the
     dataset-style render, RGB uint8)."""
-    import cadquery as cq
-
     from img2cq.agreement import FRAME
-    from img2cq.data import geometry_signature
     from img2cq.render import render_array
 
     seed, index = job
@@ -92,7 +95,7 @@ def draw_picture(job: tuple[int, int]) -> dict:
     if reason:
         return {"index": index, "reject": reason}
     return {"index": index, "reject": None, "cadquery": codec.to_program(sketches),
-            "signature": geometry_signature(shape.Volume(), np.asarray(cq.Shape.matrixOfInertia(shape))),
+            "signature": shape_signature(shape),
             "picture": render_array(shape, size=FRAME)}
 
 
@@ -104,6 +107,7 @@ def stream_built_samples(seed: int, workers: int = 2, start: int = 0, batch: int
     from PIL import Image
 
     from img2cq.build import BuildPool
+    from img2cq.data import sample_id
 
     batch = batch or 8 * workers
     seen: set = set()
@@ -114,7 +118,7 @@ def stream_built_samples(seed: int, workers: int = 2, start: int = 0, batch: int
                 if rec is None or rec["reject"] is not None or rec["signature"] in seen:
                     continue
                 seen.add(rec["signature"])
-                yield {"id": f"syn-{seed}-train-{rec['index']:07d}", "index": rec["index"], "cadquery": rec["cadquery"],
+                yield {"id": sample_id(seed, "train", rec["index"]), "index": rec["index"], "cadquery": rec["cadquery"],
                        "image": Image.fromarray(rec["picture"])}
             index += batch
 
@@ -355,11 +359,16 @@ class PartLibrary:
         """(B,) the nearest part to each row of (B, n) ``picture_features``: one pass over the library
         per block of rows instead of one per picture."""
         projected = self.project(features)
-        out = np.empty(len(projected), np.int64)
-        for start in range(0, len(projected), block):
-            distance = self._norms[None, :] - 2 * projected[start:start + block] @ self.features.T
-            out[start:start + block] = distance.argmin(axis=1)
-        return out
+        return np.concatenate([self.nearest_projected(projected[start:start + block])
+                               for start in range(0, len(projected), block)] or [np.zeros(0, np.int64)])
+
+    def nearest_projected(self, projected: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+        """(B,) the nearest part to each row of (B, dims) features already in the library's space;
+        part ``exclude[i]`` is never row i's answer (a library part's nearest *other* part)."""
+        distance = self._norms[None, :] - 2 * projected @ self.features.T
+        if exclude is not None:
+            distance[np.arange(len(projected)), exclude] = np.inf
+        return distance.argmin(axis=1)
 
     @classmethod
     def from_features(cls, tokens: list[str], features: np.ndarray, card: dict, dims: int = FEATURE_DIMS) -> "PartLibrary":

@@ -72,7 +72,7 @@ def test_max_minutes_checkpoints_saves_and_stops(tmp_path, repo_root):
 
 def test_stream_prompts_train_retrieve_and_edit_on_fresh_samples(tmp_path, monkeypatch):
     """--stream-prompts: each streamed sample is prompted with its nearest part of the shipped library,
-    the prompt is read and not learned, and the saved model edits full pictures."""
+    and the saved model is a retrieve-and-edit model that reads full pictures."""
     from img2cq.library import PartLibrary
 
     rows_seen = []

@@ -49,16 +49,21 @@ def pack_views(views: np.ndarray) -> bytes:
     return np.packbits(views).tobytes()
 
 
-def unpack_views(data: bytes) -> np.ndarray:
-    return np.unpackbits(np.frombuffer(data, np.uint8))[:2 * FRAME * FRAME].reshape(2, FRAME, FRAME).astype(bool)
+def unpack_views(data: bytes, size: int = FRAME) -> np.ndarray:
+    """(2, size, size) views of ``pack_views``' bytes: framed (FRAME) or reduced to a judge's resolution."""
+    return np.unpackbits(np.frombuffer(data, np.uint8))[:2 * size * size].reshape(2, size, size).astype(bool)
 
 
-def render_views(shape) -> dict:
+def render_views(shape, resolution: int = FRAME) -> dict:
     """Executor postprocess (runs in the sandbox): the shape rendered in the dataset style, as
-    packed framed views (``{"views": bytes}``, 50 KB instead of a 600 KB picture)."""
+    packed framed views (``{"views": bytes}``, 50 KB instead of a 600 KB picture); reduced to
+    ``resolution`` (``reduce_views``) where a judge reads no more (3 KB at 112 px)."""
     from img2cq.render import render_array
 
-    return {"views": pack_views(views_from_pixels(render_array(shape, size=FRAME)))}
+    views = views_from_pixels(render_array(shape, size=FRAME))
+    if resolution != FRAME:
+        views = np.stack(reduce_views(views, resolution))
+    return {"views": pack_views(views)}
 
 
 def reduce_views(views: np.ndarray, resolution: int) -> tuple[np.ndarray, np.ndarray]:

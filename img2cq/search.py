@@ -208,19 +208,28 @@ def edits_of(model, image: Image.Image, ranked: list[Candidate], count: int) -> 
     return [as_candidate(f"edit:{c.source}", p) for c, p in zip(best, programs) if p not in known]
 
 
-def refine_candidate(candidate: Candidate, reference: Masks, seconds: float, pool, executor, seed: int,
-                     judge) -> tuple[Candidate, int]:
-    """The candidate refined for ``seconds`` (its structure where it has one, else its program's
-    numbers) and the number of candidates evaluated."""
-    from img2cq.structured import refine
+def refine_candidates(starts: list[Candidate], reference: Masks, seconds_each: float, pool, executor, seed: int,
+                      judge) -> tuple[list[Candidate], int]:
+    """Each start refined for about ``seconds_each``, ``judge`` scoring the edits: structures
+    together in the build pool (``structured.refine_many``), programs outside the codec one after
+    another, their numbers tuned through the sandbox. Returns the refined candidates, in order,
+    and the number of candidates evaluated."""
+    from img2cq.structured import refine_many
 
-    if candidate.sketches is not None:
-        sketches, score, evaluated = refine(candidate.sketches, reference, pool, seconds, candidate.agreement, seed,
-                                            judge=judge)
-        return Candidate(codec.to_program(sketches), candidate.source + "+refined", score, sketches), evaluated
-    program, score, evaluated = refine_text(candidate.program, reference, executor, seconds, candidate.agreement,
-                                            seed, judge)
-    return Candidate(program, candidate.source + "+refined", score, None), evaluated
+    structured = [k for k, c in enumerate(starts) if c.sketches is not None]
+    refined = refine_many([starts[k].sketches for k in structured], [starts[k].agreement for k in structured],
+                          reference, pool, seconds_each * len(structured), seed, judge=judge)
+    out, evaluated = {}, 0
+    for k, (sketches, score, count) in zip(structured, refined):
+        out[k] = Candidate(codec.to_program(sketches), starts[k].source + "+refined", score, sketches)
+        evaluated += count
+    for k, candidate in enumerate(starts):
+        if candidate.sketches is None:
+            program, score, count = refine_text(candidate.program, reference, executor, seconds_each,
+                                                candidate.agreement, seed + k, judge)
+            out[k] = Candidate(program, candidate.source + "+refined", score, None)
+            evaluated += count
+    return [out[k] for k in range(len(starts))], evaluated
 
 
 def score_candidates(candidates: list[Candidate], reference: Masks, pool, executor, judge) -> list[Candidate]:
@@ -261,20 +270,18 @@ def pick_and_refine(image: Image.Image, proposals: list[Candidate], refine_secon
     refine_top = default_refine_top(refine_seconds) if refine_top is None else refine_top
     starts = [c for c in ranked[:refine_top] if math.isfinite(c.agreement)] if refine_seconds > 0 else []
     finals = []
-    for k, candidate in enumerate(starts):
-        start = replace(candidate)
+    if starts:
+        starts_scored = [replace(c) for c in starts]
         if refine_judge is not judge:
-            score_candidates([start], reference, pool, executor, refine_judge)
-        refined, evaluated = refine_candidate(start, reference, refine_seconds / len(starts), pool, executor,
-                                              seed + k, refine_judge)
-        result.refine_evaluations += evaluated
-        if refined.agreement > start.agreement:
-            if refine_judge is not judge:
-                score_candidates([refined], reference, pool, executor, judge)
-            result.candidates.append(refined)
-            finals.append(refined)
-        else:
-            finals.append(candidate)
+            score_candidates(starts_scored, reference, pool, executor, refine_judge)
+        refined, result.refine_evaluations = refine_candidates(starts_scored, reference, refine_seconds / len(starts),
+                                                               pool, executor, seed, refine_judge)
+        better = [r.agreement > s.agreement for r, s in zip(refined, starts_scored)]
+        improved = [r for r, b in zip(refined, better) if b]
+        if refine_judge is not judge:
+            score_candidates(improved, reference, pool, executor, judge)
+        result.candidates += improved
+        finals = [r if b else c for r, b, c in zip(refined, better, starts)]
     if finals:
         kept = max(finals, key=lambda c: c.agreement)
         result.program, result.agreement, result.source = kept.program, kept.agreement, kept.source

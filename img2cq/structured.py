@@ -11,12 +11,14 @@ sketch missing). ``mutate`` applies one random edit to a structure (``codec.Sket
 ``refine`` is a (1 + lambda) evolution: each generation ``lambda`` edits of the best structure are
 built and rendered by ``img2cq.build.BuildPool`` (no program text runs, no fork per candidate),
 scored by their agreement with the input picture, and the best replaces the current one when it
-agrees better. Every edited structure stays inside the codec's number ranges, so the result prints
+agrees better. ``refine_many`` runs several such evolutions at once, their edits interleaved in
+the pool so that its workers stay busy. Every edited structure stays inside the codec's number ranges, so the result prints
 as a program of the GenCAD-Code grammar.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 
@@ -28,6 +30,7 @@ from img2cq.agreement import Masks, agreements, unpack_views
 STEP_SIGMA = 0.15            # continuous edits multiply by exp(N(0, STEP_SIGMA)) (~15 %)
 DISCRETE_SHARE = 0.3         # share of edits that change the structure (loops, sketches, operations)
 GRID = codec.SKETCH_LEVELS
+IN_FLIGHT_PER_WORKER = 2  # edits queued per build worker while refining: enough to keep it busy, few to wait for at the deadline
 
 
 def _clamp(v: float, low: int, high: int, zero: bool = True) -> int:
@@ -131,29 +134,92 @@ def mutate(sketches: list[codec.Sketch], rng: np.random.Generator) -> list[codec
     return _with_loops(sketches, i, loops)
 
 
+def views_job(reference: Masks):
+    """The build job rendering a structure's views at the reference's resolution, and its unpacker."""
+    from img2cq.build import structure_views
+
+    size = reference.silhouette.shape[0]
+    return functools.partial(structure_views, resolution=size), lambda packed: None if packed is None else unpack_views(packed, size)
+
+
 def score_structures(structures: list[list[codec.Sketch]], reference: Masks, pool, judge=agreements) -> list[float]:
     """``judge``'s score of each structure's render against the reference (-inf where it does not
     build)."""
-    from img2cq.build import structure_views
+    job, unpack = views_job(reference)
+    return judge(reference, [unpack(v) for v in pool.map(job, structures)])
 
-    return judge(reference, [unpack_views(v) if v is not None else None for v in pool.map(structure_views, structures)])
+
+@dataclasses.dataclass
+class _Evolution:
+    """One structure's (1 + lambda) evolution: its best so far and the generation being evaluated."""
+
+    best: list
+    best_score: float
+    rng: np.random.Generator
+    edits: list = dataclasses.field(default_factory=list)
+    views: dict = dataclasses.field(default_factory=dict)   # edit index -> its views (None: no build)
+    submitted: int = 0
+    evaluated: int = 0
+
+    def new_generation(self, population: int) -> None:
+        self.edits, self.views, self.submitted = [mutate(self.best, self.rng) for _ in range(population)], {}, 0
+
+    def select(self, reference: Masks, judge) -> None:
+        """Score the generation's evaluated edits; the best replaces the current one when it agrees better."""
+        done = sorted(self.views)
+        if not done:
+            return
+        scores = judge(reference, [self.views[i] for i in done])
+        self.evaluated += len(done)
+        top = int(np.argmax(scores))
+        if math.isfinite(scores[top]) and scores[top] > self.best_score:
+            self.best, self.best_score = self.edits[done[top]], scores[top]
+
+
+def refine_many(starts: list[list[codec.Sketch]], start_scores: list[float], reference: Masks, pool, seconds: float,
+                seed: int = 0, population: int | None = None, judge=agreements) -> list[tuple[list[codec.Sketch], float, int]]:
+    """``refine`` of several structures together for about ``seconds`` in all (each start's edits
+    drawn from ``seed + k``). Their edits are queued in turn, a few per worker: the workers never
+    wait for one generation's slowest build or for the scoring of another, which the main process
+    does while they build. Returns (best structure, its score, structures evaluated) per start."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    from img2cq.build import job_result
+
+    population = population or 4 * pool.workers
+    job, unpack = views_job(reference)
+    runs = [_Evolution(s, score, np.random.default_rng(seed + k)) for k, (s, score) in enumerate(zip(starts, start_scores))]
+    for run in runs:
+        run.new_generation(population)
+    deadline = time.perf_counter() + seconds
+    in_flight, turn = {}, 0
+    while runs:
+        while time.perf_counter() < deadline and len(in_flight) < IN_FLIGHT_PER_WORKER * pool.workers:
+            waiting = [r for r in runs[turn:] + runs[:turn] if r.submitted < len(r.edits)]
+            if not waiting:
+                break
+            run = waiting[0]
+            in_flight[pool.submit(job, run.edits[run.submitted])] = (run, run.submitted)
+            run.submitted += 1
+            turn = (runs.index(run) + 1) % len(runs)
+        if not in_flight:
+            break
+        finished, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+        for future in finished:
+            run, i = in_flight.pop(future)
+            run.views[i] = unpack(job_result(future))
+            if len(run.views) == len(run.edits):
+                run.select(reference, judge)
+                if time.perf_counter() < deadline:
+                    run.new_generation(population)
+    for run in runs:  # the generations the deadline cut short: their evaluated edits still count
+        if len(run.views) < len(run.edits):
+            run.select(reference, judge)
+    return [(run.best, run.best_score, run.evaluated) for run in runs]
 
 
 def refine(sketches: list[codec.Sketch], reference: Masks, pool, seconds: float, start_score: float,
            seed: int = 0, population: int | None = None, judge=agreements) -> tuple[list[codec.Sketch], float, int]:
     """Edit the structure for about ``seconds`` to maximise ``judge``'s score.
     Returns (best structure, its agreement, structures evaluated)."""
-    rng = np.random.default_rng(seed)
-    population = population or 4 * pool.workers
-    best, best_score, evaluated = sketches, start_score, 0
-    deadline, generation_s = time.perf_counter() + seconds, 0.0
-    while time.perf_counter() + generation_s <= deadline:
-        started = time.perf_counter()
-        edits = [mutate(best, rng) for _ in range(population)]
-        scores = score_structures(edits, reference, pool, judge)
-        evaluated += len(edits)
-        top = int(np.argmax(scores))
-        if math.isfinite(scores[top]) and scores[top] > best_score:
-            best, best_score = edits[top], scores[top]
-        generation_s = time.perf_counter() - started
-    return best, best_score, evaluated
+    return refine_many([sketches], [start_score], reference, pool, seconds, seed, population, judge)[0]

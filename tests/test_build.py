@@ -1,4 +1,5 @@
 """Codec structures built by CadQuery calls, in long-lived workers: the same solid as the program."""
+import functools
 import json
 import os
 import time
@@ -41,6 +42,16 @@ def test_built_render_is_the_programs_render(build_pool):
     built = build_pool.map(structure_views, [codec.parse(p) for p in programs])
     for result, views in zip(sandboxed, built):
         np.testing.assert_array_equal(agreement.unpack_views(views), agreement.unpack_views(result.extras["value"]["views"]))
+
+
+def test_views_reduced_in_the_worker_are_the_reduced_views(build_pool):
+    structures = [codec.parse(p) for p in sampler_programs(3)]
+    full = build_pool.map(structure_views, structures)
+    reduced = build_pool.map(functools.partial(structure_views, resolution=agreement.RESOLUTION), structures)
+    for packed, small in zip(full, reduced):
+        assert len(small) * 16 == len(packed)  # 112 px views travel instead of 448 px ones
+        expected = agreement.reduce_views(agreement.unpack_views(packed), agreement.RESOLUTION)
+        np.testing.assert_array_equal(agreement.unpack_views(small, agreement.RESOLUTION), np.stack(expected))
 
 
 def test_a_structure_that_does_not_build_gives_none(build_pool):

@@ -38,6 +38,22 @@ def test_refinement_recovers_a_stretched_part(build_pool):
     assert score == structured.score_structures([refined], reference, build_pool)[0]
 
 
+def test_structures_refined_together_each_improve_on_their_own(build_pool):
+    """refine_many interleaves the evolutions in the pool; each keeps its own best and count."""
+    target = codec.parse(sample_program(draw_rng(5, "train", 3)))
+    first = target[0]
+    starts = [[dataclasses.replace(first, scale=int(first.scale * f), distance=int(first.distance * d)), *target[1:]]
+              for f, d in ((1.3, 0.6), (0.75, 1.5), (1.0, 1.0))]
+    reference = agreement.Masks.from_views(agreement.unpack_views(build_pool.map(structure_views, [target])[0]))
+    scores = structured.score_structures(starts, reference, build_pool)
+    results = structured.refine_many(starts, scores, reference, build_pool, seconds=9.0)
+    for (refined, score, evaluated), start, start_score in zip(results, starts, scores):
+        assert evaluated >= 16 and score >= start_score
+        assert score == structured.score_structures([refined], reference, build_pool)[0]
+    assert results[0][1] > scores[0] + 0.03 and results[1][1] > scores[1] + 0.03  # the stretched ones recover
+    assert structured.refine_many([], [], reference, build_pool, seconds=1.0) == []
+
+
 def test_the_search_refines_each_of_its_best_candidates(build_pool):
     target = codec.parse(sample_program(draw_rng(5, "train", 3)))
     image = Image.fromarray(render_array(result_shape(build_shape(target, seams=True)), size=agreement.FRAME))

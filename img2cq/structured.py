@@ -191,10 +191,16 @@ def refine_many(starts: list[list[codec.Sketch]], start_scores: list[float], ref
     runs = [_Evolution(s, score, np.random.default_rng(seed + k)) for k, (s, score) in enumerate(zip(starts, start_scores))]
     for run in runs:
         run.new_generation(population)
-    deadline = time.perf_counter() + seconds
-    in_flight, turn = {}, 0
+    began = time.perf_counter()
+    deadline, in_flight, turn, finished_jobs = began + seconds, {}, 0, 0
+
+    def fits_before_deadline() -> bool:  # one more job, queued behind those in flight, ends in time
+        now = time.perf_counter()
+        seconds_per_job = (now - began) / finished_jobs if finished_jobs else 0.0
+        return now + (len(in_flight) + 1) * seconds_per_job <= deadline
+
     while runs:
-        while time.perf_counter() < deadline and len(in_flight) < IN_FLIGHT_PER_WORKER * pool.workers:
+        while len(in_flight) < IN_FLIGHT_PER_WORKER * pool.workers and fits_before_deadline():
             waiting = [r for r in runs[turn:] + runs[:turn] if r.submitted < len(r.edits)]
             if not waiting:
                 break
@@ -205,12 +211,13 @@ def refine_many(starts: list[list[codec.Sketch]], start_scores: list[float], ref
         if not in_flight:
             break
         finished, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+        finished_jobs += len(finished)
         for future in finished:
             run, i = in_flight.pop(future)
             run.views[i] = unpack(job_result(future))
             if len(run.views) == len(run.edits):
                 run.select(reference, judge)
-                if time.perf_counter() < deadline:
+                if fits_before_deadline():
                     run.new_generation(population)
     for run in runs:  # the generations the deadline cut short: their evaluated edits still count
         if len(run.views) < len(run.edits):

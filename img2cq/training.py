@@ -252,16 +252,26 @@ def resolve_precision(mixed_precision: str) -> str:
 
 
 def provenance(args: TrainingArguments, command: str | None, n_train: int | None) -> dict:
+    """The run's settings, command and versions, as the model card shows them. Settings that decided
+    nothing are recorded as None: the preset's sizes when the model came from ``--init-from`` or
+    pretrained parts, the split and epochs when the samples were streamed."""
     import accelerate
     import transformers
 
-    return {
+    record = {
         **asdict(args),
         "command": command or " ".join(sys.argv),
         "train_samples_available": n_train,
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__, "accelerate": accelerate.__version__},
     }
+    if args.init_from or args.encoder:
+        record["model_size"] = None
+    if args.init_from:
+        record["image_size"] = None
+    if args.stream:
+        record.update(train_json=None, epochs=None)
+    return record
 
 
 # ---------------------------------------------------------------------------------------------

@@ -93,5 +93,10 @@ def test_stream_prompts_train_retrieve_and_edit_on_fresh_samples(tmp_path, monke
         assert row["prompt"] == library.program(library.nearest(row["image"], 1)[0])
     model = load_pretrained(out, device="cpu")
     assert model.edits and not model.library_pictures
+    record = json.loads((out / "training_config.json").read_text())
+    assert record["train_json"] is None and record["epochs"] is None and record["model_size"] == "tiny"
+    again = training.provenance(TrainingArguments(output_dir=str(tmp_path / "again"), init_from=str(out), stream=True,
+                                                  max_steps=1), "python enhanced_train.py", None)
+    assert again["model_size"] is None and again["image_size"] is None and again["init_from"] == str(out)
     with pytest.raises(training.TrainingError, match="goes with --stream"):
         TrainingArguments(output_dir=str(tmp_path / "other"), stream_prompts=True)

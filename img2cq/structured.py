@@ -12,8 +12,8 @@ sketch missing). ``mutate`` applies one random edit to a structure (``codec.Sket
 built and rendered by ``img2cq.build.BuildPool`` (no program text runs, no fork per candidate),
 scored by their agreement with the input picture, and the best replaces the current one when it
 agrees better. ``refine_many`` runs several such evolutions at once, their edits interleaved in
-the pool so that its workers stay busy. Every edited structure stays inside the codec's number ranges, so the result prints
-as a program of the GenCAD-Code grammar.
+the pool so that its workers stay busy. Every edited structure stays inside the codec's number
+ranges, so the result prints as a program of the GenCAD-Code grammar.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from img2cq.agreement import Masks, agreements, unpack_views
 STEP_SIGMA = 0.15            # continuous edits multiply by exp(N(0, STEP_SIGMA)) (~15 %)
 DISCRETE_SHARE = 0.3         # share of edits that change the structure (loops, sketches, operations)
 GRID = codec.SKETCH_LEVELS
-IN_FLIGHT_PER_WORKER = 2  # edits queued per build worker while refining: enough to keep it busy, few to wait for at the deadline
+IN_FLIGHT_PER_WORKER = 2     # edits queued per build worker: enough to keep it busy, few to wait for at the end
 
 
 def _clamp(v: float, low: int, high: int, zero: bool = True) -> int:
@@ -139,7 +139,8 @@ def views_job(reference: Masks):
     from img2cq.build import structure_views
 
     size = reference.silhouette.shape[0]
-    return functools.partial(structure_views, resolution=size), lambda packed: None if packed is None else unpack_views(packed, size)
+    unpack = lambda packed: None if packed is None else unpack_views(packed, size)  # noqa: E731
+    return functools.partial(structure_views, resolution=size), unpack
 
 
 def score_structures(structures: list[list[codec.Sketch]], reference: Masks, pool, judge=agreements) -> list[float]:
@@ -149,7 +150,7 @@ def score_structures(structures: list[list[codec.Sketch]], reference: Masks, poo
     return judge(reference, [unpack(v) for v in pool.map(job, structures)])
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class _Evolution:
     """One structure's (1 + lambda) evolution: its best so far and the generation being evaluated."""
 
@@ -177,7 +178,8 @@ class _Evolution:
 
 
 def refine_many(starts: list[list[codec.Sketch]], start_scores: list[float], reference: Masks, pool, seconds: float,
-                seed: int = 0, population: int | None = None, judge=agreements) -> list[tuple[list[codec.Sketch], float, int]]:
+                seed: int = 0, population: int | None = None,
+                judge=agreements) -> list[tuple[list[codec.Sketch], float, int]]:
     """``refine`` of several structures together for about ``seconds`` in all (each start's edits
     drawn from ``seed + k``). Their edits are queued in turn, a few per worker: the workers never
     wait for one generation's slowest build or for the scoring of another, which the main process
@@ -188,7 +190,8 @@ def refine_many(starts: list[list[codec.Sketch]], start_scores: list[float], ref
 
     population = population or 4 * pool.workers
     job, unpack = views_job(reference)
-    runs = [_Evolution(s, score, np.random.default_rng(seed + k)) for k, (s, score) in enumerate(zip(starts, start_scores))]
+    runs = [_Evolution(sketches, score, np.random.default_rng(seed + k))
+            for k, (sketches, score) in enumerate(zip(starts, start_scores))]
     for run in runs:
         run.new_generation(population)
     began = time.perf_counter()
@@ -199,15 +202,20 @@ def refine_many(starts: list[list[codec.Sketch]], start_scores: list[float], ref
         seconds_per_job = (now - began) / finished_jobs if finished_jobs else 0.0
         return now + (len(in_flight) + 1) * seconds_per_job <= deadline
 
-    while runs:
-        while len(in_flight) < IN_FLIGHT_PER_WORKER * pool.workers and fits_before_deadline():
-            waiting = [r for r in runs[turn:] + runs[:turn] if r.submitted < len(r.edits)]
-            if not waiting:
-                break
-            run = waiting[0]
+    def next_in_turn() -> _Evolution | None:  # the next start, in turn, with an edit not queued yet
+        nonlocal turn
+        for offset in range(len(runs)):
+            run = runs[(turn + offset) % len(runs)]
+            if run.submitted < len(run.edits):
+                turn = (turn + offset + 1) % len(runs)
+                return run
+        return None
+
+    while True:
+        while len(in_flight) < IN_FLIGHT_PER_WORKER * pool.workers and fits_before_deadline() \
+                and (run := next_in_turn()) is not None:
             in_flight[pool.submit(job, run.edits[run.submitted])] = (run, run.submitted)
             run.submitted += 1
-            turn = (runs.index(run) + 1) % len(runs)
         if not in_flight:
             break
         finished, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)

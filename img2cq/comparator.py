@@ -76,6 +76,8 @@ def pair_path(work: Path, seed: int, number: int) -> Path:
 def chunk_pairs(pool, library, seed: int, number: int) -> dict:
     """Pairs of the ``CHUNK`` queries of chunk ``number``: reference views (packed), candidate
     views (packed), the query of each candidate, its source code and its true IoU."""
+    from functools import partial
+
     from img2cq.build import structure_ious, structure_views
     from img2cq.library import draw_part, grey_features
 
@@ -89,7 +91,7 @@ def chunk_pairs(pool, library, seed: int, number: int) -> dict:
         query = codec.from_tokens(part["tokens"].split())
         shortlist = library.nearest_features(grey_features(part["thumb"][None])[0], SHORTLIST_POOL)
         candidates, codes = query_candidates(query, shortlist, library, rng)
-        rendered = pool.map(structure_views, candidates)
+        rendered = pool.map(partial(structure_views, resolution=n), candidates)  # reduced in the workers
         halves = pool.map(structure_ious, [(query, candidates[k::2]) for k in range(2)])
         measured = [None] * len(candidates)
         for k, half in enumerate(halves):
@@ -99,8 +101,7 @@ def chunk_pairs(pool, library, seed: int, number: int) -> dict:
             continue
         references.append(part["views"])
         for packed, code, iou in kept:
-            silhouette, edges = agreement.reduce_views(agreement.unpack_views(packed), n)
-            views.append(np.packbits(np.stack([silhouette, edges])))
+            views.append(np.frombuffer(packed, np.uint8))
             query_of.append(len(references) - 1)
             sources.append(code)
             ious.append(iou)

@@ -219,7 +219,7 @@ def refine_candidates(starts: list[Candidate], reference: Masks, seconds_each: f
     structured = [k for k, c in enumerate(starts) if c.sketches is not None]
     refined = refine_many([starts[k].sketches for k in structured], [starts[k].agreement for k in structured],
                           reference, pool, seconds_each * len(structured), seed, judge=judge)
-    out, evaluated = {}, 0
+    out, evaluated = list(starts), 0
     for k, (sketches, score, count) in zip(structured, refined):
         out[k] = Candidate(codec.to_program(sketches), starts[k].source + "+refined", score, sketches)
         evaluated += count
@@ -229,7 +229,7 @@ def refine_candidates(starts: list[Candidate], reference: Masks, seconds_each: f
                                                 candidate.agreement, seed + k, judge)
             out[k] = Candidate(program, candidate.source + "+refined", score, None)
             evaluated += count
-    return [out[k] for k in range(len(starts))], evaluated
+    return out, evaluated
 
 
 def score_candidates(candidates: list[Candidate], reference: Masks, pool, executor, judge) -> list[Candidate]:

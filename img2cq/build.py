@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
+import signal
 import threading
 from concurrent.futures import TimeoutError as FutureTimeout
 
@@ -84,7 +85,9 @@ def structure_views(sketches: list[codec.Sketch], resolution: int | None = None)
 
 
 def _warm_up() -> None:
-    """Worker start: import CadQuery and the renderer (its GL context) once, at low priority."""
+    """Worker start: import CadQuery and the renderer (its GL context) once, at low priority. Ctrl-C
+    at a terminal reaches the workers too: it is the caller's to act on (it closes the pool)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import cadquery  # noqa: F401
 
     import img2cq.render  # noqa: F401

@@ -26,7 +26,9 @@ from __future__ import annotations
 import io
 import platform
 import random
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -344,9 +346,40 @@ def train_step(accelerator, model, optimizer, scheduler, batch: dict, max_grad_n
     return loss.item()
 
 
-def out_of_time(accelerator, run_started: float, max_minutes: float | None) -> bool:
-    """True on every process once the main one has spent ``max_minutes`` (processes stop together)."""
-    if max_minutes is not None and accelerator.is_main_process and time.time() - run_started > 60 * max_minutes:
+class StopRequest:
+    """Ctrl-C or SIGTERM during the loop asks it to stop as a spent ``--max-minutes`` does: the step in
+    progress ends, then a checkpoint and the final model are saved. A second one stops at once
+    (KeyboardInterrupt: the last checkpoint stays). Outside the main thread signals cannot be caught,
+    so there the loop stops only by time or steps."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._request) for sig in self.SIGNALS}
+        return self
+
+    def _request(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint and the final model "
+              "(Ctrl-C again: stop at once)", file=sys.stderr)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def time_to_stop(accelerator, run_started: float, max_minutes: float | None, stop: StopRequest) -> bool:
+    """True on every process once the main one has spent ``max_minutes`` or was asked to stop (processes
+    stop together)."""
+    spent = max_minutes is not None and time.time() - run_started > 60 * max_minutes
+    if accelerator.is_main_process and (spent or stop.requested):
         accelerator.set_trigger()
     return accelerator.check_trigger()
 
@@ -407,7 +440,10 @@ class Run:
     log: RunLog
     started: float                  # the --max-minutes budget counts from here
     resumed_seconds: float = 0.0    # loop time of the runs this one resumes
+    resumed_cpu_seconds: float = 0.0
     loop_started: float = 0.0
+    loop_cpu_started: float = 0.0
+    stop: StopRequest = field(default_factory=StopRequest)
     samples_seen: int = 0
     losses: list[float] = field(default_factory=list)
     last_metrics: dict = field(default_factory=dict)
@@ -421,12 +457,14 @@ class Run:
 
     def checkpoint(self, state: TrainState) -> None:
         state.train_seconds = round(self.resumed_seconds + time.time() - self.loop_started, 1)
+        state.train_cpu_seconds = round(self.resumed_cpu_seconds + time.process_time() - self.loop_cpu_started, 1)
         save_checkpoint(self.accelerator, self.out, state, self.args.keep_checkpoints, self.stream)
         self.saved_at = state.step
 
 
 def after_step(run: Run, state: TrainState, bar) -> bool:
-    """Log, evaluate and checkpoint where due after an optimiser step; True once the time budget is spent."""
+    """Log, evaluate and checkpoint where due after an optimiser step; True once the time budget is spent
+    or a stop was asked for."""
     args = run.args
     bar.update(1)
     bar.set_postfix(loss=f"{run.losses[-1]:.3f}")
@@ -438,12 +476,12 @@ def after_step(run: Run, state: TrainState, bar) -> bool:
         run.evaluate(state)
     if state.step % args.save_steps == 0:
         run.checkpoint(state)
-    return out_of_time(run.accelerator, run.started, args.max_minutes)
+    return time_to_stop(run.accelerator, run.started, args.max_minutes, run.stop)
 
 
 def train_epoch(run: Run, state: TrainState, bar) -> bool:
-    """Train on the rest of the current epoch until the last step or the time budget (True when that
-    is spent); an epoch that runs out moves on to the next, evaluated once per epoch unless --eval-steps."""
+    """Train on the rest of the current epoch until the last step, the time budget or a stop request (True
+    for those two); an epoch that runs out moves on to the next, evaluated once per epoch unless --eval-steps."""
     for batch in run.batches(state):
         run.losses.append(train_step(run.accelerator, run.model, run.optimizer, run.scheduler, batch,
                                      run.args.max_grad_norm))
@@ -463,18 +501,20 @@ def train_epoch(run: Run, state: TrainState, bar) -> bool:
 
 
 def run_loop(run: Run, state: TrainState) -> dict:
-    """Epochs until the last step or the time budget, then a last evaluation (unless the budget is
-    spent: the next --resume run goes on) and checkpoint where not just done. Returns the last metrics."""
+    """Epochs until the last step, the time budget or a stop request (Ctrl-C, SIGTERM), then a last
+    evaluation (unless stopped early: the next --resume run goes on) and checkpoint where not just
+    done. Returns the last metrics."""
     run.model.train()
     bar = tqdm(total=run.total_steps, initial=state.step, desc="training", unit="step",
                disable=not run.accelerator.is_main_process)
-    run.loop_started = time.time()
+    run.loop_started, run.loop_cpu_started = time.time(), time.process_time()
     stopped = False
     try:
         while state.step < run.total_steps and not stopped:
             stopped = train_epoch(run, state, bar)
         if stopped:
-            run.accelerator.print(f"--max-minutes {run.args.max_minutes} spent at step {state.step}/{run.total_steps}")
+            why = "stopped on request" if run.stop.requested else f"--max-minutes {run.args.max_minutes} spent"
+            run.accelerator.print(f"{why} at step {state.step}/{run.total_steps}; go on with --resume")
         elif run.evaluated_at != state.step:
             run.evaluate(state)
         if run.saved_at != state.step:
@@ -557,13 +597,16 @@ def train(args: TrainingArguments, command: str | None = None, train_rows=None, 
 
     # the loop, then the final model
     run = Run(args, accelerator, model, tokenizer, processor, optimizer, scheduler, batches, stream, eval_rows,
-              total_steps, out, record, log, started=run_started, resumed_seconds=state.train_seconds)
-    last_metrics = run_loop(run, state)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        record.update(steps=state.step, finished=state.step >= total_steps, train_seconds=state.train_seconds)
-        save_pretrained(out, accelerator.unwrap_model(model), tokenizer, processor, record, last_metrics)
-        accelerator.print(f"saved the final model to {out}")
+              total_steps, out, record, log, started=run_started, resumed_seconds=state.train_seconds,
+              resumed_cpu_seconds=state.train_cpu_seconds)
+    with run.stop:  # a stop request lets the loop end and the final model be saved
+        last_metrics = run_loop(run, state)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            record.update(steps=state.step, finished=state.step >= total_steps, train_seconds=state.train_seconds,
+                          train_cpu_seconds=state.train_cpu_seconds)
+            save_pretrained(out, accelerator.unwrap_model(model), tokenizer, processor, record, last_metrics)
+            accelerator.print(f"saved the final model to {out}")
     return last_metrics
 
 

@@ -35,6 +35,8 @@ class TrainState:
     best_metric: float | None = None   # eval IoU, or -eval loss without IoU
     stream_next_index: int = 0         # --stream: first draw a resumed run may use
     train_seconds: float = 0.0         # loop time summed over this run and the runs it resumes
+    train_cpu_seconds: float = 0.0     # CPU time of the training process (all its threads), summed likewise:
+                                       # unlike the wall time, none passes while the run is paused (SIGSTOP)
 
     @classmethod
     def load(cls, checkpoint: Path) -> TrainState:

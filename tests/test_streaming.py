@@ -51,6 +51,7 @@ def test_stream_trains_on_fresh_programs_and_resumes_with_new_ones(tmp_path, bat
     assert len(set(programs)) == len(programs)  # every batch on distinct programs
     config = json.loads((out / "training_config.json").read_text())
     assert config["steps"] == 4 and config["train_seconds"] > state["train_seconds"]  # summed over resumes
+    assert config["train_cpu_seconds"] > state["train_cpu_seconds"] > 0
     assert load_pretrained(out, device="cpu").model.config.decoder.n_layer == 2  # the saved model loads
 
 

@@ -123,6 +123,26 @@ def test_kill_9_then_resume_loses_at_most_one_interval(dataset, tmp_path):
     assert (out / "config.json").is_file() and not list((out / "checkpoints").glob(".tmp-*"))
 
 
+def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_the_final_model(dataset, tmp_path):
+    out = tmp_path / "run"
+    cmd = [str(ROOT / "enhanced_train.py"), "--model-size", "tiny", "--train-json", str(dataset / "train.jsonl"),
+           "--eval-json", "none", "--batch-size", "2", "--max-steps", "400", "--save-steps", "3",
+           "--output-dir", str(out)]
+    proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not list((out / "checkpoints").glob("step-3")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "SIGINT: stopping after this step" in stderr and "stopped on request" in stdout
+    record = json.loads((out / "training_config.json").read_text())
+    assert 3 <= record["steps"] < 400 and not record["finished"] and record["train_cpu_seconds"] > 0
+    assert (out / "checkpoints" / f"step-{record['steps']}").is_dir()  # --resume goes on from there
+    assert load_pretrained(out, device="cpu").model.config.decoder.n_layer == 2
+
+
 def test_existing_checkpoints_need_resume(dataset, tmp_path):
     cmd = [str(ROOT / "train_vision_encoder_decoder.py"), "--model-size", "tiny", "--train-json",
            str(dataset / "train.jsonl"), "--eval-json", str(dataset / "test.jsonl"), "--batch-size", "4",

@@ -171,15 +171,14 @@ class StreamDataset(IterableDataset):
         from img2cq.editing import prompt_programs
         from img2cq.library import stream_built_samples
 
-        buffer, program_lengths = [], []
+        buffer = []
         size = self.batch_size * self.group_batches if self.group_batches else 1
         for row in stream_built_samples(seed=self.seed, workers=self.workers, start=self.start):
             self.next_index = row["index"] + 1
             if self.max_program_tokens or self.group_batches:
-                n = len(encode_program(self.tokenizer, row["cadquery"]))
-                if self.max_program_tokens and n > self.max_program_tokens:
+                row["program_tokens"] = len(encode_program(self.tokenizer, row["cadquery"]))
+                if self.max_program_tokens and row["program_tokens"] > self.max_program_tokens:
                     continue
-                program_lengths.append(n)
             buffer.append(row)
             if len(buffer) < size:
                 continue
@@ -187,12 +186,12 @@ class StreamDataset(IterableDataset):
                 for r, prompt in zip(buffer, prompt_programs(self.library, [r["image"] for r in buffer])):
                     r["prompt"] = prompt
             if self.group_batches:  # the decoder's length: prompt prefix and program
-                lengths = [len(prompt_prefix(self.tokenizer, r.get("prompt"))) + n for r, n in zip(buffer, program_lengths)]
+                lengths = [len(prompt_prefix(self.tokenizer, r.get("prompt"))) + r["program_tokens"] for r in buffer]
                 generator = torch.Generator().manual_seed(self.seed * 1_000_003 + buffer[0]["index"])
                 order = length_grouped_order(range(size), lengths, self.batch_size, self.group_batches, generator)
                 buffer = [buffer[i] for i in order]
             yield from buffer
-            buffer, program_lengths = [], []
+            buffer = []
 
 
 def load_rows(path: str | None, limit: int | None = None, what: str = "training",

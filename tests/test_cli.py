@@ -127,3 +127,28 @@ def test_where_each_picture_goes(tmp_path):
                                   ([a, b], "-", None), ([a], "-", "step"), ([a], str(a), None)]:
         with pytest.raises(BadInput):
             output_plan(pictures, output, fmt)
+
+
+def test_ctrl_c_during_a_search_stops_at_once_with_one_line(tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group: the command and its build and sandbox
+    workers. The command says it was interrupted and exits 130; the workers leave it to the caller."""
+    import signal
+
+    shutil.copy(PICTURE, tmp_path / "part.png")
+    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "img2cq.cli"]
+    env = {**os.environ, "VTK_DEFAULT_OPENGL_WINDOW": os.environ.get("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")}
+    proc = subprocess.Popen(command + ["generate", "part.png", "--candidates", "2", "--refine", "30"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lines = []
+    for line in proc.stderr:  # wait until the search is under way
+        lines.append(line)
+        if "searching" in line:
+            break
+    time.sleep(8)  # the sandbox's workers are up by then
+    os.killpg(proc.pid, signal.SIGINT)
+    interrupted = time.perf_counter()
+    _, rest = proc.communicate(timeout=60)
+    stderr = "".join(lines) + rest
+    assert proc.returncode == 130 and time.perf_counter() - interrupted < 15
+    assert stderr.strip().splitlines()[-1] == "error: interrupted" and "Traceback" not in stderr
+    assert not (tmp_path / "part.py").exists()

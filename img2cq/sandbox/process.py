@@ -472,6 +472,7 @@ def worker_main(read_fd: int, write_fd: int, isolation: str, nice: int, preload:
     """Serve jobs from the parent until it closes the pipe."""
     os.nice(nice)  # inherited by every child
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # go when the caller goes
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the caller's: it closes the executor
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
     import cadquery  # noqa: F401 - paid once here, inherited by every forked child
 

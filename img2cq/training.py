@@ -26,9 +26,7 @@ from __future__ import annotations
 import io
 import platform
 import random
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -40,7 +38,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 from torch.utils.data import DataLoader, IterableDataset, Subset
 from tqdm.auto import tqdm
 
-from img2cq.console import fail, show_notes
+from img2cq.console import StopRequest, fail, show_notes
 from img2cq.data import DOWNLOAD_HINT, DataError, load_split
 from img2cq.modeling import (ModelError, build_model, build_pretrained, count_parameters, load_pretrained,
                              model_input_frame, prompt_prefix, save_pretrained)
@@ -345,35 +343,6 @@ def train_step(accelerator, model, optimizer, scheduler, batch: dict, max_grad_n
     return loss.item()
 
 
-class StopRequest:
-    """Ctrl-C or SIGTERM during the loop asks it to stop as a spent ``--max-minutes`` does: the step in
-    progress ends, then a checkpoint and the final model are saved. A second one stops at once
-    (KeyboardInterrupt: the last checkpoint stays). Outside the main thread signals cannot be caught,
-    so there the loop stops only by time or steps."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._request) for sig in self.SIGNALS}
-        return self
-
-    def _request(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint and the final model "
-              "(Ctrl-C again: stop at once)", file=sys.stderr)
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 def time_to_stop(accelerator, run_started: float, max_minutes: float | None, stop: StopRequest) -> bool:
     """True on every process once the main one has spent ``max_minutes`` or was asked to stop (processes
     stop together)."""
@@ -438,11 +407,11 @@ class Run:
     record: dict
     log: RunLog
     started: float                  # the --max-minutes budget counts from here
-    resumed_seconds: float = 0.0    # loop time of the runs this one resumes
-    resumed_cpu_seconds: float = 0.0
-    loop_started: float = 0.0
+    loop_started: float = 0.0       # this run's loop: wall clock and process CPU time (time.process_time)
     loop_cpu_started: float = 0.0
-    stop: StopRequest = field(default_factory=StopRequest)
+    resumed: tuple[float, float] = (0.0, 0.0)   # the same, spent by the runs this one resumes
+    stop: StopRequest = field(default_factory=lambda: StopRequest(
+        "stopping after this step with a checkpoint and the final model"))
     samples_seen: int = 0
     losses: list[float] = field(default_factory=list)
     last_metrics: dict = field(default_factory=dict)
@@ -455,8 +424,8 @@ class Run:
         self.evaluated_at = state.step
 
     def checkpoint(self, state: TrainState) -> None:
-        state.train_seconds = round(self.resumed_seconds + time.time() - self.loop_started, 1)
-        state.train_cpu_seconds = round(self.resumed_cpu_seconds + time.process_time() - self.loop_cpu_started, 1)
+        state.train_seconds = round(self.resumed[0] + time.time() - self.loop_started, 1)
+        state.train_cpu_seconds = round(self.resumed[1] + time.process_time() - self.loop_cpu_started, 1)
         save_checkpoint(self.accelerator, self.out, state, self.args.keep_checkpoints, self.stream)
         self.saved_at = state.step
 
@@ -507,6 +476,7 @@ def run_loop(run: Run, state: TrainState) -> dict:
     bar = tqdm(total=run.total_steps, initial=state.step, desc="training", unit="step",
                disable=not run.accelerator.is_main_process)
     run.loop_started, run.loop_cpu_started = time.time(), time.process_time()
+    run.resumed = (state.train_seconds, state.train_cpu_seconds)
     stopped = False
     try:
         while state.step < run.total_steps and not stopped:
@@ -522,6 +492,17 @@ def run_loop(run: Run, state: TrainState) -> dict:
         bar.close()
         run.log.close()
     return run.last_metrics
+
+
+def save_final_model(run: Run, state: TrainState, last_metrics: dict) -> None:
+    """The model, its card and its record (steps, seconds) in ``--output-dir``, by the main process."""
+    run.accelerator.wait_for_everyone()
+    if run.accelerator.is_main_process:
+        run.record.update(steps=state.step, finished=state.step >= run.total_steps, train_seconds=state.train_seconds,
+                          train_cpu_seconds=state.train_cpu_seconds)
+        save_pretrained(run.out, run.accelerator.unwrap_model(run.model), run.tokenizer, run.processor, run.record,
+                        last_metrics)
+        run.accelerator.print(f"saved the final model to {run.out}")
 
 
 def train(args: TrainingArguments, command: str | None = None, train_rows=None, eval_rows=None) -> dict:
@@ -596,16 +577,10 @@ def train(args: TrainingArguments, command: str | None = None, train_rows=None, 
 
     # the loop, then the final model
     run = Run(args, accelerator, model, tokenizer, processor, optimizer, scheduler, batches, stream, eval_rows,
-              total_steps, out, record, log, started=run_started, resumed_seconds=state.train_seconds,
-              resumed_cpu_seconds=state.train_cpu_seconds)
+              total_steps, out, record, log, started=run_started)
     with run.stop:  # a stop request lets the loop end and the final model be saved
         last_metrics = run_loop(run, state)
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            record.update(steps=state.step, finished=state.step >= total_steps, train_seconds=state.train_seconds,
-                          train_cpu_seconds=state.train_cpu_seconds)
-            save_pretrained(out, accelerator.unwrap_model(model), tokenizer, processor, record, last_metrics)
-            accelerator.print(f"saved the final model to {out}")
+        save_final_model(run, state, last_metrics)
     return last_metrics
 
 

@@ -15,10 +15,12 @@ PICTURE = REPO / "tests" / "fixtures" / "render" / "plate_boss.png"  # rendered 
 SCRIPT = Path(sys.executable).with_name("img2cq")
 
 
+COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "img2cq.cli"]
+ENV = {**os.environ, "VTK_DEFAULT_OPENGL_WINDOW": os.environ.get("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")}
+
+
 def img2cq(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
-    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "img2cq.cli"]
-    env = {**os.environ, "VTK_DEFAULT_OPENGL_WINDOW": os.environ.get("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")}
-    return subprocess.run(command + [str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True,
+    return subprocess.run(COMMAND + [str(a) for a in args], cwd=cwd, env=ENV, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -135,10 +137,8 @@ def test_ctrl_c_during_a_search_stops_at_once_with_one_line(tmp_path):
     import signal
 
     shutil.copy(PICTURE, tmp_path / "part.png")
-    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "img2cq.cli"]
-    env = {**os.environ, "VTK_DEFAULT_OPENGL_WINDOW": os.environ.get("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")}
-    proc = subprocess.Popen(command + ["generate", "part.png", "--candidates", "2", "--refine", "30"], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(COMMAND + ["generate", "part.png", "--candidates", "2", "--refine", "30"], cwd=tmp_path,
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     lines = []
     for line in proc.stderr:  # wait until the search is under way
         lines.append(line)

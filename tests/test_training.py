@@ -100,16 +100,23 @@ def run_script(args, **kw):
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, **kw)
 
 
+def train_until_checkpoint(dataset, out: Path, save_steps: int, step: int, **popen) -> tuple[list[str], subprocess.Popen]:
+    """A tiny 400-step training run in a subprocess, once its checkpoint of ``step`` is written (or it
+    ended, or 240 s passed): its command (ending ``--save-steps N --output-dir OUT``) and process."""
+    cmd = [str(ROOT / "enhanced_train.py"), "--model-size", "tiny", "--train-json", str(dataset / "train.jsonl"),
+           "--eval-json", "none", "--batch-size", "2", "--max-steps", "400", "--save-steps", str(save_steps),
+           "--output-dir", str(out)]
+    proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, env=ENV, **popen)
+    deadline = time.time() + 240
+    while not list((out / "checkpoints").glob(f"step-{step}")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    return cmd, proc
+
+
 def test_kill_9_then_resume_loses_at_most_one_interval(dataset, tmp_path):
     out = tmp_path / "run"
-    cmd = [str(ROOT / "enhanced_train.py"), "--model-size", "tiny", "--train-json", str(dataset / "train.jsonl"),
-           "--eval-json", "none", "--batch-size", "2", "--max-steps", "400", "--save-steps", "2",
-           "--output-dir", str(out)]
-    proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not list((out / "checkpoints").glob("step-4")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+    cmd, proc = train_until_checkpoint(dataset, out, save_steps=2, step=4, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     saved = sorted(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("step-*"))
@@ -125,14 +132,8 @@ def test_kill_9_then_resume_loses_at_most_one_interval(dataset, tmp_path):
 
 def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_the_final_model(dataset, tmp_path):
     out = tmp_path / "run"
-    cmd = [str(ROOT / "enhanced_train.py"), "--model-size", "tiny", "--train-json", str(dataset / "train.jsonl"),
-           "--eval-json", "none", "--batch-size", "2", "--max-steps", "400", "--save-steps", "3",
-           "--output-dir", str(out)]
-    proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while not list((out / "checkpoints").glob("step-3")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+    _, proc = train_until_checkpoint(dataset, out, save_steps=3, step=3, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr[-2000:]

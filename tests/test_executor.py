@@ -208,9 +208,13 @@ def test_close_leaves_no_process_and_no_working_directory(tmp_path, monkeypatch)
         assert executor.run(BOX_WITH_HOLE).ok
         workers = [p for p in psutil.Process().children() if p not in others]
         deadline = time.monotonic() + 10
-        while len(spares := [c for w in workers for c in sandbox_children(w)]) < 6 and time.monotonic() < deadline:
-            time.sleep(0.05)  # each worker forks its next spares right after answering
-        assert len(spares) == 6 and len(list(tmp_path.glob("img2cq-run-*"))) == 6
+        while time.monotonic() < deadline:  # each worker forks its next spares right after answering,
+            spares = [c for w in workers for c in sandbox_children(w)]  # and reaps a dropped child soon after
+            workdirs = list(tmp_path.glob("img2cq-run-*"))
+            if len(spares) == 6 and len(workdirs) == 6:
+                break
+            time.sleep(0.05)
+        assert len(spares) == 6 and len(workdirs) == 6
         spares = list({*spares, *(c for w in workers for c in w.children(recursive=True))})  # with fork servers, process 1s
     psutil.wait_procs(workers + spares, timeout=10)
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers + spares)

@@ -413,6 +413,7 @@ class Run:
     stop: StopRequest = field(default_factory=lambda: StopRequest(
         "stopping after this step with a checkpoint and the final model"))
     samples_seen: int = 0
+    rate_mark: tuple[float, int] = (0.0, 0)  # (wall clock, samples seen) at the last log line
     losses: list[float] = field(default_factory=list)
     last_metrics: dict = field(default_factory=dict)
     evaluated_at: int | None = None
@@ -437,9 +438,10 @@ def after_step(run: Run, state: TrainState, bar) -> bool:
     bar.update(1)
     bar.set_postfix(loss=f"{run.losses[-1]:.3f}")
     if state.step % args.log_steps == 0:
+        now = time.time()  # the rate since the last log line: a run paused or shared earlier reads true now
         run.log.write(state, {"loss": float(np.mean(run.losses)), "lr": run.scheduler.get_last_lr()[0],
-                              "samples_per_s": run.samples_seen / (time.time() - run.loop_started)})
-        run.losses = []
+                              "samples_per_s": (run.samples_seen - run.rate_mark[1]) / (now - run.rate_mark[0])})
+        run.losses, run.rate_mark = [], (now, run.samples_seen)
     if args.eval_steps and state.step % args.eval_steps == 0:
         run.evaluate(state)
     if state.step % args.save_steps == 0:
@@ -476,6 +478,7 @@ def run_loop(run: Run, state: TrainState) -> dict:
     bar = tqdm(total=run.total_steps, initial=state.step, desc="training", unit="step",
                disable=not run.accelerator.is_main_process)
     run.loop_started, run.loop_cpu_started = time.time(), time.process_time()
+    run.rate_mark = (run.loop_started, run.samples_seen)
     run.resumed = (state.train_seconds, state.train_cpu_seconds)
     stopped = False
     try:

@@ -137,8 +137,11 @@ def test_ctrl_c_during_a_search_stops_at_once_with_one_line(tmp_path):
     import signal
 
     shutil.copy(PICTURE, tmp_path / "part.png")
+    # as from a terminal: SIGINT acted on, whatever this test run inherited (a shell ignores it in the
+    # commands it starts in the background, and Python then leaves it ignored)
     proc = subprocess.Popen(COMMAND + ["generate", "part.png", "--candidates", "2", "--refine", "30"], cwd=tmp_path,
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     for line in proc.stderr:  # wait until the search is under way
         lines.append(line)
@@ -149,6 +152,6 @@ def test_ctrl_c_during_a_search_stops_at_once_with_one_line(tmp_path):
     interrupted = time.perf_counter()
     _, rest = proc.communicate(timeout=60)
     stderr = "".join(lines) + rest
-    assert proc.returncode == 130 and time.perf_counter() - interrupted < 15
+    assert proc.returncode == 130 and time.perf_counter() - interrupted < 15, stderr
     assert stderr.strip().splitlines()[-1] == "error: interrupted" and "Traceback" not in stderr
     assert not (tmp_path / "part.py").exists()

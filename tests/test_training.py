@@ -1,6 +1,7 @@
 """The training loop: a tiny model memorises a few programs; checkpoints resume after kill -9 with the
 same batches; arguments come from flags and config files; weight decay spares biases and norms."""
 
+import csv
 import io
 import json
 import os
@@ -72,6 +73,8 @@ def test_tiny_model_learns_to_reproduce_a_training_program(short_samples, tmp_pa
     assert predicted.ok and iou_from_results(reference, predicted) == pytest.approx(1.0, abs=1e-6)
     log = (tmp_path / "model" / "logs" / "train_log.csv").read_text().splitlines()
     assert log[0].startswith("step,epoch,loss")
+    rates = [float(row["samples_per_s"]) for row in csv.DictReader(log) if row["samples_per_s"]]
+    assert len(rates) == 3 and min(rates) > 0  # one per 50 steps: the rate over those steps
     assert (tmp_path / "model" / "checkpoints" / "step-150" / "trainer_state.json").is_file()
 
 

@@ -1,0 +1,141 @@
+"""How much would number edits of the kept parts buy, and does any judge find it?
+
+For each picture of a split and the program a search kept for it (a ``bench_search.py`` cache),
+every single-number variant of the kept structure on a grid (each sketch's extrusion depth and
+scale by 0.5-2, its aspect by 0.79-1.26, its plane offset along the normal by ±0.12-0.5 of the
+depth, each circle's radius by 0.63-1.59) is built (``img2cq.build``), rendered, and measured
+against the picture's own program by the project's 3D IoU. Printed: the kept part's IoU; the best
+variant's (the oracle: what a perfect judge would pick); and the variant each judge picks (the
+kept part among them): the hand-made agreement at 112 and 448 px, the learned one, their mean.
+``--oracle-rounds N`` then climbs the true IoU N rounds (the best variant of the best variant...):
+the ceiling of number edits alone.
+
+    python benchmarks/bench_search.py --eval-json benchmarks/real_dev/test.jsonl --settings 8:64:7
+    python benchmarks/bench_number_edits.py --eval-json benchmarks/real_dev/test.jsonl \\
+        --kept runs/bench_search/real_dev-test-models_img2cq-cpu-greedy+cand8+short64+refine7+top7+blend.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+FACTORS = (0.5, 0.63, 0.79, 0.89, 1.12, 1.26, 1.59, 2.0)
+ASPECTS = FACTORS[2:-2]
+RADII = FACTORS[1:-1]
+OFFSETS = (-0.5, -0.25, -0.12, 0.12, 0.25, 0.5)   # of the sketch's depth (or a quarter of its scale)
+
+
+def number_variants(sketches: list) -> list[list]:
+    """Every structure that differs from ``sketches`` in one number, on the grid above."""
+    from img2cq import codec
+    from img2cq.structured import _clamp, _map_loop, _with_loops, _with_sketch
+
+    top = codec.NUMBER_RANGE
+    out = []
+    for i, s in enumerate(sketches):
+        out += [_with_sketch(sketches, i, distance=_clamp(s.distance * f, -top, top, zero=False)) for f in FACTORS]
+        out += [_with_sketch(sketches, i, scale=_clamp(s.scale * f, 1, top, zero=False)) for f in FACTORS]
+        out += [_with_loops(sketches, i, [_map_loop(loop, f, 1 / f) for loop in s.loops]) for f in ASPECTS]
+        normal, _ = codec.plane_vectors(s.plane)
+        step = max(abs(s.distance), s.scale / 4)
+        for t in OFFSETS:
+            origin = tuple(_clamp(o + t * step * n, -top, top) for o, n in zip(s.plane.origin, normal))
+            out.append(_with_sketch(sketches, i, plane=dataclasses.replace(s.plane, origin=origin)))
+        for j, loop in enumerate(s.loops):
+            if isinstance(loop, codec.Circle):
+                for f in RADII:
+                    loops = list(s.loops)
+                    loops[j] = codec.Circle(loop.center, _clamp(loop.radius * f, 1, codec.SKETCH_LEVELS, zero=False))
+                    out.append(_with_loops(sketches, i, loops))
+    unique = {repr(v): v for v in out if v != sketches}
+    return list(unique.values())
+
+
+def true_ious(pool, truth: list, structures: list[list]) -> np.ndarray:
+    """3D IoU of each structure with ``truth`` (0 where it does not build), one job each."""
+    from img2cq.build import structure_ious
+
+    return np.array([(r[0] or 0.0) if r else 0.0 for r in pool.map(structure_ious, [(truth, [s]) for s in structures])])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--eval-json", default="benchmarks/real_dev/test.jsonl")
+    p.add_argument("--kept", type=Path, required=True, help="a bench_search.py cache: one {id, program} per line")
+    p.add_argument("--samples", type=int, default=None, help="first N pictures (default: all)")
+    p.add_argument("--oracle-rounds", type=int, default=1, help="rounds the oracle climbs the true IoU")
+    p.add_argument("--comparator", default=None, help="learned agreement (default: the shipped one)")
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args()
+
+    from scipy.stats import spearmanr
+    from tqdm import tqdm
+
+    from img2cq import agreement, codec
+    from img2cq.build import BuildPool, structure_views
+    from img2cq.comparator import LearnedAgreement
+    from img2cq.evaluation import load_samples
+
+    if not args.kept.is_file():
+        sys.exit(f"error: no such file: {args.kept} (run benchmarks/bench_search.py first)")
+    kept = {row["id"]: row["program"] for row in map(json.loads, args.kept.read_text().splitlines())}
+    rows = [r for r in load_samples(args.eval_json, args.samples) if r["id"] in kept]
+    learned = LearnedAgreement.load(args.comparator)
+    judges = {"hand-made, 112 px": lambda ref, views: agreement.agreements(ref[112], views),
+              "hand-made, 448 px": lambda ref, views: agreement.agreements(ref[448], views),
+              "learned": lambda ref, views: learned.scores(ref[112], views),
+              "mean of learned and hand-made": lambda ref, views: learned.blended_scores(ref[112], views)}
+    picked = {name: [] for name in ["kept", "oracle", *judges, "oracle climbing"]}
+    spearman = {name: [] for name in judges}
+    with BuildPool(args.workers) as pool:
+        pool.wait_ready()
+        for row in tqdm(rows, desc="number edits", unit="img"):
+            try:
+                truth, start = codec.parse(row["cadquery"]), codec.parse(kept[row["id"]])
+            except codec.CodecError:  # a kept program outside the codec has no numbers to edit here
+                continue
+            structures = [start] + number_variants(start)
+            views = [None if v is None else agreement.unpack_views(v) for v in pool.map(structure_views, structures)]
+            built = [k for k, v in enumerate(views) if v is not None]
+            ious = true_ious(pool, truth, [structures[k] for k in built])
+            views = [views[k] for k in built]
+            picture = agreement.views_from_image(row["image"])
+            reference = {n: agreement.Masks.from_views(picture, n) for n in (112, 448)}
+            picked["kept"].append(ious[0])
+            picked["oracle"].append(ious.max())
+            for name, judge in judges.items():
+                scores = np.asarray(judge(reference, views))
+                picked[name].append(ious[int(np.argmax(scores))])
+                if np.ptp(ious) > 1e-6 and np.ptp(scores) > 1e-9:
+                    spearman[name].append(spearmanr(scores, ious).correlation)
+            best, best_iou = structures[built[int(np.argmax(ious))]], ious.max()
+            for _ in range(args.oracle_rounds - 1):
+                variants = number_variants(best)
+                climbed = true_ious(pool, truth, variants)
+                if climbed.max() <= best_iou:
+                    break
+                best, best_iou = variants[int(np.argmax(climbed))], climbed.max()
+            picked["oracle climbing"].append(best_iou)
+    if args.oracle_rounds <= 1:
+        del picked["oracle climbing"]
+    base = np.array(picked["kept"])
+    print(f"\n{args.eval_json}: {len(base)} kept parts of {args.kept.name}")
+    print(f"{'pick among the kept part and its number variants':44s} {'IoU':>6s} {'paired':>16s} {'Spearman':>9s}")
+    for name, values in picked.items():
+        d = np.array(values) - base
+        rho = f"{np.nanmean(spearman[name]):9.3f}" if name in spearman else ""
+        label = name + (f" ({args.oracle_rounds} rounds)" if name == "oracle climbing" else "")
+        print(f"{label:44s} {np.mean(values):6.3f} {d.mean():+7.3f} ± {d.std(ddof=1) / np.sqrt(len(d)):.3f} {rho}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,9 +1,9 @@
 """How much would number edits of the kept parts buy, and does any judge find it?
 
 For each picture of a split and the program a search kept for it (a ``bench_search.py`` cache),
-every single-number variant of the kept structure on a grid (each sketch's extrusion depth and
-scale by 0.5-2, its aspect by 0.79-1.26, its plane offset along the normal by ±0.12-0.5 of the
-depth, each circle's radius by 0.63-1.59) is built (``img2cq.build``), rendered, and measured
+every single-number variant of the kept structure on a grid (``structured.number_variants``: each
+sketch's extrusion depth and scale by 0.5-2, its aspect by 0.79-1.26, its plane offset along the
+normal by ±0.12-0.5 of the depth, each circle's radius by 0.63-1.59) is built (``img2cq.build``), rendered, and measured
 against the picture's own program by the project's 3D IoU. Printed: the kept part's IoU; the best
 variant's (the oracle: what a perfect judge would pick); and the variant each judge picks (the
 kept part among them): the hand-made agreement at 112 and 448 px, the learned one, their mean.
@@ -17,7 +17,6 @@ the ceiling of number edits alone.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -26,38 +25,6 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-FACTORS = (0.5, 0.63, 0.79, 0.89, 1.12, 1.26, 1.59, 2.0)
-ASPECTS = FACTORS[2:-2]
-RADII = FACTORS[1:-1]
-OFFSETS = (-0.5, -0.25, -0.12, 0.12, 0.25, 0.5)   # of the sketch's depth (or a quarter of its scale)
-
-
-def number_variants(sketches: list) -> list[list]:
-    """Every structure that differs from ``sketches`` in one number, on the grid above."""
-    from img2cq import codec
-    from img2cq.structured import _clamp, _map_loop, _with_loops, _with_sketch
-
-    top = codec.NUMBER_RANGE
-    out = []
-    for i, s in enumerate(sketches):
-        out += [_with_sketch(sketches, i, distance=_clamp(s.distance * f, -top, top, zero=False)) for f in FACTORS]
-        out += [_with_sketch(sketches, i, scale=_clamp(s.scale * f, 1, top, zero=False)) for f in FACTORS]
-        out += [_with_loops(sketches, i, [_map_loop(loop, f, 1 / f) for loop in s.loops]) for f in ASPECTS]
-        normal, _ = codec.plane_vectors(s.plane)
-        step = max(abs(s.distance), s.scale / 4)
-        for t in OFFSETS:
-            origin = tuple(_clamp(o + t * step * n, -top, top) for o, n in zip(s.plane.origin, normal))
-            out.append(_with_sketch(sketches, i, plane=dataclasses.replace(s.plane, origin=origin)))
-        for j, loop in enumerate(s.loops):
-            if isinstance(loop, codec.Circle):
-                for f in RADII:
-                    loops = list(s.loops)
-                    loops[j] = codec.Circle(loop.center, _clamp(loop.radius * f, 1, codec.SKETCH_LEVELS, zero=False))
-                    out.append(_with_loops(sketches, i, loops))
-    unique = {repr(v): v for v in out if v != sketches}
-    return list(unique.values())
-
 
 def true_ious(pool, truth: list, structures: list[list]) -> np.ndarray:
     """3D IoU of each structure with ``truth`` (0 where it does not build), one job each."""
@@ -83,6 +50,7 @@ def main() -> int:
     from img2cq.build import BuildPool, structure_views
     from img2cq.comparator import LearnedAgreement
     from img2cq.evaluation import load_samples
+    from img2cq.structured import number_variants
 
     if not args.kept.is_file():
         sys.exit(f"error: no such file: {args.kept} (run benchmarks/bench_search.py first)")

@@ -134,6 +134,36 @@ def mutate(sketches: list[codec.Sketch], rng: np.random.Generator) -> list[codec
     return _with_loops(sketches, i, loops)
 
 
+GRID_FACTORS = (0.5, 0.63, 0.79, 0.89, 1.12, 1.26, 1.59, 2.0)   # number_variants: depths and scales
+GRID_OFFSETS = (-0.5, -0.25, -0.12, 0.12, 0.25, 0.5)            # ... plane offsets, of the depth
+
+
+def number_variants(sketches: list) -> list[list]:
+    """Every structure that differs from ``sketches`` in one number on a grid: each sketch's depth and
+    scale by ``GRID_FACTORS``, its aspect and each circle's radius by the middle ones, its plane
+    moved along its normal by ``GRID_OFFSETS`` of its depth (or a quarter of its scale). A probe of
+    what number edits alone can buy (``benchmarks/bench_number_edits.py``)."""
+    top = codec.NUMBER_RANGE
+    out = []
+    for i, s in enumerate(sketches):
+        out += [_with_sketch(sketches, i, distance=_clamp(s.distance * f, -top, top, zero=False)) for f in GRID_FACTORS]
+        out += [_with_sketch(sketches, i, scale=_clamp(s.scale * f, 1, top, zero=False)) for f in GRID_FACTORS]
+        out += [_with_loops(sketches, i, [_map_loop(loop, f, 1 / f) for loop in s.loops]) for f in GRID_FACTORS[2:-2]]
+        normal, _ = codec.plane_vectors(s.plane)
+        step = max(abs(s.distance), s.scale / 4)
+        for t in GRID_OFFSETS:
+            origin = tuple(_clamp(o + t * step * n, -top, top) for o, n in zip(s.plane.origin, normal))
+            out.append(_with_sketch(sketches, i, plane=dataclasses.replace(s.plane, origin=origin)))
+        for j, loop in enumerate(s.loops):
+            if isinstance(loop, codec.Circle):
+                for f in GRID_FACTORS[1:-1]:
+                    loops = list(s.loops)
+                    loops[j] = codec.Circle(loop.center, _clamp(loop.radius * f, 1, codec.SKETCH_LEVELS, zero=False))
+                    out.append(_with_loops(sketches, i, loops))
+    unique = {repr(v): v for v in out if v != sketches}
+    return list(unique.values())
+
+
 def views_job(reference: Masks):
     """The build job rendering a structure's views at the reference's resolution, and its unpacker."""
     from img2cq.build import structure_views

@@ -410,10 +410,9 @@ class Run:
     loop_started: float = 0.0       # this run's loop: wall clock and process CPU time (time.process_time)
     loop_cpu_started: float = 0.0
     resumed: tuple[float, float] = (0.0, 0.0)   # the same, spent by the runs this one resumes
-    stop: StopRequest = field(default_factory=lambda: StopRequest(
-        "stopping after this step with a checkpoint and the final model"))
-    samples_seen: int = 0
-    rate_mark: tuple[float, int] = (0.0, 0)  # (wall clock, samples seen) at the last log line
+    stop: StopRequest = field(default_factory=lambda: StopRequest("stopping after this step with a checkpoint and the final model"))
+    samples_since_log: int = 0      # and since when (wall clock): the rate a log line shows
+    logged_at: float = field(default_factory=time.time)
     losses: list[float] = field(default_factory=list)
     last_metrics: dict = field(default_factory=dict)
     evaluated_at: int | None = None
@@ -438,10 +437,10 @@ def after_step(run: Run, state: TrainState, bar) -> bool:
     bar.update(1)
     bar.set_postfix(loss=f"{run.losses[-1]:.3f}")
     if state.step % args.log_steps == 0:
-        now = time.time()  # the rate since the last log line: a run paused or shared earlier reads true now
+        now = time.time()
         run.log.write(state, {"loss": float(np.mean(run.losses)), "lr": run.scheduler.get_last_lr()[0],
-                              "samples_per_s": (run.samples_seen - run.rate_mark[1]) / (now - run.rate_mark[0])})
-        run.losses, run.rate_mark = [], (now, run.samples_seen)
+                              "samples_per_s": run.samples_since_log / (now - run.logged_at)})
+        run.losses, run.samples_since_log, run.logged_at = [], 0, now
     if args.eval_steps and state.step % args.eval_steps == 0:
         run.evaluate(state)
     if state.step % args.save_steps == 0:
@@ -456,7 +455,7 @@ def train_epoch(run: Run, state: TrainState, bar) -> bool:
         run.losses.append(train_step(run.accelerator, run.model, run.optimizer, run.scheduler, batch,
                                      run.args.max_grad_norm))
         state.batches_in_epoch += 1
-        run.samples_seen += batch["labels"].shape[0] * run.accelerator.num_processes
+        run.samples_since_log += batch["labels"].shape[0] * run.accelerator.num_processes
         if not run.accelerator.sync_gradients:
             continue
         state.step += 1
@@ -478,7 +477,6 @@ def run_loop(run: Run, state: TrainState) -> dict:
     bar = tqdm(total=run.total_steps, initial=state.step, desc="training", unit="step",
                disable=not run.accelerator.is_main_process)
     run.loop_started, run.loop_cpu_started = time.time(), time.process_time()
-    run.rate_mark = (run.loop_started, run.samples_seen)
     run.resumed = (state.train_seconds, state.train_cpu_seconds)
     stopped = False
     try:

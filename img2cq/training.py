@@ -411,7 +411,7 @@ class Run:
     loop_cpu_started: float = 0.0
     resumed: tuple[float, float] = (0.0, 0.0)   # the same, spent by the runs this one resumes
     stop: StopRequest = field(default_factory=lambda: StopRequest("stopping after this step with a checkpoint and the final model"))
-    samples_since_log: int = 0      # and since when (wall clock): the rate a log line shows
+    samples_since_log: int = 0      # since the last log line, written at logged_at: the rate it shows
     logged_at: float = field(default_factory=time.time)
     losses: list[float] = field(default_factory=list)
     last_metrics: dict = field(default_factory=dict)

@@ -59,3 +59,21 @@ def test_importing_the_sandbox_loads_no_heavy_package(repo_root):
     out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_the_package_configuration_ships_every_module_and_data_folder(repo_root):
+    """A wheel (``pip install .``) holds every folder of the three top-level packages that has code or
+    data, as the editable install of the README does (a listed-packages config once left out the sandbox)."""
+    import tomllib
+
+    from setuptools import find_namespace_packages
+
+    config = tomllib.loads((repo_root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    find = config["packages"]["find"]
+    shipped = set(find_namespace_packages(str(repo_root), include=find["include"], exclude=find["exclude"]))
+    needed = {str(d.relative_to(repo_root)).replace("/", ".")
+              for top in ("img2cq", "metrics", "scheduling") for d in [repo_root / top, *(repo_root / top).rglob("*")]
+              if d.is_dir() and d.name != "__pycache__" and any(f.is_file() for f in d.iterdir())}
+    assert needed <= shipped and "img2cq.sandbox" in shipped
+    data = config["package-data"]
+    assert data["img2cq.serving.static"] and (repo_root / "img2cq/serving/static/index.html").is_file()

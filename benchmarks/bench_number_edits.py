@@ -49,13 +49,18 @@ def main() -> int:
     from img2cq import agreement, codec
     from img2cq.build import BuildPool, structure_views
     from img2cq.comparator import LearnedAgreement
+    from img2cq.console import fail
+    from img2cq.data import DataError
     from img2cq.evaluation import load_samples
     from img2cq.structured import number_variants
 
     if not args.kept.is_file():
-        sys.exit(f"error: no such file: {args.kept} (run benchmarks/bench_search.py first)")
+        return fail(f"no such file: {args.kept} (run benchmarks/bench_search.py first)")
     kept = {row["id"]: row["program"] for row in map(json.loads, args.kept.read_text().splitlines())}
-    rows = [r for r in load_samples(args.eval_json, args.samples) if r["id"] in kept]
+    try:
+        rows = [r for r in load_samples(args.eval_json, args.samples) if r["id"] in kept]
+    except DataError as e:
+        return fail(e)
     learned = LearnedAgreement.load(args.comparator)
     judges = {"hand-made, 112 px": lambda ref, views: agreement.agreements(ref[112], views),
               "hand-made, 448 px": lambda ref, views: agreement.agreements(ref[448], views),

@@ -8,7 +8,8 @@ against the picture's own program by the project's 3D IoU. Printed: the kept par
 variant's (the oracle: what a perfect judge would pick); and the variant each judge picks (the
 kept part among them): the hand-made agreement at 112 and 448 px, the learned one, their mean.
 ``--oracle-rounds N`` then climbs the true IoU N rounds (the best variant of the best variant...):
-the ceiling of number edits alone.
+the ceiling of number edits alone. ``--cache DIR`` keeps each picture's measured variants, so that
+judges (``--also``: more saved comparators) are compared again in seconds.
 
     python benchmarks/bench_search.py --eval-json benchmarks/real_dev/test.jsonl --settings 8:64:7
     python benchmarks/bench_number_edits.py --eval-json benchmarks/real_dev/test.jsonl \\
@@ -33,6 +34,24 @@ def true_ious(pool, truth: list, structures: list[list]) -> np.ndarray:
     return np.array([(r[0] or 0.0) if r else 0.0 for r in pool.map(structure_ious, [(truth, [s]) for s in structures])])
 
 
+def measured_variants(pool, truth: list, start: list, picture_views: np.ndarray) -> dict:
+    """The kept structure (first) and its number variants that build: their true IoU, their views
+    at the agreement's resolution (packed) and their hand-made agreement at 448 px."""
+    from img2cq import agreement
+    from img2cq.build import structure_views
+    from img2cq.structured import number_variants
+
+    structures = [start] + number_variants(start)
+    views = [None if v is None else agreement.unpack_views(v) for v in pool.map(structure_views, structures)]
+    built = [k for k, v in enumerate(views) if v is not None]
+    views = [views[k] for k in built]
+    reduced = [np.stack(agreement.reduce_views(v, agreement.RESOLUTION)) for v in views]
+    return {"iou": true_ious(pool, truth, [structures[k] for k in built]),
+            "views": np.stack([np.packbits(r) for r in reduced]),
+            "hand448": np.array(agreement.agreements(agreement.Masks.from_views(picture_views, 448), views)),
+            "variant": np.array(built)}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--eval-json", default="benchmarks/real_dev/test.jsonl")
@@ -40,6 +59,9 @@ def main() -> int:
     p.add_argument("--samples", type=int, default=None, help="first N pictures (default: all)")
     p.add_argument("--oracle-rounds", type=int, default=1, help="rounds the oracle climbs the true IoU")
     p.add_argument("--comparator", default=None, help="learned agreement (default: the shipped one)")
+    p.add_argument("--also", nargs="*", default=[], help="more learned agreements to compare (saved comparators)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="folder keeping each picture's measured variants: a second run only judges")
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args()
 
@@ -47,7 +69,7 @@ def main() -> int:
     from tqdm import tqdm
 
     from img2cq import agreement, codec
-    from img2cq.build import BuildPool, structure_views
+    from img2cq.build import BuildPool
     from img2cq.comparator import LearnedAgreement
     from img2cq.console import fail
     from img2cq.data import DataError
@@ -59,15 +81,19 @@ def main() -> int:
     kept = {row["id"]: row["program"] for row in map(json.loads, args.kept.read_text().splitlines())}
     try:
         rows = [r for r in load_samples(args.eval_json, args.samples) if r["id"] in kept]
-    except DataError as e:
+        comparators = {"learned": LearnedAgreement.load(args.comparator),
+                       **{f"learned ({name})": LearnedAgreement.load(name) for name in args.also}}
+    except (DataError, FileNotFoundError) as e:
         return fail(e)
-    learned = LearnedAgreement.load(args.comparator)
-    judges = {"hand-made, 112 px": lambda ref, views: agreement.agreements(ref[112], views),
-              "hand-made, 448 px": lambda ref, views: agreement.agreements(ref[448], views),
-              "learned": lambda ref, views: learned.scores(ref[112], views),
-              "mean of learned and hand-made": lambda ref, views: learned.blended_scores(ref[112], views)}
-    picked = {name: [] for name in ["kept", "oracle", *judges, "oracle climbing"]}
-    spearman = {name: [] for name in judges}
+    judges = {"hand-made, 112 px": agreement.agreements}
+    for name, learned in comparators.items():
+        judges[name] = learned.scores
+        judges[f"mean of {name} and hand-made"] = learned.blended_scores
+    picked = {name: [] for name in ["kept", "oracle", "hand-made, 448 px", *judges, "oracle climbing"]}
+    spearman = {name: [] for name in picked}
+    if args.cache:
+        args.cache.mkdir(parents=True, exist_ok=True)
+    n = agreement.RESOLUTION
     with BuildPool(args.workers) as pool:
         pool.wait_ready()
         for row in tqdm(rows, desc="number edits", unit="img"):
@@ -75,21 +101,28 @@ def main() -> int:
                 truth, start = codec.parse(row["cadquery"]), codec.parse(kept[row["id"]])
             except codec.CodecError:  # a kept program outside the codec has no numbers to edit here
                 continue
-            structures = [start] + number_variants(start)
-            views = [None if v is None else agreement.unpack_views(v) for v in pool.map(structure_views, structures)]
-            built = [k for k, v in enumerate(views) if v is not None]
-            ious = true_ious(pool, truth, [structures[k] for k in built])
-            views = [views[k] for k in built]
             picture = agreement.views_from_image(row["image"])
-            reference = {n: agreement.Masks.from_views(picture, n) for n in (112, 448)}
+            cached = args.cache / f"{row['id']}-{args.kept.stem}.npz" if args.cache else None
+            if cached is not None and cached.is_file():
+                with np.load(cached) as data:
+                    measured = {k: data[k] for k in data.files}
+            else:
+                measured = measured_variants(pool, truth, start, picture)
+                if cached is not None:
+                    np.savez(cached, **measured)
+            ious = measured["iou"]
+            views = [np.unpackbits(v)[:2 * n * n].reshape(2, n, n).astype(bool) for v in measured["views"]]
+            reference = agreement.Masks.from_views(picture)
+            scores = {"hand-made, 448 px": measured["hand448"],
+                      **{name: np.asarray(judge(reference, views)) for name, judge in judges.items()}}
             picked["kept"].append(ious[0])
             picked["oracle"].append(ious.max())
-            for name, judge in judges.items():
-                scores = np.asarray(judge(reference, views))
-                picked[name].append(ious[int(np.argmax(scores))])
-                if np.ptp(ious) > 1e-6 and np.ptp(scores) > 1e-9:
-                    spearman[name].append(spearmanr(scores, ious).correlation)
-            best, best_iou = structures[built[int(np.argmax(ious))]], ious.max()
+            for name, score in scores.items():
+                picked[name].append(ious[int(np.argmax(score))])
+                if np.ptp(ious) > 1e-6 and np.ptp(score) > 1e-9:
+                    spearman[name].append(spearmanr(score, ious).correlation)
+            structures = [start] + number_variants(start)
+            best, best_iou = structures[measured["variant"][int(np.argmax(ious))]], ious.max()
             for _ in range(args.oracle_rounds - 1):
                 variants = number_variants(best)
                 climbed = true_ious(pool, truth, variants)
@@ -101,12 +134,12 @@ def main() -> int:
         del picked["oracle climbing"]
     base = np.array(picked["kept"])
     print(f"\n{args.eval_json}: {len(base)} kept parts of {args.kept.name}")
-    print(f"{'pick among the kept part and its number variants':44s} {'IoU':>6s} {'paired':>16s} {'Spearman':>9s}")
+    print(f"{'pick among the kept part and its number variants':52s} {'IoU':>6s} {'paired':>16s} {'Spearman':>9s}")
     for name, values in picked.items():
         d = np.array(values) - base
-        rho = f"{np.nanmean(spearman[name]):9.3f}" if name in spearman else ""
+        rho = f"{np.nanmean(spearman[name]):9.3f}" if spearman[name] else ""
         label = name + (f" ({args.oracle_rounds} rounds)" if name == "oracle climbing" else "")
-        print(f"{label:44s} {np.mean(values):6.3f} {d.mean():+7.3f} ± {d.std(ddof=1) / np.sqrt(len(d)):.3f} {rho}")
+        print(f"{label:52s} {np.mean(values):6.3f} {d.mean():+7.3f} ± {d.std(ddof=1) / np.sqrt(len(d)):.3f} {rho}")
     return 0
 
 

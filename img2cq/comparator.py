@@ -42,6 +42,9 @@ SHORTLIST_POOL = 64          # candidates are drawn from this many nearest libra
 FROM_SHORTLIST = 12          # ... this many of them (always the nearest)
 EDITS_OF_NEAREST = 4         # edits of the nearest part (what refinement of a retrieved part tries)
 EDITS_OF_QUERY = 4           # edits of the query itself (near-right candidates)
+NEAR_MISS_SHORTLIST = 16     # variant groups: a query's near miss is the best of this many nearest parts ...
+NEAR_MISS_REFINE_S = 1.0     # ... refined this long by the hand-made agreement ...
+VARIANTS = 24                # ... and this many of its single-number variants are its candidates
 MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "agreement"
 
 
@@ -69,13 +72,42 @@ def query_candidates(query: list[codec.Sketch], shortlist: list[int], library,
     return candidates, ranks + [-1] * EDITS_OF_NEAREST + [-2] * EDITS_OF_QUERY
 
 
+def near_miss(pool, library, query_views: np.ndarray, thumb: np.ndarray, rng: np.random.Generator) -> list[codec.Sketch]:
+    """What a short search keeps for a query's picture: the best of ``NEAR_MISS_SHORTLIST`` of its
+    ``SHORTLIST_POOL`` nearest library parts (drawn: a sampler query's nearest parts are often
+    near copies, a real part's are not) by the hand-made agreement, refined by it for
+    ``NEAR_MISS_REFINE_S``: usually the right look and not quite the right part, as the search's
+    kept parts are."""
+    from img2cq.library import grey_features
+    from img2cq.structured import refine, score_structures
+
+    reference = agreement.Masks.from_reduced(*query_views)
+    nearest = library.nearest_features(grey_features(thumb[None])[0], SHORTLIST_POOL)
+    shortlist = [library.sketches(nearest[k]) for k in sorted(rng.choice(len(nearest), NEAR_MISS_SHORTLIST, replace=False))]
+    scores = score_structures(shortlist, reference, pool)
+    best = int(np.argmax(scores))
+    return refine(shortlist[best], reference, pool, NEAR_MISS_REFINE_S, scores[best], seed=int(rng.integers(2**31)))[0]
+
+
+def variant_candidates(start: list[codec.Sketch], rng: np.random.Generator) -> tuple[list[list[codec.Sketch]], list[int]]:
+    """A near miss and ``VARIANTS`` of its single-number variants (``structured.number_variants``),
+    drawn; source codes -3 for the near miss, -4 for a variant."""
+    from img2cq.structured import number_variants
+
+    variants = number_variants(start)
+    drawn = [variants[k] for k in sorted(rng.choice(len(variants), min(VARIANTS, len(variants)), replace=False))]
+    return [start] + drawn, [-3] + [-4] * len(drawn)
+
+
 def pair_path(work: Path, seed: int, number: int) -> Path:
     return work / f"pairs-seed{seed}-{number:05d}.npz"
 
 
-def chunk_pairs(pool, library, seed: int, number: int) -> dict:
+def chunk_pairs(pool, library, seed: int, number: int, kind: str = "shortlists") -> dict:
     """Pairs of the ``CHUNK`` queries of chunk ``number``: reference views (packed), candidate
-    views (packed), the query of each candidate, its source code and its true IoU."""
+    views (packed), the query of each candidate, its source code and its true IoU. ``kind``:
+    "shortlists" (``query_candidates``: shortlist parts and edits) or "variants"
+    (``variant_candidates``: a near miss and its number variants)."""
     from functools import partial
 
     from img2cq.build import structure_ious, structure_views
@@ -89,8 +121,12 @@ def chunk_pairs(pool, library, seed: int, number: int) -> dict:
             continue
         rng = np.random.default_rng([seed, part["index"]])
         query = codec.from_tokens(part["tokens"].split())
-        shortlist = library.nearest_features(grey_features(part["thumb"][None])[0], SHORTLIST_POOL)
-        candidates, codes = query_candidates(query, shortlist, library, rng)
+        if kind == "variants":
+            picture = np.unpackbits(part["views"])[:2 * n * n].reshape(2, n, n).astype(bool)
+            candidates, codes = variant_candidates(near_miss(pool, library, picture, part["thumb"], rng), rng)
+        else:
+            shortlist = library.nearest_features(grey_features(part["thumb"][None])[0], SHORTLIST_POOL)
+            candidates, codes = query_candidates(query, shortlist, library, rng)
         rendered = pool.map(partial(structure_views, resolution=n), candidates)  # reduced in the workers
         halves = pool.map(structure_ious, [(query, candidates[k::2]) for k in range(2)])
         measured = [None] * len(candidates)
@@ -111,9 +147,10 @@ def chunk_pairs(pool, library, seed: int, number: int) -> dict:
             "source": np.array(sources, np.int16), "iou": np.array(ious, np.float32)}
 
 
-def generate_pairs(work: str | Path, queries: int, seed: int, library, workers: int = 2, progress: bool = True) -> None:
-    """Write pair files for the first ``queries`` sampler draws of ``seed`` (resumes: chunks
-    already written are skipped)."""
+def generate_pairs(work: str | Path, queries: int, seed: int, library, workers: int = 2, progress: bool = True,
+                   kind: str = "shortlists") -> None:
+    """Write pair files of ``kind`` (``chunk_pairs``) for the first ``queries`` sampler draws of
+    ``seed`` (resumes: chunks already written are skipped)."""
     from tqdm.auto import tqdm
 
     from img2cq.build import BuildPool
@@ -125,7 +162,7 @@ def generate_pairs(work: str | Path, queries: int, seed: int, library, workers: 
         return
     with BuildPool(workers) as pool:
         for number in tqdm(todo, desc="comparator pairs", unit="chunk", disable=not progress):
-            record = chunk_pairs(pool, library, seed, number)
+            record = chunk_pairs(pool, library, seed, number, kind)
             path = pair_path(work, seed, number)
             np.savez(path.with_suffix(".tmp.npz"), **record)
             path.with_suffix(".tmp.npz").replace(path)  # a stopped run never leaves half a chunk
@@ -286,7 +323,8 @@ class PairSet:
     candidates: np.ndarray     # (P, 3, n, n) uint8
     hand: np.ndarray           # (P,) float32: agreement.agreement of the pair, to compare with
     query_of: np.ndarray       # (P,) int
-    source: np.ndarray         # (P,) int: shortlist rank, -1 edit of the nearest part, -2 edit of the query
+    source: np.ndarray         # (P,) int: shortlist rank, -1 edit of the nearest part, -2 edit of the query,
+                               # -3 a near miss, -4 its number variant
     iou: np.ndarray            # (P,) float32
 
     @classmethod

@@ -32,11 +32,17 @@ class ComparatorArguments:
     seed: int = field(default=7000, metadata={"help": "sampler seed of the query parts"})
     library: str | None = field(default=None, metadata={
         "help": "part library the shortlists come from (default: the shipped one)"})
+    candidates: str = field(default="shortlists", metadata={
+        "help": "each query's candidates: 'shortlists' (parts of its library shortlist and edits) or "
+                "'variants' (a near miss, what a short search keeps, and its single-number variants)"})
     work: Path = field(default=Path("runs/comparator-pairs"), metadata={"help": "pair files (resumable)"})
     earlier: list[str] = field(default_factory=list, metadata={
         "help": "pair folders of earlier draws to train on as well, as FOLDER:SEED (e.g. drawn against "
                 "another library); they come first, so the held-out share is taken from this draw's end"})
     out: Path = field(default=Path("models/agreement"), metadata={"help": "where the model is saved"})
+    init: Path | None = field(default=None, metadata={
+        "help": "a saved comparator whose first member each network starts from (fine-tuning; its "
+                "width, not --width), instead of a random start"})
     width: int = field(default=16, metadata={"help": "channels of the first convolution"})
     members: int = field(default=1, metadata={
         "help": "networks trained alike from different random starts, their predictions averaged"})
@@ -51,6 +57,8 @@ class ComparatorArguments:
     def __post_init__(self):
         if self.queries < 50 or self.epochs < 1 or self.members < 1 or not 0 < self.validation < 0.5:
             raise ArgumentError("need --queries >= 50, --epochs >= 1, --members >= 1 and 0 < --validation < 0.5")
+        if self.candidates not in ("shortlists", "variants"):
+            raise ArgumentError(f"--candidates is 'shortlists' or 'variants', got {self.candidates!r}")
         if not all(":" in e and e.rsplit(":", 1)[1].isdigit() for e in self.earlier):
             raise ArgumentError(f"--earlier takes FOLDER:SEED, got {' '.join(self.earlier)}")
 
@@ -76,16 +84,18 @@ def predict(judge, pairs, chunk: int = 512) -> np.ndarray:
                            for index in np.array_split(np.arange(len(pairs.iou)), -(-len(pairs.iou) // chunk))])
 
 
+def ranked(pairs, members: np.ndarray, shortlist_only: bool = True) -> np.ndarray:
+    """The pairs of one query that a judge ranks: a shortlist query's shortlist parts (its edits
+    too unless ``shortlist_only``), a variant query's near miss and all its variants."""
+    shortlist = members[pairs.source[members] >= 0]
+    return shortlist if shortlist_only and len(shortlist) else members
+
+
 def ranking(pairs, scores, shortlist_only: bool = True) -> tuple[float, float]:
-    """``rank_quality`` over each query's shortlist candidates (or all its candidates)."""
+    """``rank_quality`` over each query's ``ranked`` candidates."""
     from img2cq.comparator import rank_quality
 
-    groups = []
-    for members in pairs.groups():
-        if shortlist_only:
-            members = members[pairs.source[members] >= 0]
-        if len(members) >= 2:
-            groups.append((scores[members], pairs.iou[members]))
+    groups = [(scores[m], pairs.iou[m]) for m in (ranked(pairs, g, shortlist_only) for g in pairs.groups()) if len(m) >= 2]
     return rank_quality(groups)
 
 
@@ -104,15 +114,17 @@ def split(pairs, validation: float):
     return sets
 
 
-def train_member(args: ComparatorArguments, train, val, seed: int, label: str):
-    """One network fitted to the pairs' IoU from the random start of ``seed``, reporting on the
-    held-out queries after each epoch."""
+def train_member(args: ComparatorArguments, train, val, seed: int, label: str, initial=None):
+    """One network fitted to the pairs' IoU from the random start of ``seed`` (or from the first
+    member of the comparator ``initial``), reporting on the held-out queries after each epoch."""
     import torch
 
     from img2cq import comparator
 
     torch.manual_seed(seed)
-    model = comparator.build_model(comparator.ComparatorConfig(width=args.width))
+    model = comparator.build_model(initial.members[0].config if initial else comparator.ComparatorConfig(width=args.width))
+    if initial is not None:
+        model.load_state_dict(initial.members[0].state_dict())
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     groups = train.groups()
     steps = args.epochs * -(-len(groups) // args.queries_per_step)
@@ -170,20 +182,26 @@ def main(argv=None) -> int:
     logging.basicConfig(filename=args.work / "pairs.log", level=logging.INFO, format="%(asctime)s %(message)s")
     try:
         library = PartLibrary.load(args.library)
+        initial = None if args.init is None else comparator.LearnedAgreement.load(args.init)
     except FileNotFoundError as e:
         return fail(e)
-    comparator.generate_pairs(args.work, args.queries, args.seed, library, args.workers, not args.no_progress)
+    comparator.generate_pairs(args.work, args.queries, args.seed, library, args.workers, not args.no_progress,
+                              args.candidates)
     records = earlier_records + comparator.read_pairs(args.work, args.seed)[:-(-args.queries // comparator.CHUNK)]
     train, val = split(comparator.PairSet.from_records(records, not args.no_progress), args.validation)
     print(f"{len(train.references)} training queries ({len(train.iou)} pairs), {len(val.references)} held out "
           f"({len(val.iou)} pairs)")
 
     hand = ranking(val, val.hand)
+    near_misses = val.iou[val.source == -3]
     print(f"hand-made agreement on the held-out queries: Spearman {hand[0]:.3f}, kept IoU {hand[1]:.3f}; "
-          f"oracle {np.mean([val.iou[g[val.source[g] >= 0]].max() for g in val.groups()]):.3f}")
+          f"oracle {np.mean([val.iou[ranked(val, g)].max() for g in val.groups()]):.3f}"
+          + (f"; the near misses {near_misses.mean():.3f}" if len(near_misses) else ""))
     torch.set_num_threads(args.threads)
     recipe = {"seed": args.seed, "queries": len(train.references), "pairs": len(train.iou),
-              "earlier_pairs": args.earlier, "epochs": args.epochs, "width": args.width}
+              "earlier_pairs": args.earlier, "epochs": args.epochs,
+              "width": initial.members[0].config.width if initial else args.width,
+              "candidates": args.candidates, "init": None if args.init is None else str(args.init)}
     finished = earlier_members(args.out, recipe)
     started, members, member_cards = time.perf_counter(), [], []
     for k in range(args.members):
@@ -191,7 +209,8 @@ def main(argv=None) -> int:
             member = finished[k]
             print(f"member {k + 1}/{args.members}: kept from {args.out}")
         else:
-            member = train_member(args, train, val, seed=args.seed + k, label=f"member {k + 1}/{args.members}")
+            member = train_member(args, train, val, seed=args.seed + k, label=f"member {k + 1}/{args.members}",
+                                  initial=initial)
         members.append(member)
         alone = ranking(val, predict(comparator.LearnedAgreement([member]), val))
         member_cards.append({"spearman": round(alone[0], 4), "kept_iou": round(alone[1], 4)})

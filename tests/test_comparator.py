@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from img2cq import agreement, codec, comparator
+from img2cq.data import draw_rng
 from img2cq.library import PartLibrary
+from img2cq.sampler import sample_program
 
 SEED = 77
 
@@ -33,6 +35,25 @@ def test_pairs_are_measured_and_a_stopped_run_resumes(tmp_path, shipped_library,
     assert ((pairs.iou >= 0) & (pairs.iou <= 1 + 1e-6)).all()
     # an edit of the query itself is, on the whole, far closer to it than a retrieved stranger
     assert pairs.iou[pairs.source == -2].mean() > pairs.iou[pairs.source >= 1].mean()
+
+
+def test_variant_pairs_are_a_near_miss_and_its_number_variants(tmp_path, shipped_library, monkeypatch):
+    monkeypatch.setattr(comparator, "CHUNK", 2)
+    monkeypatch.setattr(comparator, "NEAR_MISS_SHORTLIST", 3)
+    monkeypatch.setattr(comparator, "NEAR_MISS_REFINE_S", 0.2)
+    monkeypatch.setattr(comparator, "VARIANTS", 5)
+    comparator.generate_pairs(tmp_path, 2, SEED, shipped_library, progress=False, kind="variants")
+    pairs = comparator.PairSet.from_records(comparator.read_pairs(tmp_path, SEED), progress=False)
+    assert len(pairs.references) >= 1 and ((pairs.iou >= 0) & (pairs.iou <= 1 + 1e-6)).all()
+    for group in pairs.groups():  # the near miss first, then up to 5 distinct variants of it
+        assert pairs.source[group[0]] == -3 and set(pairs.source[group[1:]]) == {-4} and 2 <= len(group) <= 6
+
+
+def test_variant_candidates_differ_from_the_near_miss_in_one_number():
+    start = codec.parse(sample_program(draw_rng(5, "train", 3)))
+    candidates, sources = comparator.variant_candidates(start, np.random.default_rng(0))
+    assert candidates[0] == start and sources == [-3] + [-4] * (len(candidates) - 1) and len(candidates) >= 6
+    assert all(c != start for c in candidates[1:]) and len({repr(c) for c in candidates}) == len(candidates)
 
 
 def test_a_saved_model_loads_and_scores_alike(tmp_path):

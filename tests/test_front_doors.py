@@ -17,6 +17,8 @@ FRONT_DOORS = [
     (["scripts/build_library.py"], "--exclude-programs-in", ["--dims", "0"], "1 <= --dims <= 1024"),
     (["scripts/train_comparator.py"], "--queries-per-step", ["--queries", "3"], "need --queries >= 50"),
     (["scripts/train_comparator.py"], "--earlier", ["--earlier", "no-such-folder:7000"], "no pair files of seed 7000"),
+    (["scripts/train_comparator.py"], "--candidates", ["--candidates", "parts"], "--candidates is 'shortlists' or 'variants'"),
+    (["scripts/train_comparator.py"], "--init", ["--init", "no-such-comparator"], "no comparator in no-such-comparator"),
     (["scripts/download_hf_dataset.py"], "--view-jitter-deg", ["--size", "8"], "--size >= 16"),
     (["scripts/export_model.py"], "--split-mib", ["only-a-model-dir"], "MODEL_DIR and OUT_DIR are needed"),
     (["scripts/render_programs.py"], "--id-prefix", ["a.jsonl", "out", "--workers", "0"], "need --workers >= 1"),

@@ -84,6 +84,24 @@ def structure_views(sketches: list[codec.Sketch], resolution: int | None = None)
         return None
 
 
+def worker_context():
+    """Workers are forked by multiprocessing's fork server, a fresh process: a worker never inherits
+    the caller's threads, GL context or model. The server is started with SIGINT ignored and its
+    workers inherit that from their first instruction: a terminal's Ctrl-C, which reaches every
+    process of the group, never prints the traceback of a worker still starting Python (a
+    replacement, at any time). Off the main thread the caller's SIGINT cannot be changed, and
+    the server starts as it is."""
+    from multiprocessing import forkserver
+
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            forkserver.ensure_running()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    return multiprocessing.get_context("forkserver")
+
+
 def _warm_up() -> None:
     """Worker start: import CadQuery and the renderer (its GL context) once, at low priority. Ctrl-C
     at a terminal reaches the workers too: it is the caller's to act on (it closes the pool)."""
@@ -106,9 +124,8 @@ class BuildPool:
         from pebble import ProcessPool
 
         self.workers, self.timeout = workers, timeout
-        # spawn: a worker never inherits the caller's threads, GL context or model
         self._pool = ProcessPool(max_workers=workers, max_tasks=MAX_TASKS_PER_WORKER, initializer=_warm_up,
-                                 context=multiprocessing.get_context("spawn"))
+                                 context=worker_context())
 
     def wait_ready(self) -> None:
         """Return once every worker has started (imported CadQuery and the renderer)."""

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from img2cq import agreement, codec
-from img2cq.build import BuildPool, build_shape, result_shape, structure_views
+from img2cq.build import BuildPool, build_shape, result_shape, structure_views, worker_context
 from img2cq.data import draw_rng, seamed_program
 from img2cq.sampler import sample_program
 
@@ -74,3 +74,25 @@ def test_a_crashed_or_hung_worker_is_replaced():
     with BuildPool(workers=1, timeout=2.0) as pool:
         assert pool.map(crash, [0]) == [None]
         assert pool.map(hang, [30, 0.01]) == [None, 0.01]  # the hung job is cut off; the next runs
+
+
+def report_sigint(queue):
+    import signal
+
+    queue.put(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+
+
+def test_workers_start_with_ctrl_c_ignored():
+    """A terminal's Ctrl-C reaches the workers too, possibly while one is still starting Python (a
+    replacement after a crash, at any time): they begin with SIGINT ignored, before any code of
+    theirs runs, so none prints a traceback for it. The caller's own handler is left as it was."""
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    context = worker_context()
+    queue = context.Queue()
+    process = context.Process(target=report_sigint, args=(queue,))  # a bare process: no pool initializer
+    process.start()
+    assert queue.get(timeout=60) is True
+    process.join(timeout=30)
+    assert signal.getsignal(signal.SIGINT) is before

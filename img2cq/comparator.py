@@ -10,7 +10,9 @@ This model learns it from sampler parts, whose true IoU the build workers measur
   candidates are what the search scores: parts of its library shortlist, and edits
   (``structured.mutate``) of its nearest part and of the query itself, as refinement makes them.
   Every candidate is built and rendered, and its IoU with the query measured by the project's
-  metric. Resumable: a file per ``CHUNK`` queries.
+  metric. Resumable: a file per ``CHUNK`` queries. Or, with ``kind="variants"``, a near miss
+  (what a short search keeps for the query's picture) and its single-number variants: a judge
+  trained on those picked them no better than the hand-made agreement (docs/search.md).
 - **model** (``Comparator``): both pictures' silhouette and edge masks plus the distance to the
   nearest edge of each, stacked as channels at ``agreement.RESOLUTION``, four strided
   convolutions, mean- and max-pooled, a small head; trained to regress the IoU

@@ -61,7 +61,8 @@ def main() -> int:
     p.add_argument("--comparator", default=None, help="learned agreement (default: the shipped one)")
     p.add_argument("--also", nargs="*", default=[], help="more learned agreements to compare (saved comparators)")
     p.add_argument("--cache", type=Path, default=None,
-                   help="folder keeping each picture's measured variants: a second run only judges")
+                   help="folder keeping each picture's measured variants, by picture and kept-program file: a "
+                        "second run only judges (empty it after a change to the variants' grid)")
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args()
 

@@ -6,4 +6,6 @@ cd "$(dirname "$0")/.."
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0
-python -m pip install -q -e ".[dev,postgres,cluster]"
+# setuptools warns on every editable install that a folder named like the package could shadow it
+# (the checkout's own img2cq/ is the package itself): silenced, for this command only
+PYTHONWARNINGS="ignore:Editable installation" python -m pip install -q -e ".[dev,postgres,cluster]"

@@ -145,8 +145,9 @@ def train_member(args: ComparatorArguments, train, val, seed: int, label: str, i
         model.eval()
         predicted = predict(comparator.LearnedAgreement([model]), val)
         (rho, kept), (rho_all, _) = ranking(val, predicted), ranking(val, predicted, shortlist_only=False)
+        with_edits = f" (with edits {rho_all:.3f})" if (val.source >= 0).any() else ""  # variant pairs have none
         print(f"{label} epoch {epoch + 1}/{args.epochs}: loss {total / -(-len(order) // args.queries_per_step):.4f}, "
-              f"held out Spearman {rho:.3f} (with edits {rho_all:.3f}), kept IoU {kept:.3f} "
+              f"held out Spearman {rho:.3f}{with_edits}, kept IoU {kept:.3f} "
               f"({time.perf_counter() - started:.0f} s)", flush=True)
     return model
 

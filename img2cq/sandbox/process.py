@@ -472,7 +472,6 @@ def worker_main(read_fd: int, write_fd: int, isolation: str, nice: int, preload:
     """Serve jobs from the parent until it closes the pipe."""
     os.nice(nice)  # inherited by every child
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # go when the caller goes
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the caller's: it closes the executor
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
     import cadquery  # noqa: F401 - paid once here, inherited by every forked child
 
@@ -512,7 +511,10 @@ class Worker:
         env = _worker_environment()
         env["PYTHONPATH"] = os.pathsep.join(p for p in [repo_root(), env.get("PYTHONPATH", "")] if p)
         self.process = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from img2cq.sandbox.process import worker_main; "
+            # SIGINT ignored first of all: a terminal's Ctrl-C is the caller's (it closes the executor),
+            # and one that comes while the worker is still importing must not print its traceback
+            [sys.executable, "-c", "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+             "import sys; from img2cq.sandbox.process import worker_main; "
              "worker_main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5:])",
              str(to_worker_r), str(from_worker_w), isolation, str(nice), *preload],
             pass_fds=(to_worker_r, from_worker_w), stdin=subprocess.DEVNULL, env=env, close_fds=True,

@@ -59,7 +59,7 @@ def query_pairs(args, library) -> list[dict]:
                 continue
             query = codec.from_tokens(part["tokens"].split())
             n = agreement.RESOLUTION
-            views = np.unpackbits(part["views"])[:2 * n * n].reshape(2, n, n).astype(bool)
+            views = agreement.unpack_views(part["views"], n)
             reference = agreement.Masks.from_reduced(views[0], views[1])
             shortlist = library.nearest_features(lib.grey_features(part["thumb"][None])[0], args.shortlist)
             candidates = [library.sketches(i) for i in shortlist]

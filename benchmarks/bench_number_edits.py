@@ -27,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+
 def true_ious(pool, truth: list, structures: list[list]) -> np.ndarray:
     """3D IoU of each structure with ``truth`` (0 where it does not build), one job each."""
     from img2cq.build import structure_ious
@@ -34,14 +35,12 @@ def true_ious(pool, truth: list, structures: list[list]) -> np.ndarray:
     return np.array([(r[0] or 0.0) if r else 0.0 for r in pool.map(structure_ious, [(truth, [s]) for s in structures])])
 
 
-def measured_variants(pool, truth: list, start: list, picture_views: np.ndarray) -> dict:
-    """The kept structure (first) and its number variants that build: their true IoU, their views
-    at the agreement's resolution (packed) and their hand-made agreement at 448 px."""
+def measured_variants(pool, truth: list, structures: list[list], picture_views: np.ndarray) -> dict:
+    """Of the kept structure and its number variants (``structures``), those that build: their index,
+    true IoU, views at the agreement's resolution (packed) and hand-made agreement at 448 px."""
     from img2cq import agreement
     from img2cq.build import structure_views
-    from img2cq.structured import number_variants
 
-    structures = [start] + number_variants(start)
     views = [None if v is None else agreement.unpack_views(v) for v in pool.map(structure_views, structures)]
     built = [k for k, v in enumerate(views) if v is not None]
     views = [views[k] for k in built]
@@ -103,16 +102,17 @@ def main() -> int:
             except codec.CodecError:  # a kept program outside the codec has no numbers to edit here
                 continue
             picture = agreement.views_from_image(row["image"])
+            structures = [start] + number_variants(start)
             cached = args.cache / f"{row['id']}-{args.kept.stem}.npz" if args.cache else None
             if cached is not None and cached.is_file():
                 with np.load(cached) as data:
                     measured = {k: data[k] for k in data.files}
             else:
-                measured = measured_variants(pool, truth, start, picture)
+                measured = measured_variants(pool, truth, structures, picture)
                 if cached is not None:
                     np.savez(cached, **measured)
             ious = measured["iou"]
-            views = [np.unpackbits(v)[:2 * n * n].reshape(2, n, n).astype(bool) for v in measured["views"]]
+            views = [agreement.unpack_views(v, n) for v in measured["views"]]
             reference = agreement.Masks.from_views(picture)
             scores = {"hand-made, 448 px": measured["hand448"],
                       **{name: np.asarray(judge(reference, views)) for name, judge in judges.items()}}
@@ -122,7 +122,6 @@ def main() -> int:
                 picked[name].append(ious[int(np.argmax(score))])
                 if np.ptp(ious) > 1e-6 and np.ptp(score) > 1e-9:
                     spearman[name].append(spearmanr(score, ious).correlation)
-            structures = [start] + number_variants(start)
             best, best_iou = structures[measured["variant"][int(np.argmax(ious))]], ious.max()
             for _ in range(args.oracle_rounds - 1):
                 variants = number_variants(best)

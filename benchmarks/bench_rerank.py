@@ -86,13 +86,13 @@ def main() -> int:
     p.add_argument("--cache", type=Path, default=Path("runs/bench_rerank"))
     args = p.parse_args()
 
-    from img2cq.agreement import RESOLUTION, Masks
+    from img2cq.agreement import RESOLUTION, Masks, unpack_views
     from img2cq.comparator import rank_quality
     from img2cq.library import PartLibrary
 
     library = PartLibrary.load(args.library)
     n = RESOLUTION
-    unpack = lambda packed: np.unpackbits(packed)[:2 * n * n].reshape(2, n, n).astype(bool)
+    unpack = lambda packed: unpack_views(packed, n)  # noqa: E731
     for spec in args.eval_json:
         data = candidates_of(spec, library, args.shortlist, args.workers, args.cache)
         iou = np.maximum(data["iou"], 0.0)

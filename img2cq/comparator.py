@@ -124,7 +124,7 @@ def chunk_pairs(pool, library, seed: int, number: int, kind: str = "shortlists")
         rng = np.random.default_rng([seed, part["index"]])
         query = codec.from_tokens(part["tokens"].split())
         if kind == "variants":
-            picture = np.unpackbits(part["views"])[:2 * n * n].reshape(2, n, n).astype(bool)
+            picture = agreement.unpack_views(part["views"], n)
             candidates, codes = variant_candidates(near_miss(pool, library, picture, part["thumb"], rng), rng)
         else:
             shortlist = library.nearest_features(grey_features(part["thumb"][None])[0], SHORTLIST_POOL)
@@ -334,7 +334,7 @@ class PairSet:
         from tqdm.auto import tqdm
 
         n = agreement.RESOLUTION
-        unpack = lambda packed: np.unpackbits(packed)[:2 * n * n].reshape(2, n, n).astype(bool)
+        unpack = lambda packed: agreement.unpack_views(packed, n)  # noqa: E731
         references, candidates, hand, query_of, source, iou = [], [], [], [], [], []
         for record in tqdm(records, desc="preparing pairs", unit="file", disable=not progress):
             masks = [agreement.Masks.from_reduced(*unpack(r)) for r in record["references"]]

@@ -142,7 +142,8 @@ def number_variants(sketches: list) -> list[list]:
     """Every structure that differs from ``sketches`` in one number on a grid: each sketch's depth and
     scale by ``GRID_FACTORS``, its aspect and each circle's radius by the middle ones, its plane
     moved along its normal by ``GRID_OFFSETS`` of its depth (or a quarter of its scale). A probe of
-    what number edits alone can buy (``benchmarks/bench_number_edits.py``)."""
+    what number edits alone can buy (``benchmarks/bench_number_edits.py``), and the candidates of
+    the comparator's variant pairs (``comparator.variant_candidates``)."""
     top = codec.NUMBER_RANGE
     out = []
     for i, s in enumerate(sketches):

@@ -18,6 +18,7 @@ judges (``--also``: more saved comparators) are compared again in seconds.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -60,8 +61,8 @@ def main() -> int:
     p.add_argument("--comparator", default=None, help="learned agreement (default: the shipped one)")
     p.add_argument("--also", nargs="*", default=[], help="more learned agreements to compare (saved comparators)")
     p.add_argument("--cache", type=Path, default=None,
-                   help="folder keeping each picture's measured variants, by picture and kept-program file: a "
-                        "second run only judges (empty it after a change to the variants' grid)")
+                   help="folder keeping each picture's measured variants, by picture and the variants' programs: "
+                        "a second run with the same kept programs and grid only judges")
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args()
 
@@ -103,7 +104,8 @@ def main() -> int:
                 continue
             picture = agreement.views_from_image(row["image"])
             structures = [start] + number_variants(start)
-            cached = args.cache / f"{row['id']}-{args.kept.stem}.npz" if args.cache else None
+            variants_key = hashlib.sha1(" | ".join(" ".join(codec.to_tokens(s)) for s in structures).encode())
+            cached = args.cache / f"{row['id']}-{variants_key.hexdigest()[:16]}.npz" if args.cache else None
             if cached is not None and cached.is_file():
                 with np.load(cached) as data:
                     measured = {k: data[k] for k in data.files}

@@ -20,7 +20,9 @@ This model learns it from sampler parts, whose true IoU the build workers measur
   convolutions, or trained on the order of one query's candidates (a listwise loss), it learned
   nothing beyond the hand-made score; the plain regression did.
 
-``LearnedAgreement.load()`` reads the shipped model (``models/agreement``). The search ranks its
+``LearnedAgreement.load()`` reads the shipped model (``models/agreement``: two such networks from
+random starts of their own, trained on 8,000 and 6,000 sampler queries, their predictions
+averaged; ``train_comparator.py --join`` made it from the two). The search ranks its
 proposals by the mean of the predicted IoU and the hand-made agreement (``default_judge``); its
 refinement keeps the hand-made agreement, which edits cannot fool as easily (measured:
 ``docs/search.md``).

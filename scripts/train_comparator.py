@@ -2,6 +2,7 @@
 
     python scripts/train_comparator.py --queries 3000            # resumable: run it again after a stop
     python scripts/train_comparator.py --queries 2000 --seed 7300 --work runs/pairs-new --earlier runs/comparator-pairs:7000
+    python scripts/train_comparator.py --join runs/comparator-a runs/comparator-b --out runs/comparator-ab
 
 Stage 1 writes training pairs to ``--work`` (sampler queries of ``--seed``, a file per 25 queries,
 a progress bar, a log in ``<work>/pairs.log``); stopping loses at most the chunk in progress.
@@ -10,7 +11,9 @@ start of its own) on all but the last ``--validation`` share of the queries, pri
 correlation with 3D IoU within one query's shortlist and the IoU of the part each query keeps,
 beside the hand-made agreement's on the same queries, and saves the comparator with a card to
 ``--out`` after each member; a member already saved there is kept, so a stopped run goes on. Query parts come from a sampler seed of their own: never library parts, never the
-benchmark's queries, never evaluation parts.
+benchmark's queries, never evaluation parts. ``--join`` saves the members of saved comparators of the
+same architecture as one comparator (their mean prediction), each source's card inside its card;
+nothing is drawn or trained.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +55,8 @@ class ComparatorArguments:
     validation: float = field(default=0.1, metadata={"help": "share of the queries held out"})
     threads: int = field(default=2, metadata={"help": "torch intra-op threads"})
     workers: int = field(default=2, metadata={"help": "build processes drawing pairs"})
+    join: list[Path] = field(default_factory=list, metadata={
+        "help": "saved comparators to join into one at --out (their members' mean prediction), instead of training"})
     no_progress: bool = False
 
     def __post_init__(self):
@@ -61,6 +66,8 @@ class ComparatorArguments:
             raise ArgumentError(f"--candidates is 'shortlists' or 'variants', got {self.candidates!r}")
         if not all(":" in e and e.rsplit(":", 1)[1].isdigit() for e in self.earlier):
             raise ArgumentError(f"--earlier takes FOLDER:SEED, got {' '.join(self.earlier)}")
+        if len(self.join) == 1:
+            raise ArgumentError("--join takes two or more saved comparators")
 
 
 def parse_args(argv=None) -> ComparatorArguments:
@@ -164,8 +171,33 @@ def earlier_members(out: Path, recipe: dict) -> list:
     return saved.members if all(saved.card.get(key) == value for key, value in recipe.items()) else []
 
 
+def join(sources: list[Path], out: Path) -> int:
+    """Save the members of the comparators in ``sources`` as one comparator at ``out``."""
+    import torch
+
+    from img2cq import comparator
+    from img2cq.console import fail
+    from img2cq.data import provenance
+
+    try:
+        loaded = [comparator.LearnedAgreement.load(source) for source in sources]
+    except FileNotFoundError as e:
+        return fail(e)
+    configs = {json.dumps(asdict(c.members[0].config), sort_keys=True) for c in loaded}
+    if len(configs) > 1:
+        return fail(f"cannot join comparators of different architectures: {' / '.join(sorted(configs))}")
+    members = [member for c in loaded for member in c.members]
+    card = {**provenance(), "torch": torch.__version__, "command": " ".join(["python", *sys.argv]),
+            "members": len(members), "joined": [{"from": str(source), **c.card} for source, c in zip(sources, loaded)]}
+    comparator.LearnedAgreement(members).save(out, card)
+    print(f"saved {out}: {len(members)} members from {len(sources)} comparators")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.join:
+        return join(args.join, args.out)
     import torch
 
     from img2cq import comparator

@@ -1,5 +1,8 @@
 """The learned agreement: training pairs (resumable, measured), the model's save/load, scoring."""
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ from img2cq.library import PartLibrary
 from img2cq.sampler import sample_program
 
 SEED = 77
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +80,35 @@ def test_a_saved_model_loads_and_scores_alike(tmp_path):
         comparator.LearnedAgreement.load(tmp_path / "missing")
 
 
+def test_saved_comparators_join_into_one_that_scores_their_mean(tmp_path):
+    sources = []
+    for k, width in enumerate((4, 4, 8)):
+        sources.append(tmp_path / f"c{k}")
+        comparator.LearnedAgreement([comparator.build_model(comparator.ComparatorConfig(width=width))]).save(
+            sources[-1], {"note": k})
+    script = [sys.executable, "scripts/train_comparator.py", "--join"]
+    done = subprocess.run([*script, *map(str, sources[:2]), "--out", str(tmp_path / "joined")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    joined = comparator.LearnedAgreement.load(tmp_path / "joined")
+    assert [c["note"] for c in joined.card["joined"]] == [0, 1] and "--join" in joined.card["command"]
+    rng = np.random.default_rng(1)
+    views = [rng.random((2, agreement.FRAME, agreement.FRAME)) < 0.3 for _ in range(3)]
+    reference = agreement.Masks.from_views(views[0])
+    alone = [comparator.LearnedAgreement.load(s).scores(reference, views[1:]) for s in sources[:2]]
+    assert joined.scores(reference, views[1:]) == pytest.approx(np.mean(alone, axis=0).tolist())
+    refused = subprocess.run([*script, *map(str, sources[1:]), "--out", str(tmp_path / "mixed")], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "cannot join comparators of different architectures" in refused.stderr
+    assert not (tmp_path / "mixed").exists()
+
+
 def test_the_search_judges_with_the_shipped_model():
     judge = comparator.default_judge()
     assert judge.__func__ is comparator.LearnedAgreement.blended_scores
-    assert judge.__self__.card["held_out"]["spearman"] > 0.5
+    shipped = judge.__self__
+    assert len(shipped.members) == shipped.card["members"] == len(shipped.card["joined"]) == 2
+    assert all(member["held_out"]["spearman"] > 0.5 for member in shipped.card["joined"])
 
 
 def test_rank_quality_counts_the_kept_candidate_and_the_order():

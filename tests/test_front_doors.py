@@ -19,6 +19,7 @@ FRONT_DOORS = [
     (["scripts/train_comparator.py"], "--earlier", ["--earlier", "no-such-folder:7000"], "no pair files of seed 7000"),
     (["scripts/train_comparator.py"], "--candidates", ["--candidates", "parts"], "--candidates is 'shortlists' or 'variants'"),
     (["scripts/train_comparator.py"], "--init", ["--init", "no-such-comparator"], "no comparator in no-such-comparator"),
+    (["scripts/train_comparator.py"], "--join", ["--join", "models/agreement"], "--join takes two or more"),
     (["scripts/download_hf_dataset.py"], "--view-jitter-deg", ["--size", "8"], "--size >= 16"),
     (["scripts/export_model.py"], "--split-mib", ["only-a-model-dir"], "MODEL_DIR and OUT_DIR are needed"),
     (["scripts/render_programs.py"], "--id-prefix", ["a.jsonl", "out", "--workers", "0"], "need --workers >= 1"),

@@ -21,7 +21,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -171,24 +171,30 @@ def earlier_members(out: Path, recipe: dict) -> list:
     return saved.members if all(saved.card.get(key) == value for key, value in recipe.items()) else []
 
 
-def join(sources: list[Path], out: Path) -> int:
-    """Save the members of the comparators in ``sources`` as one comparator at ``out``."""
+def made_by() -> dict:
+    """The card's record of how a comparator was made: this command and the software versions."""
     import torch
 
+    from img2cq.data import provenance
+
+    return {**provenance(), "torch": torch.__version__, "command": " ".join(["python", *sys.argv])}
+
+
+def join(sources: list[Path], out: Path) -> int:
+    """Save the members of the comparators in ``sources`` as one comparator at ``out``."""
     from img2cq import comparator
     from img2cq.console import fail
-    from img2cq.data import provenance
 
     try:
         loaded = [comparator.LearnedAgreement.load(source) for source in sources]
     except FileNotFoundError as e:
         return fail(e)
-    configs = {json.dumps(asdict(c.members[0].config), sort_keys=True) for c in loaded}
-    if len(configs) > 1:
-        return fail(f"cannot join comparators of different architectures: {' / '.join(sorted(configs))}")
+    configs = [c.members[0].config for c in loaded]
+    if any(config != configs[0] for config in configs):
+        return fail(f"cannot join comparators of different architectures: {' / '.join(map(str, configs))}")
     members = [member for c in loaded for member in c.members]
-    card = {**provenance(), "torch": torch.__version__, "command": " ".join(["python", *sys.argv]),
-            "members": len(members), "joined": [{"from": str(source), **c.card} for source, c in zip(sources, loaded)]}
+    card = {**made_by(), "members": len(members),
+            "joined": [{"from": str(source), **c.card} for source, c in zip(sources, loaded)]}
     comparator.LearnedAgreement(members).save(out, card)
     print(f"saved {out}: {len(members)} members from {len(sources)} comparators")
     return 0
@@ -202,7 +208,6 @@ def main(argv=None) -> int:
 
     from img2cq import comparator
     from img2cq.console import fail
-    from img2cq.data import provenance
     from img2cq.library import PartLibrary
 
     earlier_records = []
@@ -249,7 +254,7 @@ def main(argv=None) -> int:
         member_cards.append({"spearman": round(alone[0], 4), "kept_iou": round(alone[1], 4)})
         ensemble = comparator.LearnedAgreement(members)
         rho, kept = ranking(val, predict(ensemble, val))
-        card = {**provenance(), "torch": torch.__version__, "command": " ".join(["python", *sys.argv]), **recipe,
+        card = {**made_by(), **recipe,
                 "held_out_queries": len(val.references), "library_parts": len(library),
                 "members": len(members), "member_seeds": [args.seed + j for j in range(len(members))],
                 "held_out": {"spearman": round(rho, 4), "kept_iou": round(kept, 4),

@@ -280,6 +280,7 @@ def refresh_chunks(work: str | Path, seed: int = DEFAULT_SEED, workers: int = 2,
 
 FEATURE_SIDE = 32            # retrieval looks at the framed picture averaged down to 32 x 32
 FEATURE_DIMS = 64            # ... projected on its first principal components (fitted on library parts)
+NEAREST_MARGIN = 32          # parts per lookup kept by the fast float32 pass, re-ordered exactly
 MAX_SHARD_BYTES = 14 << 20   # every shipped file stays under 15 MiB
 LIBRARY_DIR = Path(__file__).resolve().parent.parent / "models" / "part-library"
 
@@ -342,7 +343,7 @@ class PartLibrary:
         return codec.to_program(self.sketches(i))
 
     def project(self, features: np.ndarray) -> np.ndarray:
-        return (features - self.mean) @ self.components.T
+        return (np.asarray(features, np.float64) - self.mean) @ self.components.T.astype(np.float64)
 
     def nearest(self, image, k: int) -> list[int]:
         """Indices of the k parts nearest to ``image`` in feature space, nearest first."""
@@ -350,10 +351,7 @@ class PartLibrary:
 
     def nearest_features(self, features: np.ndarray, k: int) -> list[int]:
         """Indices of the k parts nearest to a picture's ``picture_features``, nearest first."""
-        distance = self._norms - 2 * self.features @ self.project(features)
-        k = min(k, len(self))
-        top = np.argpartition(distance, k - 1)[:k] if k < len(self) else np.arange(len(self))
-        return [int(i) for i in top[np.argsort(distance[top])]]
+        return [int(i) for i in self._nearest_rows(self.project(features)[None], k)[0]]
 
     def nearest_each(self, features: np.ndarray, block: int = 256) -> np.ndarray:
         """(B,) the nearest part to each row of (B, n) ``picture_features``: one pass over the library
@@ -365,10 +363,26 @@ class PartLibrary:
     def nearest_projected(self, projected: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
         """(B,) the nearest part to each row of (B, dims) features already in the library's space;
         part ``exclude[i]`` is never row i's answer (a library part's nearest *other* part)."""
-        distance = self._norms[None, :] - 2 * projected @ self.features.T
+        return self._nearest_rows(np.asarray(projected, np.float64), 1, exclude)[:, 0]
+
+    def _nearest_rows(self, projected: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:
+        """(B, k) parts nearest to each row of ``projected``, nearest first: the one distance every
+        lookup uses. A float32 pass over the whole library keeps ``k + NEAREST_MARGIN`` parts per
+        row; their squared distances in float64 decide the order (ties: the lower index), so a
+        picture gets the same parts alone or in a batch."""
+        rows = np.arange(len(projected))
+        approximate = self._norms[None, :] - 2 * projected.astype(np.float32) @ self.features.T
         if exclude is not None:
-            distance[np.arange(len(projected)), exclude] = np.inf
-        return distance.argmin(axis=1)
+            approximate[rows, exclude] = np.inf
+        k = min(k, len(self) - (exclude is not None))
+        pool = min(k + NEAREST_MARGIN, len(self))
+        kept = np.argpartition(approximate, pool - 1, axis=1)[:, :pool] if pool < len(self) \
+            else np.broadcast_to(np.arange(len(self)), (len(projected), len(self)))
+        distance = ((self.features[kept].astype(np.float64) - projected[:, None, :]) ** 2).sum(axis=2)
+        if exclude is not None:
+            distance[kept == np.asarray(exclude)[:, None]] = np.inf
+        order = np.lexsort((kept, distance), axis=1)[:, :k]
+        return np.take_along_axis(kept, order, axis=1)
 
     @classmethod
     def from_features(cls, tokens: list[str], features: np.ndarray, card: dict, dims: int = FEATURE_DIMS) -> "PartLibrary":

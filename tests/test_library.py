@@ -88,6 +88,26 @@ def test_save_load_shards_and_nearest_finds_the_part_itself(work, tmp_path, monk
         library.PartLibrary.load(tmp_path / "missing")
 
 
+def test_every_lookup_orders_parts_by_one_exact_distance():
+    """A picture gets the same nearest parts alone, in a batch, or as a library part's neighbour:
+    near-ties (closer than float32 rounding) and exact ties (duplicates: lower index first) included."""
+    rng = np.random.default_rng(0)
+    features = (rng.normal(size=(500, 8)) * 30).astype(np.float32)
+    features[7] = features[3]                         # a duplicate part
+    features[11] = features[5] + np.float32(2e-3)     # a near-tie, far below float32 rounding of |f|^2
+    parts = library.PartLibrary(np.zeros(0, np.uint16), np.zeros(501, np.int64), features,
+                                np.zeros(8, np.float32), np.eye(8, dtype=np.float32), card={})
+    queries = np.concatenate([features[[3, 5, 11]] + np.float32(1e-3), rng.normal(size=(40, 8)) * 30])
+    exact = ((queries[:, None].astype(np.float64) - features[None].astype(np.float64)) ** 2).sum(-1)
+    expected = np.lexsort((np.broadcast_to(np.arange(500), exact.shape), exact), axis=1)
+    for query, order in zip(queries, expected):
+        assert parts.nearest_features(query, 10) == list(order[:10])
+    assert list(parts.nearest_each(queries, block=7)) == list(expected[:, 0])
+    assert parts.nearest_features(features[3], 2) == [3, 7]
+    others = parts.nearest_projected(features[[3, 7, 5]].astype(np.float64), exclude=np.array([3, 7, 5]))
+    assert list(others) == [7, 3, 11]
+
+
 def test_library_of_a_split_is_saved_beside_it_and_reused(tmp_path):
     (tmp_path / "images").mkdir()
     rows = []

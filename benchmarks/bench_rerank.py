@@ -7,8 +7,10 @@ the picture: the hand-made agreement (``agreement.agreements``) and the learned 
 (``comparator.LearnedAgreement``, where one is shipped). Printed per split: IoU of the
 feature-nearest part, of the part each judge keeps, of the best part in the shortlist (the
 oracle), and the mean Spearman correlation between the judge's score and 3D IoU among one
-picture's candidates. Renders (reduced to ``agreement.RESOLUTION``) and IoUs are cached in
-``--cache``, so judges are compared on the same candidates.
+picture's candidates; then the same for each judge's ``search.consensus`` (the candidates ranked
+by their 3D IoU with the ones the judge scores best, as the search ranks them). Renders (reduced
+to ``agreement.RESOLUTION``), IoUs with the picture's part and the candidates' IoUs with one
+another are cached in ``--cache``, so judges are compared on the same candidates.
 
     python benchmarks/bench_rerank.py --eval-json benchmarks/real_dev/test.jsonl \\
         data/synthetic-1000/test.jsonl:100 --shortlist 64
@@ -27,13 +29,15 @@ import numpy as np
 def candidates_of(split_spec: str, library, shortlist: int, workers: int, cache: Path) -> dict:
     """Reduced views (packed) and 3D IoUs of each picture's shortlist, computed once and cached."""
     from img2cq.agreement import RESOLUTION, reduce_views, unpack_views, views_from_image
-    from img2cq.build import BuildPool, structure_views
+    from img2cq.build import BuildPool, structure_views_and_solid
+    from img2cq.iou import pairwise_ious
     from img2cq.data import load_split
     from img2cq.sandbox import Executor
     from img2cq.scoring import execute, score_executed
+    from tqdm.auto import tqdm
 
     path, _, n = split_spec.partition(":")
-    key = cache / f"{Path(path).parent.name}-{Path(path).stem}-{n or 'all'}-k{shortlist}-n{len(library)}-r{RESOLUTION}.npz"
+    key = cache / f"{Path(path).parent.name}-{Path(path).stem}-{n or 'all'}-k{shortlist}-n{len(library)}-r{RESOLUTION}-pairs.npz"
     if key.is_file():
         with np.load(key, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
@@ -45,8 +49,10 @@ def candidates_of(split_spec: str, library, shortlist: int, workers: int, cache:
     reduced = lambda views: np.packbits(np.stack(reduce_views(views, RESOLUTION)))
     started = time.perf_counter()
     with BuildPool(workers) as pool:
-        views = pool.map(structure_views, structures)
+        views, solids = zip(*pool.map(structure_views_and_solid, structures))
     render_s = (time.perf_counter() - started) / len(structures)
+    pair_iou = np.stack([pairwise_ious(list(solids[k:k + shortlist]), list(range(shortlist)))
+                         for k in tqdm(range(0, len(solids), shortlist), desc="candidates with one another", unit="picture")])
     with Executor(workers=workers) as ex:
         references = execute(list(split["cadquery"]), ex, progress="references")
         executed = execute(programs, ex, progress="candidates")
@@ -57,6 +63,7 @@ def candidates_of(split_spec: str, library, shortlist: int, workers: int, cache:
            "views": np.stack([empty if v is None else reduced(unpack_views(v)) for v in views]).reshape(len(split), shortlist, -1),
            "built": np.array([v is not None for v in views]).reshape(len(split), shortlist),
            "iou": np.array([-1.0 if v is None else v for v in ious]).reshape(len(split), shortlist),
+           "pair_iou": pair_iou,
            "render_s": np.array(render_s)}
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(key, **out)
@@ -83,14 +90,17 @@ def main() -> int:
     p.add_argument("--shortlist", type=int, default=64)
     p.add_argument("--comparator", default=None, help="learned agreement to judge with (default: the shipped one)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--consensus-top", type=int, default=None, help="(default: search.CONSENSUS_TOP)")
     p.add_argument("--cache", type=Path, default=Path("runs/bench_rerank"))
     args = p.parse_args()
 
     from img2cq.agreement import RESOLUTION, Masks, unpack_views
     from img2cq.comparator import rank_quality
     from img2cq.library import PartLibrary
+    from img2cq.search import CONSENSUS_TOP, consensus
 
     library = PartLibrary.load(args.library)
+    args.consensus_top = args.consensus_top or CONSENSUS_TOP
     n = RESOLUTION
     unpack = lambda packed: unpack_views(packed, n)  # noqa: E731
     for spec in args.eval_json:
@@ -108,6 +118,10 @@ def main() -> int:
                 groups.append((scores, iou[picture]))
             rho, kept = rank_quality(groups)
             print(f"  {name:22s} kept IoU {kept:.3f}, Spearman {rho:.3f}")
+            for top in sorted({args.consensus_top, args.shortlist}):
+                rho, kept = rank_quality([(consensus(scores, lambda columns: data["pair_iou"][picture][:, columns], top), ious)
+                                          for picture, (scores, ious) in enumerate(groups)])
+                print(f"  {'  consensus of ' + str(top):22s} kept IoU {kept:.3f}, Spearman {rho:.3f}")
     return 0
 
 

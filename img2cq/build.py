@@ -172,22 +172,44 @@ def shared_pool(workers: int = 2) -> BuildPool:
         return _shared
 
 
-def _measured(sketches: list[codec.Sketch]):
-    """An ``ExecResult`` of a structure's solid with everything the IoU metric reads, as the
-    sandbox's measuring child makes one for a program."""
+def measured(shape, coarse: bool = False):
+    """An ``ExecResult`` of a solid with everything the IoU metric reads, as the sandbox's measuring
+    child makes one for a program; ``coarse``: meshed as the search compares its candidates
+    (``geometry.CONSENSUS_MESH_TOLERANCE``), not as the metric scores a program."""
     import cadquery as cq
     import numpy as np
 
+    from img2cq.geometry import CONSENSUS_MESH_ANGULAR, CONSENSUS_MESH_TOLERANCE
     from img2cq.measure import mesh_arrays
     from img2cq.sandbox.wire import ExecResult
 
-    shape = valid_solid(sketches)
-    if shape is None:
-        return ExecResult(ok=False, error_kind="invalid", message="not a valid solid")
-    vertices, faces = mesh_arrays(shape)
+    vertices, faces = mesh_arrays(shape, CONSENSUS_MESH_TOLERANCE, CONSENSUS_MESH_ANGULAR) if coarse else mesh_arrays(shape)
     centre = cq.Shape.centerOfMass(shape)
     return ExecResult(ok=True, volume=shape.Volume(), center=np.array([centre.x, centre.y, centre.z]),
                       inertia=np.asarray(cq.Shape.matrixOfInertia(shape)), vertices=vertices, faces=faces)
+
+
+def _measured(sketches: list[codec.Sketch]):
+    """`measured` of a structure's solid, an invalid result where it is not a valid solid."""
+    from img2cq.sandbox.wire import ExecResult
+
+    shape = valid_solid(sketches)
+    return ExecResult(ok=False, error_kind="invalid", message="not a valid solid") if shape is None else measured(shape)
+
+
+def structure_views_and_solid(sketches: list[codec.Sketch], resolution: int | None = None):
+    """Job: `structure_views` and the `measured` solid of one build, (None, None) where it does not
+    build: for candidates compared with the picture and with one another (``iou.pairwise_ious``)."""
+    from img2cq.agreement import FRAME, render_views
+
+    try:
+        shape = valid_solid(sketches, seams=True)
+        if shape is None:
+            return None, None
+        views = render_views(shape, resolution or FRAME)["views"]  # first: rendered exactly as alone
+        return views, measured(shape, coarse=True)
+    except Exception:  # noqa: BLE001 - OCC raises many kinds for a bad structure: it does not build
+        return None, None
 
 
 def structure_ious(job: tuple[list[codec.Sketch], list[list[codec.Sketch]]]) -> list[float | None]:

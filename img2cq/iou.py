@@ -172,20 +172,25 @@ def _grid_ious(a: _Solid, b: _Solid, rotations: list[np.ndarray], cells: int):
     extent = max(np.abs(a.vertices).max(), np.abs(b.vertices).max()) * (1 + 1e-6)
     centres = np.linspace(-extent, extent, cells)
     grid_a = _occupancy(a.vertices, a.faces, centres)
-    grid_b = _occupancy(b.vertices, b.faces, centres)
-    moved = [_apply_signed_permutation(grid_b, q) for q in rotations]
-    ious = [np.count_nonzero(grid_a & m) / max(1, np.count_nonzero(grid_a | m)) for m in moved]
-    return ious, moved
+    moved = [_apply_signed_permutation(_occupancy(b.vertices, b.faces, centres), q) for q in rotations]
+    return _ious_of_grids(grid_a, moved), moved
+
+
+def _ious_of_grids(grid: np.ndarray, moved: list[np.ndarray]) -> list[float]:
+    return [np.count_nonzero(grid & m) / max(1, np.count_nonzero(grid | m)) for m in moved]
 
 
 def _mesh_best_iou(a: _Solid, b: _Solid, rotations: list[np.ndarray]) -> float:
-    """Best IoU over `rotations` of B, by exact mesh booleans on the promising rotations.
-
-    A coarse grid IoU ranks the rotations; exact booleans run on those within SEARCH_MARGIN of
-    the top grid score, skipping any whose rotated grid repeats one already tried (a symmetry of
-    B) or whose `_upper_bound` cannot beat the best found.
-    """
+    """Best IoU over `rotations` of B, by exact mesh booleans on the promising rotations (`_best_of_ranked`)."""
     coarse, moved = _grid_ious(a, b, rotations, SEARCH_CELLS)
+    return _best_of_ranked(a, b, rotations, coarse, moved)
+
+
+def _best_of_ranked(a: _Solid, b: _Solid, rotations: list[np.ndarray], coarse: list[float],
+                    moved: list[np.ndarray]) -> float:
+    """Best IoU of A and a rotation of B, by exact booleans on the rotations whose coarse grid IoU
+    is within SEARCH_MARGIN of the top one, skipping any whose rotated grid repeats one already
+    tried (a symmetry of B) or whose `_upper_bound` cannot beat the best found."""
     tried: list[np.ndarray] = []
     best = 0.0
     cutoff = max(coarse) - SEARCH_MARGIN
@@ -199,6 +204,37 @@ def _mesh_best_iou(a: _Solid, b: _Solid, rotations: list[np.ndarray]) -> float:
         inter = (a.manifold ^ turned).volume()
         best = max(best, inter / (a.volume + b.volume - inter))
     return best
+
+
+def pairwise_ious(results: list[ExecResult | None], columns: list[int]) -> np.ndarray:
+    """(len(results), len(columns)): the IoU of every solid with each of the solids ``columns``
+    names, as `iou_from_results` scores a pair (proper rotations), for comparing candidates with
+    one another. Each solid is moved into its canonical frame and gridded once, on one grid for
+    all; 0 where either result is missing or invalid, 1 on the diagonal. A mesh manifold3d refuses
+    is scored by occupancy grids (`_voxel_best_iou`), never by OCC booleans: no sandbox here."""
+    solids = [_Solid(r) if r is not None and r.ok else None for r in results]
+    out = np.zeros((len(results), len(columns)))
+    present = [s for s in solids if s is not None]
+    if not present:
+        return out
+    extent = max(np.abs(s.vertices).max() for s in present) * (1 + 1e-6)
+    centres = np.linspace(-extent, extent, SEARCH_CELLS)
+    grids = [None if s is None else _occupancy(s.vertices, s.faces, centres) for s in solids]
+    for k, j in enumerate(columns):
+        b = solids[j]
+        if b is None:
+            continue
+        moved = [_apply_signed_permutation(grids[j], q) for q in PROPER_ROTATIONS]
+        for i, a in enumerate(solids):
+            if i == j:
+                out[i, k] = 1.0
+            elif a is not None and k > 0 and i in columns[:k]:  # already scored the other way round
+                out[i, k] = out[j, columns.index(i)]
+            elif a is not None and a.is_manifold and b.is_manifold:
+                out[i, k] = _best_of_ranked(a, b, PROPER_ROTATIONS, _ious_of_grids(grids[i], moved), moved)
+            elif a is not None:
+                out[i, k] = _voxel_best_iou(a, b, PROPER_ROTATIONS)
+    return out
 
 
 def _voxel_best_iou(a: _Solid, b: _Solid, rotations: list[np.ndarray]) -> float:

@@ -12,8 +12,11 @@ refine_seconds=8)``:
    one program from each of the ``candidates`` library parts the judge ranks best (after step 2);
 2. re-ranking: every proposal that is a codec structure (all library parts, and every program
    the codec model writes) is built and rendered by ``img2cq.build.BuildPool``'s long-lived
-   workers; anything else runs in the sandboxed executor as before; the proposal the judge
-   scores best is kept;
+   workers, which also measure its solid; anything else runs in the sandboxed executor as
+   before. The judge's best-ranked proposals are then re-ranked by their ``consensus``: each
+   one's 3D IoU with the few the judge scores best, weighted by the judge (minimum Bayes risk; a
+   judge of pictures tells look-alikes apart poorly, their 3D likeness to its surest picks much
+   better); the first is kept;
 3. refinement for ``refine_seconds``, shared by the few best-ranked proposals when there is time
    for each (``default_refine_top``), the judge keeping the best: a structure is edited by
    ``img2cq.structured.refine`` (proportions, depths, offsets, holes, loops, sketches,
@@ -36,6 +39,9 @@ from img2cq.agreement import Masks, agreements, render_programs, views_from_imag
 PRELOAD = ("img2cq.render", "img2cq.agreement")  # modules the executor's workers import before forking
 NUM_BEAMS = 4
 SHORTLIST = 64               # library parts rendered and re-ranked per picture
+CONSENSUS_ROWS = 24          # the judge's best-ranked candidates re-ranked by ``consensus``, each ...
+CONSENSUS_TOP = 4            # ... compared in 3D with the judge's best few ...
+CONSENSUS_TEMPERATURE = 0.05  # ... weighted by softmax(judge's score / this)
 REFINE_TOP = 7               # at most this many of the best-ranked candidates share the refinement ...
 REFINE_SECONDS_EACH = 1.0    # ... each given at least this many seconds (so 1 s refines the best alone)
 REFINE_SIGMA = 0.1           # CMA-ES start step, in log-scale units (about 10 % of each number)
@@ -152,6 +158,7 @@ class Candidate:
     source: str            # "greedy", "beam4", "sample", "library:<part index>", "edit:<its prompt>", + "+refined"
     agreement: float       # -inf: does not build or render
     sketches: list | None = None  # its codec structure, None for a program outside the codec
+    solid: object = field(default=None, repr=False)  # its measured solid (``build.measured``) once built
 
 
 @dataclass
@@ -232,13 +239,21 @@ def refine_candidates(starts: list[Candidate], reference: Masks, seconds_each: f
     return out, evaluated
 
 
-def score_candidates(candidates: list[Candidate], reference: Masks, pool, executor, judge) -> list[Candidate]:
-    """Set each candidate's ``agreement`` to ``judge``'s score of its render; returns those scored
-    (structures in ``pool``, programs outside the codec in ``executor``, skipped without one)."""
-    from img2cq.structured import score_structures
+def score_candidates(candidates: list[Candidate], reference: Masks, pool, executor, judge,
+                     measure: bool = False) -> list[Candidate]:
+    """Set each candidate's ``agreement`` to ``judge``'s score of its render, and with ``measure``
+    each structure's ``solid``; returns those scored (structures in ``pool``, programs outside the
+    codec in ``executor``, skipped without one)."""
+    from img2cq.structured import score_and_measure_structures, score_structures
 
     structured = [c for c in candidates if c.sketches is not None]
-    for candidate, score in zip(structured, score_structures([c.sketches for c in structured], reference, pool, judge)):
+    if measure:
+        scores, solids = score_and_measure_structures([c.sketches for c in structured], reference, pool, judge)
+        for candidate, solid in zip(structured, solids):
+            candidate.solid = solid
+    else:
+        scores = score_structures([c.sketches for c in structured], reference, pool, judge)
+    for candidate, score in zip(structured, scores):
         candidate.agreement = score
     texts = [c for c in candidates if c.sketches is None] if executor is not None else []
     for candidate, score in zip(texts, judge(reference, render_programs([c.program for c in texts], executor)) if texts else []):
@@ -246,26 +261,53 @@ def score_candidates(candidates: list[Candidate], reference: Masks, pool, execut
     return structured + texts
 
 
+def consensus(scores, ious_with, top: int = CONSENSUS_TOP, temperature: float = CONSENSUS_TEMPERATURE) -> np.ndarray:
+    """Each candidate's expected 3D IoU with the pictured part, were the part one of the judge's
+    ``top`` best-scored candidates, each with probability softmax(score / ``temperature``): minimum
+    Bayes risk. A judge of pictures ranks look-alike candidates poorly; their 3D likeness to the
+    ones it is surest of ranks them much better (docs/search.md). ``ious_with(columns)``: the (n,
+    len(columns)) 3D IoUs of every candidate with the candidates ``columns``. -inf where the
+    judge's score is not finite (no render)."""
+    scores = np.asarray(scores, float)
+    finite = np.flatnonzero(np.isfinite(scores))
+    out = np.full(len(scores), -np.inf)
+    if len(finite):
+        columns = finite[np.argsort(-scores[finite], kind="stable")][:top]
+        weights = np.exp((scores[columns] - scores[columns[0]]) / temperature)
+        out[finite] = np.asarray(ious_with(columns.tolist()))[finite] @ weights / weights.sum()
+    return out
+
+
 def pick_and_refine(image: Image.Image, proposals: list[Candidate], refine_seconds: float, pool,
                     executor=None, seed: int = 0, judge=None, refine_judge=agreements, more=None,
-                    refine_top: int | None = None) -> SearchResult:
+                    refine_top: int | None = None, consensus_top: int = CONSENSUS_TOP) -> SearchResult:
     """Score the proposals by ``judge`` (default: ``comparator.default_judge()``), and those
-    ``more(scored)`` adds (a retrieve-and-edit model's edits of the best, ``edits_of``); refine each
-    of the ``refine_top`` best (default: ``default_refine_top``) for ``refine_seconds / refine_top``
-    by ``refine_judge`` (default: the hand-made agreement; the learned one, which ranks a shortlist
-    better, is fooled by edits), a refined program standing in for its start where ``refine_judge``
-    prefers it; keep the one ``judge`` scores best. The result's ``agreement`` is ``judge``'s score."""
+    ``more(scored)`` adds (a retrieve-and-edit model's edits of the best, ``edits_of``); rank them
+    by the judge, its best ``CONSENSUS_ROWS`` re-ranked by their ``consensus`` with the
+    ``consensus_top`` it scores best (0: by the judge's score alone); refine each of the
+    ``refine_top`` best (default: ``default_refine_top``) for ``refine_seconds / refine_top`` by
+    ``refine_judge`` (default: the hand-made agreement; the learned one, which ranks a shortlist
+    better, is fooled by edits), a refined program standing in for its start where
+    ``refine_judge`` prefers it; keep the one ``judge`` scores best. The result's ``agreement`` is
+    ``judge``'s score."""
+    from img2cq.iou import pairwise_ious
     from img2cq.comparator import default_judge
 
     judge = judge or default_judge()
     started = time.perf_counter()
     reference = Masks.from_views(views_from_image(image))
-    scored = score_candidates(proposals, reference, pool, executor, judge)
+    measure = consensus_top > 0
+    scored = score_candidates(proposals, reference, pool, executor, judge, measure)
     if more is not None:
-        scored += score_candidates(more(scored), reference, pool, executor, judge)
+        scored += score_candidates(more(scored), reference, pool, executor, judge, measure)
     if not scored:
         raise ValueError("no candidate to search: give a model, a library or an executor for its programs")
     ranked = sorted(scored, key=lambda c: -c.agreement)  # stable: ties keep the earlier
+    if measure:
+        head = ranked[:CONSENSUS_ROWS]
+        rank = consensus([c.agreement for c in head], lambda columns: pairwise_ious([c.solid for c in head], columns),
+                         consensus_top)
+        ranked = [head[k] for k in np.argsort(-rank, kind="stable")] + ranked[CONSENSUS_ROWS:]
     result = SearchResult(ranked[0].program, ranked[0].agreement, ranked[0].source, scored)
     refine_top = default_refine_top(refine_seconds) if refine_top is None else refine_top
     starts = [c for c in ranked[:refine_top] if math.isfinite(c.agreement)] if refine_seconds > 0 else []
@@ -338,10 +380,12 @@ def search_label(candidates: int, refine_seconds: float) -> str:
 def search_many(model, images: list[Image.Image], candidates: int = 8, refine_seconds: float = 0.0,
                 workers: int = 2, library=None, shortlist: int = SHORTLIST, max_new_tokens: int | None = None,
                 batch_size: int = 8, progress: bool = True, judge=None,
-                refine_judge=agreements, refine_top: int | None = None) -> list[SearchResult]:
+                refine_judge=agreements, refine_top: int | None = None,
+                consensus_top: int = CONSENSUS_TOP) -> list[SearchResult]:
     """``search`` for many images with one build pool and one sandbox pool, the model proposing
     for ``batch_size`` images at a time (each result's ``seconds`` includes its share of the
-    batch); ``judge``, ``refine_judge`` and ``refine_top`` as in ``pick_and_refine``. Ctrl-C
+    batch); ``judge``, ``refine_judge``, ``refine_top`` and ``consensus_top`` as in
+    ``pick_and_refine``. Ctrl-C
     returns the finished results."""
     from tqdm.auto import tqdm
 
@@ -364,7 +408,7 @@ def search_many(model, images: list[Image.Image], candidates: int = 8, refine_se
                     own = own + retrieve(library, image, shortlist)
                     result = pick_and_refine(image, own, refine_seconds, pool, ex, seed=start + i, judge=judge,
                                              refine_judge=refine_judge, more=editor(model, image, candidates),
-                                             refine_top=refine_top)
+                                             refine_top=refine_top, consensus_top=consensus_top)
                     result.seconds = time.perf_counter() - started + share
                     results.append(result)
                     bar.update(1)

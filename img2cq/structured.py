@@ -181,6 +181,18 @@ def score_structures(structures: list[list[codec.Sketch]], reference: Masks, poo
     return judge(reference, [unpack(v) for v in pool.map(job, structures)])
 
 
+def score_and_measure_structures(structures: list[list[codec.Sketch]], reference: Masks, pool,
+                                 judge=agreements) -> tuple[list[float], list]:
+    """`score_structures`, and each structure's measured solid (``build.measured``; None where it
+    does not build) from the same build, for comparing candidates with one another."""
+    from img2cq.build import structure_views_and_solid
+
+    _, unpack = views_job(reference)
+    job = functools.partial(structure_views_and_solid, resolution=reference.silhouette.shape[0])
+    built = pool.map(job, structures)
+    return judge(reference, [unpack(views) for views, _ in built]), [solid for _, solid in built]
+
+
 @dataclasses.dataclass(eq=False)
 class _Evolution:
     """One structure's (1 + lambda) evolution: its best so far and the generation being evaluated."""

@@ -89,6 +89,23 @@ def test_mirror_image_is_not_the_same_part(executor):
     assert iou_from_results(a, b, allow_mirror=True) >= 0.99
 
 
+def test_pairwise_ious_score_every_pair_as_the_metric_does(executor):
+    """The search compares its candidates with one another by `iou.pairwise_ious`: one grid for
+    all, each solid moved and gridded once, yet every pair as `iou_from_results` scores it."""
+    programs = [L_PART, box_program(1, 2, 0.5), box_program(1, 2, 0.5, hole=0.3), cylinder_program(0.5, 1.5),
+                moved(L_PART, PROPER_ROTATIONS[5], scale=2.0)]
+    results = run(executor, *programs)
+    invalid = ExecResult(ok=False, error_kind="invalid", message="not a valid solid")
+    matrix = iou.pairwise_ious(results + [invalid, None], [1, 0, 3])
+    for i, result in enumerate(results):
+        for k, j in enumerate([1, 0, 3]):
+            expected = 1.0 if i == j else iou_from_results(result, results[j])
+            assert matrix[i, k] == pytest.approx(expected, abs=1e-6), (i, j)
+    assert matrix[4, 1] > 0.99 and matrix[1, 2] < 0.8                     # the moved L, the box against the cylinder
+    assert (matrix[5:] == 0).all()                                        # no solid: no likeness
+    assert iou.pairwise_ious([invalid], [0]).tolist() == [[0.0]]
+
+
 def test_box_with_through_hole_matches_closed_form(executor):
     a, b, c, r = 1.0, 0.625, 0.25, 0.15625
     box_v, box_m = a * b * c, a * b * c * (a * a + b * b + c * c) / 12

@@ -63,6 +63,30 @@ def test_a_candidate_that_fails_to_build_never_wins(executor, build_pool):
     assert scores["greedy"] == -np.inf and scores[result.source] > 0.9
 
 
+def test_consensus_ranks_look_alikes_by_their_3d_likeness_to_the_judges_best():
+    """Minimum Bayes risk: each candidate's IoU with the judge's best few, weighted by the judge."""
+    scores = np.array([0.90, 0.88, 0.60, -np.inf, 0.87])
+    likeness = np.array([[1.0, 0.9, 0.2, 0.0, 0.3],     # 0 and 1 are alike; 4 looks right but is another part
+                         [0.9, 1.0, 0.3, 0.0, 0.3],
+                         [0.2, 0.3, 1.0, 0.0, 0.2],
+                         [0.0, 0.0, 0.0, 1.0, 0.0],
+                         [0.3, 0.3, 0.2, 0.0, 1.0]])
+    asked = []
+
+    def ious_with(columns):
+        asked.append(columns)
+        return likeness[:, columns]
+
+    ranked = search.consensus(scores, ious_with, top=3, temperature=0.05)
+    assert asked == [[0, 1, 4]]                          # only the judge's three best are compared against
+    assert ranked[3] == -np.inf                          # what does not render stays last
+    assert list(np.argsort(-ranked)[:3]) == [0, 1, 4]    # the pair that agrees with each other first
+    assert ranked[2] < ranked[4]
+    alone = search.consensus(scores, ious_with, top=1)  # likeness to the judge's best alone
+    assert alone[0] == 1.0 and np.allclose(alone[[1, 2, 4]], [0.9, 0.2, 0.3])
+    assert (search.consensus([-np.inf, -np.inf], ious_with) == -np.inf).all()
+
+
 def non_number_tokens(code):
     return [t.string for t in tokenize.generate_tokens(io.StringIO(code).readline) if t.type != tokenize.NUMBER]
 

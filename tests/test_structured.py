@@ -3,9 +3,11 @@ import dataclasses
 import math
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from img2cq import agreement, codec, search, structured
+from img2cq.agreement import FRAME
 from img2cq.build import build_shape, result_shape, structure_views
 from img2cq.render import render_array
 from img2cq.data import draw_rng
@@ -69,6 +71,27 @@ def test_the_search_refines_each_of_its_best_candidates(build_pool):
     assert result.program == codec.to_program(max(refined, key=lambda c: c.agreement).sketches)
     # by default the best alone at 1 s; the best seven share 7 s or more (each gets 1 s or more)
     assert [search.default_refine_top(s) for s in (0, 1, 1.9, 4, 7, 20)] == [1, 1, 1, 4, 7, 7]
+
+
+def test_candidates_are_measured_as_they_are_built_and_compared_as_the_metric_would(build_pool):
+    """The search's build job renders a structure and measures its solid (a coarser mesh than the
+    metric's): candidates' IoUs with one another stay within 0.01 of the metric's."""
+    from img2cq.build import _measured, structure_views_and_solid
+    from img2cq.iou import iou_from_results, pairwise_ious
+
+    parts = [codec.parse(sample_program(draw_rng(8, "train", i))) for i in range(4)]
+    built = build_pool.map(structure_views_and_solid, parts)
+    assert all(views is not None and solid.ok for views, solid in built)
+    assert [views for views, _ in built] == build_pool.map(structure_views, parts)  # rendered as alone
+    fine = [_measured(p) for p in parts]
+    matrix = pairwise_ious([solid for _, solid in built], [0, 1])
+    for i in range(4):
+        for k in range(2):
+            assert matrix[i, k] == pytest.approx(1.0 if i == k else iou_from_results(fine[i], fine[k]), abs=0.01)
+    image = Image.fromarray(render_array(result_shape(build_shape(parts[2], seams=True)), size=FRAME))
+    proposals = [search.Candidate(codec.to_program(p), f"library:{i}", -math.inf, p) for i, p in enumerate(parts)]
+    result = search.pick_and_refine(image, proposals, 0.0, build_pool, judge=agreement.agreements)
+    assert result.program == codec.to_program(parts[2]) and all(c.solid.ok for c in result.candidates)
 
 
 def test_number_variants_change_one_number_and_stay_codec_structures():

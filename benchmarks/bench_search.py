@@ -37,9 +37,9 @@ def main() -> int:
     p.add_argument("--judge", choices=["blend", "learned", "hand"], default="blend", help="what scores the proposals")
     p.add_argument("--refine-judge", choices=["blend", "learned", "hand"], default="hand", help="what scores refinement's edits")
     p.add_argument("--comparator", default=None, help="learned agreement of the judge (default: the shipped one)")
-    p.add_argument("--consensus-top", type=int, default=None,
-                   help="rank proposals by 3D consensus with the judge's N best (0: by the judge alone; "
-                        "default: search.CONSENSUS_TOP)")
+    p.add_argument("--consensus-top", type=int, default=0,
+                   help="rank proposals by 3D consensus with the judge's N best (search.CONSENSUS_TOP: 4); "
+                        "0, the default: by the judge alone")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("runs/bench_search"))
     args = p.parse_args()
@@ -50,14 +50,13 @@ def main() -> int:
     from img2cq.comparator import LearnedAgreement
     from img2cq.evaluation import load_samples, score_programs
     from img2cq.library import PartLibrary
-    from img2cq.search import CONSENSUS_TOP, default_refine_top, search_label, search_many
+    from img2cq.search import default_refine_top, search_label, search_many
 
     rows = load_samples(args.eval_json, args.samples)
     library = PartLibrary.load(args.library)
     learned = LearnedAgreement.load(args.comparator)
     judges = {"learned": learned.scores, "hand": agreements, "blend": learned.blended_scores}
     judge, refine_judge = judges[args.judge], judges[args.refine_judge]
-    consensus_top = CONSENSUS_TOP if args.consensus_top is None else args.consensus_top
     model = None
     if args.model != "none":
         import torch
@@ -74,7 +73,7 @@ def main() -> int:
         label = (f"{'library' if model is None else search_label(candidates, 0)}+short{shortlist}+refine{refine:g}"
                  + (f"+top{refine_top}" if refine_top > 1 else "")
                  + f"+{args.judge}" + ("" if args.refine_judge == "hand" else f"+refine-{args.refine_judge}")
-                 + (f"+consensus{consensus_top}" if consensus_top else ""))
+                 + (f"+consensus{args.consensus_top}" if args.consensus_top else ""))
         path = args.out / f"{Path(args.eval_json).parent.name}-{Path(args.eval_json).stem}-{args.model.replace('/', '_')}-{label}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         done = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -84,7 +83,7 @@ def main() -> int:
                 for row, result in zip(todo, search_many(model, [r["image"] for r in todo], candidates, refine,
                                                          args.workers, library, shortlist, judge=judge,
                                                          refine_judge=refine_judge, refine_top=refine_top,
-                                                         consensus_top=consensus_top)):
+                                                         consensus_top=args.consensus_top)):
                     done.append({"id": row["id"], "program": result.program, "seconds": result.seconds,
                                  "source": result.source, "evaluations": result.refine_evaluations,
                                  "load": os.getloadavg()[0]})

@@ -12,11 +12,12 @@ refine_seconds=8)``:
    one program from each of the ``candidates`` library parts the judge ranks best (after step 2);
 2. re-ranking: every proposal that is a codec structure (all library parts, and every program
    the codec model writes) is built and rendered by ``img2cq.build.BuildPool``'s long-lived
-   workers, which also measure its solid; anything else runs in the sandboxed executor as
-   before. The judge's best-ranked proposals are then re-ranked by their ``consensus``: each
-   one's 3D IoU with the few the judge scores best, weighted by the judge (minimum Bayes risk; a
-   judge of pictures tells look-alikes apart poorly, their 3D likeness to its surest picks much
-   better); the first is kept;
+   workers; anything else runs in the sandboxed executor as before; the proposal the judge
+   scores best is kept. With ``consensus_top`` the workers also measure each solid and the
+   judge's best-ranked proposals are re-ranked by their ``consensus``: each one's 3D IoU with the
+   few the judge scores best, weighted by the judge (minimum Bayes risk; a judge of pictures tells
+   look-alikes apart poorly, their 3D likeness to its surest picks much better), the first then
+   kept;
 3. refinement for ``refine_seconds``, shared by the few best-ranked proposals when there is time
    for each (``default_refine_top``), the judge keeping the best: a structure is edited by
    ``img2cq.structured.refine`` (proportions, depths, offsets, holes, loops, sketches,
@@ -39,8 +40,8 @@ from img2cq.agreement import Masks, agreements, render_programs, views_from_imag
 PRELOAD = ("img2cq.render", "img2cq.agreement")  # modules the executor's workers import before forking
 NUM_BEAMS = 4
 SHORTLIST = 64               # library parts rendered and re-ranked per picture
-CONSENSUS_ROWS = 24          # the judge's best-ranked candidates re-ranked by ``consensus``, each ...
-CONSENSUS_TOP = 4            # ... compared in 3D with the judge's best few ...
+CONSENSUS_ROWS = 24          # with consensus on, the judge's best-ranked candidates re-ranked, each ...
+CONSENSUS_TOP = 4            # ... compared in 3D with the judge's best few (the best ranking measured) ...
 CONSENSUS_TEMPERATURE = 0.05  # ... weighted by softmax(judge's score / this)
 REFINE_TOP = 7               # at most this many of the best-ranked candidates share the refinement ...
 REFINE_SECONDS_EACH = 1.0    # ... each given at least this many seconds (so 1 s refines the best alone)
@@ -280,11 +281,12 @@ def consensus(scores, ious_with, top: int = CONSENSUS_TOP, temperature: float = 
 
 def pick_and_refine(image: Image.Image, proposals: list[Candidate], refine_seconds: float, pool,
                     executor=None, seed: int = 0, judge=None, refine_judge=agreements, more=None,
-                    refine_top: int | None = None, consensus_top: int = CONSENSUS_TOP) -> SearchResult:
+                    refine_top: int | None = None, consensus_top: int = 0) -> SearchResult:
     """Score the proposals by ``judge`` (default: ``comparator.default_judge()``), and those
     ``more(scored)`` adds (a retrieve-and-edit model's edits of the best, ``edits_of``); rank them
-    by the judge, its best ``CONSENSUS_ROWS`` re-ranked by their ``consensus`` with the
-    ``consensus_top`` it scores best (0: by the judge's score alone); refine each of the
+    by the judge (with ``consensus_top``, e.g. ``CONSENSUS_TOP``: its best ``CONSENSUS_ROWS``
+    re-ranked by their ``consensus`` with the ``consensus_top`` it scores best; it ranks better,
+    but searched no better: off by default, docs/search.md); refine each of the
     ``refine_top`` best (default: ``default_refine_top``) for ``refine_seconds / refine_top`` by
     ``refine_judge`` (default: the hand-made agreement; the learned one, which ranks a shortlist
     better, is fooled by edits), a refined program standing in for its start where
@@ -381,7 +383,7 @@ def search_many(model, images: list[Image.Image], candidates: int = 8, refine_se
                 workers: int = 2, library=None, shortlist: int = SHORTLIST, max_new_tokens: int | None = None,
                 batch_size: int = 8, progress: bool = True, judge=None,
                 refine_judge=agreements, refine_top: int | None = None,
-                consensus_top: int = CONSENSUS_TOP) -> list[SearchResult]:
+                consensus_top: int = 0) -> list[SearchResult]:
     """``search`` for many images with one build pool and one sandbox pool, the model proposing
     for ``batch_size`` images at a time (each result's ``seconds`` includes its share of the
     batch); ``judge``, ``refine_judge``, ``refine_top`` and ``consensus_top`` as in

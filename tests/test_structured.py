@@ -89,9 +89,12 @@ def test_candidates_are_measured_as_they_are_built_and_compared_as_the_metric_wo
         for k in range(2):
             assert matrix[i, k] == pytest.approx(1.0 if i == k else iou_from_results(fine[i], fine[k]), abs=0.01)
     image = Image.fromarray(render_array(result_shape(build_shape(parts[2], seams=True)), size=FRAME))
-    proposals = [search.Candidate(codec.to_program(p), f"library:{i}", -math.inf, p) for i, p in enumerate(parts)]
-    result = search.pick_and_refine(image, proposals, 0.0, build_pool, judge=agreement.agreements)
+    proposals = lambda: [search.Candidate(codec.to_program(p), f"library:{i}", -math.inf, p) for i, p in enumerate(parts)]  # noqa: E731
+    result = search.pick_and_refine(image, proposals(), 0.0, build_pool, judge=agreement.agreements,
+                                    consensus_top=search.CONSENSUS_TOP)
     assert result.program == codec.to_program(parts[2]) and all(c.solid.ok for c in result.candidates)
+    plain = search.pick_and_refine(image, proposals(), 0.0, build_pool, judge=agreement.agreements)  # the default
+    assert plain.program == result.program and all(c.solid is None for c in plain.candidates)
 
 
 def test_number_variants_change_one_number_and_stay_codec_structures():

@@ -107,7 +107,7 @@ def main() -> int:
         data = candidates_of(spec, library, args.shortlist, args.workers, args.cache)
         iou = np.maximum(data["iou"], 0.0)
         print(f"\n{spec}: {len(iou)} pictures, shortlist {args.shortlist} of {len(library)} parts, "
-              f"{data['render_s'] * 1000:.0f} ms per render ({args.workers} workers, load {os.getloadavg()[0]:.1f})")
+              f"{data['render_s'] * 1000:.0f} ms per render and measure ({args.workers} workers, load {os.getloadavg()[0]:.1f})")
         print(f"  feature-nearest IoU {iou[:, 0].mean():.3f}   oracle (best of shortlist) IoU {iou.max(1).mean():.3f}")
         for name, judge in judges(args.comparator):
             groups = []

@@ -228,7 +228,7 @@ def pairwise_ious(results: list[ExecResult | None], columns: list[int]) -> np.nd
         for i, a in enumerate(solids):
             if i == j:
                 out[i, k] = 1.0
-            elif a is not None and k > 0 and i in columns[:k]:  # already scored the other way round
+            elif a is not None and i in columns[:k]:  # already scored the other way round
                 out[i, k] = out[j, columns.index(i)]
             elif a is not None and a.is_manifold and b.is_manifold:
                 out[i, k] = _best_of_ranked(a, b, PROPER_ROTATIONS, _ious_of_grids(grids[i], moved), moved)

@@ -387,8 +387,7 @@ def search_many(model, images: list[Image.Image], candidates: int = 8, refine_se
     """``search`` for many images with one build pool and one sandbox pool, the model proposing
     for ``batch_size`` images at a time (each result's ``seconds`` includes its share of the
     batch); ``judge``, ``refine_judge``, ``refine_top`` and ``consensus_top`` as in
-    ``pick_and_refine``. Ctrl-C
-    returns the finished results."""
+    ``pick_and_refine``. Ctrl-C returns the finished results."""
     from tqdm.auto import tqdm
 
     from img2cq.build import BuildPool

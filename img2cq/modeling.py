@@ -386,12 +386,19 @@ def load_pretrained(model_dir, device=None, library=None) -> Img2CQ:
     """Load a directory written by ``save_pretrained`` (or by ``transformers`` directly); ``library``:
     the part library a retrieve-and-edit model is prompted from (default: the shipped one)."""
     from transformers import AutoImageProcessor
+    from transformers.utils import logging as hf_logging
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise ModelError(f"no model in {model_dir} (expected config.json from training, e.g. "
                          "`python train_vision_encoder_decoder.py --output-dir DIR`)")
-    model = VisionEncoderDecoderModel.from_pretrained(model_dir)
+    progress_bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # loading takes a fraction of a second: its bar would only be noise
+    try:
+        model = VisionEncoderDecoderModel.from_pretrained(model_dir)
+    finally:
+        if progress_bars:
+            hf_logging.enable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     processor = AutoImageProcessor.from_pretrained(model_dir)
     generator = Img2CQ(model, tokenizer, processor, device=device, library=library)

@@ -91,6 +91,7 @@ def test_generate_writes_a_step_file_with_the_volume_of_the_programs_solid(tmp_p
     assert out.stdout == ""
     out = img2cq("generate", "picture.png", cwd=tmp_path)  # default: the program, beside the picture
     assert out.returncode == 0, out.stderr
+    assert [line.split()[0] for line in out.stderr.splitlines()] == ["loading", "writing", "[1/1]"], out.stderr  # no noise
     program = (tmp_path / "picture.py").read_text()
     assert "cadquery" in program
     with Executor(workers=1) as executor:

@@ -299,7 +299,7 @@ def pick_and_refine(image: Image.Image, proposals: list[Candidate], refine_secon
     started = time.perf_counter()
     reference = Masks.from_views(views_from_image(image))
     measure = consensus_top > 0
-    scored = score_candidates(proposals, reference, pool, executor, judge, measure)
+    scored = score_candidates([replace(c) for c in proposals], reference, pool, executor, judge, measure)  # the caller's stay as given
     if more is not None:
         scored += score_candidates(more(scored), reference, pool, executor, judge, measure)
     if not scored:

@@ -67,7 +67,9 @@ def test_the_search_refines_each_of_its_best_candidates(build_pool):
     refined = [c for c in result.candidates if c.source.endswith("+refined")]
     assert sorted(c.source for c in refined) == ["library:0+refined", "library:1+refined"]  # both were refined
     assert result.refine_evaluations >= 32
-    assert result.agreement == max(c.agreement for c in refined) > max(p.agreement for p in proposals)
+    starts_scored = [c for c in result.candidates if not c.source.endswith("+refined")]
+    assert sorted(c.source for c in starts_scored) == ["library:0", "library:1"]
+    assert result.agreement == max(c.agreement for c in refined) > max(c.agreement for c in starts_scored) > -math.inf
     assert result.program == codec.to_program(max(refined, key=lambda c: c.agreement).sketches)
     # by default the best alone at 1 s; the best seven share 7 s or more (each gets 1 s or more)
     assert [search.default_refine_top(s) for s in (0, 1, 1.9, 4, 7, 20)] == [1, 1, 1, 4, 7, 7]
@@ -89,11 +91,12 @@ def test_candidates_are_measured_as_they_are_built_and_compared_as_the_metric_wo
         for k in range(2):
             assert matrix[i, k] == pytest.approx(1.0 if i == k else iou_from_results(fine[i], fine[k]), abs=0.01)
     image = Image.fromarray(render_array(result_shape(build_shape(parts[2], seams=True)), size=FRAME))
-    proposals = lambda: [search.Candidate(codec.to_program(p), f"library:{i}", -math.inf, p) for i, p in enumerate(parts)]  # noqa: E731
-    result = search.pick_and_refine(image, proposals(), 0.0, build_pool, judge=agreement.agreements,
+    proposals = [search.Candidate(codec.to_program(p), f"library:{i}", -math.inf, p) for i, p in enumerate(parts)]
+    result = search.pick_and_refine(image, proposals, 0.0, build_pool, judge=agreement.agreements,
                                     consensus_top=search.CONSENSUS_TOP)
     assert result.program == codec.to_program(parts[2]) and all(c.solid.ok for c in result.candidates)
-    plain = search.pick_and_refine(image, proposals(), 0.0, build_pool, judge=agreement.agreements)  # the default
+    assert all(c.agreement == -math.inf and c.solid is None for c in proposals)  # the caller's proposals stay as given
+    plain = search.pick_and_refine(image, proposals, 0.0, build_pool, judge=agreement.agreements)  # the default
     assert plain.program == result.program and all(c.solid is None for c in plain.candidates)
 
 

@@ -8,7 +8,8 @@ the picture: the hand-made agreement (``agreement.agreements``) and the learned 
 feature-nearest part, of the part each judge keeps, of the best part in the shortlist (the
 oracle), and the mean Spearman correlation between the judge's score and 3D IoU among one
 picture's candidates; then the same for each judge's ``search.consensus`` (the candidates ranked
-by their 3D IoU with the ones the judge scores best, as the search ranks them). Renders (reduced
+by their 3D IoU with the ones the judge scores best, as the search ranks them), and the last
+judge's rank correlation by how near the shortlist's best part is to the pictured one. Renders (reduced
 to ``agreement.RESOLUTION``), IoUs with the picture's part and the candidates' IoUs with one
 another are cached in ``--cache``, so judges are compared on the same candidates.
 
@@ -122,7 +123,27 @@ def main() -> int:
                 rho, kept = rank_quality([(consensus(scores, lambda columns: data["pair_iou"][picture][:, columns], top), ious)
                                           for picture, (scores, ious) in enumerate(groups)])
                 print(f"  {'  consensus of ' + str(top):22s} kept IoU {kept:.3f}, Spearman {rho:.3f}")
+        ranked_by_consensus = [(consensus(scores, lambda columns: data["pair_iou"][picture][:, columns], args.consensus_top), ious)
+                               for picture, (scores, ious) in enumerate(groups)]
+        print_by_difficulty(name, groups, ranked_by_consensus, iou.max(1))
     return 0
+
+
+def print_by_difficulty(name: str, groups: list, ranked_by_consensus: list, oracle: np.ndarray) -> None:
+    """Spearman of the last judge and of its consensus among pictures whose shortlist holds a part of
+    about the same IoU: where no candidate is near the pictured part, the candidates differ little
+    and every judge ranks them poorly."""
+    from img2cq.comparator import rank_quality
+
+    print(f"  by the shortlist's best IoU ({name}; its consensus):")
+    for low, high in ((0.0, 0.7), (0.7, 0.85), (0.85, 0.95), (0.95, 1.01)):
+        rows = np.flatnonzero((oracle >= low) & (oracle < high))
+        if len(rows) < 2:
+            continue
+        judged, agreed = (rank_quality([pairs[k] for k in rows])[0] for pairs in (groups, ranked_by_consensus))
+        spread = np.mean([groups[k][1].std() for k in rows])
+        print(f"    {low:.2f}-{min(high, 1.0):.2f}: {len(rows):3d} pictures, IoU spread {spread:.3f}, "
+              f"Spearman {judged:.3f}; {agreed:.3f}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """The `img2cq` command: pictures to CadQuery programs and CAD files, the web server, scoring.
 
-    img2cq generate bracket.png                    # bracket.py beside the picture
+    img2cq generate bracket.png                    # bracket.py beside the picture (a search of a few seconds)
     img2cq generate bracket.png -o bracket.step    # the solid as STEP (format from the extension)
-    img2cq generate shots/*.png -o out/ --format stl --candidates 8 --refine 8
+    img2cq generate shots/*.png -o out/ --format stl --candidates 8 --refine 8   # a longer search
+    img2cq generate bracket.png --no-search        # the model's greedy program alone
     img2cq serve --port 8000                       # the web page at http://127.0.0.1:8000/
     img2cq score reference.py prediction.py        # {"iou": ..., "reference_valid": ..., ...}
 
@@ -49,19 +50,23 @@ def build_parser() -> Parser:
     commands.required = True
 
     gen = commands.add_parser("generate", help="write the CadQuery program (or CAD file) of each picture",
-                              description="Write the CadQuery program of each picture (PNG or JPEG) with the shipped "
-                                          "model, or its solid as a CAD file built in the sandbox.")
+                              description="Write the CadQuery program of each picture (PNG or JPEG), or its solid "
+                                          "as a CAD file built in the sandbox. By default a search of a few seconds: "
+                                          "the model's program and the part library's nearest parts, ranked by how "
+                                          "well their renders agree with the picture, the best refined for 1 s.")
     gen.add_argument("pictures", nargs="+", metavar="PICTURE", help="PNG or JPEG pictures of parts")
     gen.add_argument("-o", "--output", metavar="OUT",
                      help="one picture: the file to write ('-' for stdout, py only); several: a folder. "
                           "Default: beside each picture, with the format's extension")
     gen.add_argument("--format", choices=FORMATS,
                      help="py (the program), step or stl (its solid). Default: from OUT's extension, else py")
-    gen.add_argument("--candidates", type=int, default=1, metavar="N",
-                     help="test-time search: keep the best of N proposals, by how well their renders agree with "
-                          "the picture (1: plain greedy decoding; default 1)")
-    gen.add_argument("--refine", type=float, default=0.0, metavar="S",
-                     help="test-time search: seconds spent tuning the kept program's numbers (default 0)")
+    gen.add_argument("--candidates", type=int, default=None, metavar="N",
+                     help="the model's proposals beside the library's parts (1: its greedy program; default 1)")
+    gen.add_argument("--refine", type=float, default=None, metavar="S",
+                     help="seconds of refinement per picture, shared by the best-ranked proposals (default 1)")
+    gen.add_argument("--no-search", action="store_true",
+                     help="the model's greedy program alone: no part library, no rendering (faster, far less "
+                          "accurate)")
     gen.add_argument("--model", metavar="DIR", default=str(DEFAULT_MODEL), help="model directory (default: the "
                                                                                 "shipped models/img2cq-cpu)")
 
@@ -142,6 +147,11 @@ def output_plan(pictures: list[Path], output: str | None, fmt: str | None) -> tu
 
 
 def generate(args) -> int:
+    searching = not args.no_search
+    if not searching and (args.candidates is not None or args.refine is not None):
+        raise BadInput("--no-search takes no --candidates or --refine (they set the search)")
+    args.candidates = 1 if args.candidates is None else args.candidates
+    args.refine = 1.0 if args.refine is None else args.refine
     if args.candidates < 1:
         raise BadInput("--candidates must be at least 1")
     if not 0 <= args.refine <= 3600:
@@ -152,14 +162,13 @@ def generate(args) -> int:
     model_dir = Path(args.model)
     if not (model_dir / "config.json").is_file():
         raise BadInput(f"no model in {model_dir} (expected its config.json)")
-    searching = args.candidates > 1 or args.refine > 0
     library = None
     if searching:
         from img2cq.library import LIBRARY_DIR
 
         if not (LIBRARY_DIR / "card.json").is_file():
             raise BadInput(f"test-time search needs the part library {LIBRARY_DIR}, which is missing "
-                           "(build it with scripts/build_library.py, or leave out --candidates and --refine)")
+                           "(build it with scripts/build_library.py, or pass --no-search)")
 
     say(f"loading the model from {model_dir} ...")
     from img2cq.cadfiles import PRELOAD, CadFileError, cad_files
@@ -173,7 +182,7 @@ def generate(args) -> int:
     preload = PRELOAD
     if searching:
         from img2cq.library import PartLibrary
-        from img2cq.search import PRELOAD as SEARCH_PRELOAD, search
+        from img2cq.search import PRELOAD as SEARCH_PRELOAD, SHORTLIST, search
 
         library = PartLibrary.load()
         preload = tuple(dict.fromkeys(PRELOAD + SEARCH_PRELOAD))
@@ -182,8 +191,9 @@ def generate(args) -> int:
         if searching:
             programs = []
             for i, (picture, image) in enumerate(zip(pictures, images), 1):
-                say(f"[{i}/{len(pictures)}] {picture}: searching ({args.candidates} candidates, "
-                    f"{args.refine:g} s refinement) ...")
+                proposals = "greedy program" if args.candidates == 1 else f"{args.candidates} programs"
+                say(f"[{i}/{len(pictures)}] {picture}: searching (the model's {proposals}, the library's "
+                    f"{SHORTLIST} nearest parts, {args.refine:g} s refinement) ...")
                 result = search(model, image, args.candidates, args.refine, executor=executor, library=library)
                 say(f"[{i}/{len(pictures)}] kept {result.source} (agreement {result.agreement:.3f})")
                 programs.append(result.program)

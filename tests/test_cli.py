@@ -72,26 +72,28 @@ def test_bad_input_is_exit_2_with_one_line(tmp_path):
     assert picture.read_bytes() == PICTURE.read_bytes()
     out = img2cq("generate", picture, "-o", tmp_path / "part.step", "--format", "stl")
     assert out.returncode == 2 and "step" in one_error_line(out)
+    out = img2cq("generate", picture, "--no-search", "--refine", "2")
+    assert out.returncode == 2 and "--no-search" in one_error_line(out)
     out = img2cq("score", tmp_path / "nope.py", tmp_path / "nope.py")
     assert out.returncode == 2 and "nope.py" in one_error_line(out)
 
 
 @pytest.mark.integration
 def test_generate_writes_a_step_file_with_the_volume_of_the_programs_solid(tmp_path):
-    """Greedy generation (no search): the STEP of the kept program's solid, read back by CadQuery,
-    has the volume of that program's solid as the sandbox builds it."""
+    """The default search and the model's greedy program alone: the STEP of the kept program's solid,
+    read back by CadQuery, has the volume of that program's solid as the sandbox builds it."""
     import cadquery as cq
 
     from img2cq.sandbox import Executor
 
     picture = tmp_path / "picture.png"
     shutil.copy(PICTURE, picture)
-    out = img2cq("generate", "picture.png", "-o", "part.step", cwd=tmp_path)
+    out = img2cq("generate", "picture.png", "--no-search", "-o", "part.step", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout == ""
-    out = img2cq("generate", "picture.png", cwd=tmp_path)  # default: the program, beside the picture
-    assert out.returncode == 0, out.stderr
     assert [line.split()[0] for line in out.stderr.splitlines()] == ["loading", "writing", "[1/1]"], out.stderr  # no noise
+    out = img2cq("generate", "picture.png", "--no-search", cwd=tmp_path)  # the program, beside the picture
+    assert out.returncode == 0, out.stderr
     program = (tmp_path / "picture.py").read_text()
     assert "cadquery" in program
     with Executor(workers=1) as executor:
@@ -100,6 +102,10 @@ def test_generate_writes_a_step_file_with_the_volume_of_the_programs_solid(tmp_p
     step = cq.importers.importStep(str(tmp_path / "part.step"))
     volume = sum(s.Volume() for s in step.solids().vals())
     assert abs(volume - solid.volume) / solid.volume < 1e-6
+    out = img2cq("generate", "picture.png", "-o", "searched.py", cwd=tmp_path)  # default: a short search
+    assert out.returncode == 0, out.stderr  # 0: the kept program builds a solid
+    assert "searching (the model's greedy program, the library's" in out.stderr and "kept " in out.stderr
+    assert "cadquery" in (tmp_path / "searched.py").read_text()
     assert picture.read_bytes() == PICTURE.read_bytes()
 
 

@@ -110,11 +110,11 @@
       return;
     }
     const best = document.querySelector("#mode input:checked").value === "best";
-    const query = "embed=png,step,stl" + (best ? "&candidates=8&refine=8" : "");
+    const query = "embed=png,step,stl" + (best ? "&candidates=8&refine=8" : "&candidates=1&refine=1");
     const form = new FormData();
     form.append("image", file, file.name);
     const started = performance.now();
-    const words = best ? "Searching for the best program" : "Writing the program";
+    const words = best ? "Searching for the best program" : "Searching";
     setBusy(true, words + "…");
     document.body.dataset.state = "working";
     const timer = setInterval(() => {
@@ -150,7 +150,7 @@
     const valid = $("valid");
     valid.textContent = answer.valid ? "yes" : "no — " + (answer.error || "unknown error");
     valid.className = answer.valid ? "good" : "bad";
-    $("agreement").textContent = answer.agreement == null ? "— (fast mode does not compare)" : answer.agreement.toFixed(3);
+    $("agreement").textContent = answer.agreement == null ? "—" : answer.agreement.toFixed(3);
     $("source").textContent = answer.source || "greedy (the model's first choice)";
     const links = { py: new Blob([answer.program], { type: "text/x-python" }) };
     if (files.step) links.step = new Blob([bytesOf(files.step)], { type: "application/step" });

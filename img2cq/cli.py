@@ -182,7 +182,7 @@ def generate(args) -> int:
     preload = PRELOAD
     if searching:
         from img2cq.library import PartLibrary
-        from img2cq.search import PRELOAD as SEARCH_PRELOAD, SHORTLIST, search
+        from img2cq.search import PRELOAD as SEARCH_PRELOAD, default_shortlist, search
 
         library = PartLibrary.load()
         preload = tuple(dict.fromkeys(PRELOAD + SEARCH_PRELOAD))
@@ -193,7 +193,7 @@ def generate(args) -> int:
             for i, (picture, image) in enumerate(zip(pictures, images), 1):
                 proposals = "greedy program" if args.candidates == 1 else f"{args.candidates} programs"
                 say(f"[{i}/{len(pictures)}] {picture}: searching (the model's {proposals}, the library's "
-                    f"{SHORTLIST} nearest parts, {args.refine:g} s refinement) ...")
+                    f"{default_shortlist(args.refine)} nearest parts, {args.refine:g} s refinement) ...")
                 result = search(model, image, args.candidates, args.refine, executor=executor, library=library)
                 say(f"[{i}/{len(pictures)}] kept {result.source} (agreement {result.agreement:.3f})")
                 programs.append(result.program)

@@ -171,9 +171,9 @@ def format_table(rows: list[dict]) -> str:
 def search_predictions(model, rows: list[dict], args: EvaluationArguments) -> tuple[list[str], str, int | None]:
     """Test-time search (``img2cq.search``) over ``rows``: (programs, decoding label, shortlist used),
     for the first rows only if the search was interrupted."""
-    from img2cq.search import SHORTLIST, search_rows
+    from img2cq.search import default_shortlist, search_rows
 
-    shortlist = SHORTLIST if args.shortlist is None else args.shortlist
+    shortlist = default_shortlist(args.refine) if args.shortlist is None else args.shortlist
     try:
         predictions, decoding, results = search_rows(model, rows, args.candidates, args.refine, args.train_json,
                                                      args.workers, args.max_new_tokens, shortlist, args.library)
@@ -190,7 +190,7 @@ def evaluate_model(args: EvaluationArguments, command: str = "", device=None) ->
     """Generate for the first ``args.samples`` test images, score, write predictions JSONL, append results.csv.
 
     ``args.searching`` (``--candidates`` > 1 or ``--refine``): test-time search (``img2cq.search``)
-    instead of plain decoding, with ``--shortlist`` retrieved parts (default ``search.SHORTLIST``) from
+    instead of plain decoding, with ``--shortlist`` retrieved parts (default ``search.default_shortlist``) from
     the library of ``--train-json``, else of ``--library`` (default: the shipped part library).
     Returns the scores, the results.csv "row" and the "predictions_path".
     """

@@ -45,7 +45,8 @@ class EvaluationArguments:
         "metavar": "SECONDS", "help": "test-time search: then edit the kept program (proportions, holes, "
                                       "sketches) for SECONDS per image"})
     shortlist: int | None = field(default=None, metadata={
-        "help": "test-time search: library parts rendered and re-ranked per image (default 64; 0: none)"})
+        "help": "test-time search: library parts rendered and re-ranked per image (default 24 when "
+                "--refine refines the best alone, under 2 s; else 64; 0: none)"})
     train_json: str | None = field(default=None, metadata={
         "help": "retrieve from this split's pictures instead of the part library (its library is "
                 "built once and saved beside it)"})

@@ -39,7 +39,8 @@ from img2cq.agreement import Masks, agreements, render_programs, views_from_imag
 
 PRELOAD = ("img2cq.render", "img2cq.agreement")  # modules the executor's workers import before forking
 NUM_BEAMS = 4
-SHORTLIST = 64               # library parts rendered and re-ranked per picture
+SHORTLIST = 64               # library parts rendered and re-ranked per picture, ...
+SHORTLIST_ONE_START = 24     # ... where only the best is refined: as good, 0.5 s sooner (default_shortlist)
 CONSENSUS_ROWS = 24          # with consensus on, the judge's best-ranked candidates re-ranked, each ...
 CONSENSUS_TOP = 4            # ... compared in 3D with the judge's best few (the best ranking measured) ...
 CONSENSUS_TEMPERATURE = 0.05  # ... weighted by softmax(judge's score / this)
@@ -333,6 +334,13 @@ def pick_and_refine(image: Image.Image, proposals: list[Candidate], refine_secon
     return result
 
 
+def default_shortlist(refine_seconds: float) -> int:
+    """How many library parts a search renders and re-ranks: ``SHORTLIST``, or
+    ``SHORTLIST_ONE_START`` when ``refine_seconds`` refines the best alone (with 1 s, 64 parts
+    searched no better than 24 and took 0.5 s longer; docs/search.md)."""
+    return SHORTLIST_ONE_START if default_refine_top(refine_seconds) == 1 else SHORTLIST
+
+
 def default_refine_top(refine_seconds: float) -> int:
     """How many of the best-ranked candidates share ``refine_seconds``: refining a few hedges the
     judge's ranking errors, once each still gets ``REFINE_SECONDS_EACH`` (docs/search.md)."""
@@ -340,15 +348,16 @@ def default_refine_top(refine_seconds: float) -> int:
 
 
 def search(model, image: Image.Image, candidates: int = 8, refine_seconds: float = 0.0, pool=None, executor=None,
-           library=None, shortlist: int = SHORTLIST, max_new_tokens: int | None = None, seed: int = 0,
+           library=None, shortlist: int | None = None, max_new_tokens: int | None = None, seed: int = 0,
            judge=None, refine_top: int | None = None) -> SearchResult:
     """The program whose render agrees best with ``image``, from the model's ``candidates``
-    proposals (no model: none) and the library's ``shortlist`` nearest parts, then refined for
-    ``refine_seconds`` (shared by the ``refine_top`` best). ``pool``: a ``BuildPool`` (the process's
-    shared one when None)."""
+    proposals (no model: none) and the library's ``shortlist`` nearest parts (default:
+    ``default_shortlist``), then refined for ``refine_seconds`` (shared by the ``refine_top``
+    best). ``pool``: a ``BuildPool`` (the process's shared one when None)."""
     from img2cq.build import shared_pool
 
     started = time.perf_counter()
+    shortlist = default_shortlist(refine_seconds) if shortlist is None else shortlist
     proposals = propose(model, [image], candidates, max_new_tokens)[0] if proposes(model) else []
     proposals += retrieve(library, image, shortlist)
     result = pick_and_refine(image, proposals, refine_seconds, pool or shared_pool(), executor, seed, judge,
@@ -380,7 +389,7 @@ def search_label(candidates: int, refine_seconds: float) -> str:
 
 
 def search_many(model, images: list[Image.Image], candidates: int = 8, refine_seconds: float = 0.0,
-                workers: int = 2, library=None, shortlist: int = SHORTLIST, max_new_tokens: int | None = None,
+                workers: int = 2, library=None, shortlist: int | None = None, max_new_tokens: int | None = None,
                 batch_size: int = 8, progress: bool = True, judge=None,
                 refine_judge=agreements, refine_top: int | None = None,
                 consensus_top: int = 0) -> list[SearchResult]:
@@ -388,6 +397,7 @@ def search_many(model, images: list[Image.Image], candidates: int = 8, refine_se
     for ``batch_size`` images at a time (each result's ``seconds`` includes its share of the
     batch); ``judge``, ``refine_judge``, ``refine_top`` and ``consensus_top`` as in
     ``pick_and_refine``. Ctrl-C returns the finished results."""
+    shortlist = default_shortlist(refine_seconds) if shortlist is None else shortlist
     from tqdm.auto import tqdm
 
     from img2cq.build import BuildPool
@@ -423,7 +433,7 @@ def search_many(model, images: list[Image.Image], candidates: int = 8, refine_se
 
 
 def search_rows(model, rows: list[dict], candidates: int, refine_seconds: float, train_json: str | None = None,
-                workers: int = 2, max_new_tokens: int | None = None, shortlist: int = SHORTLIST,
+                workers: int = 2, max_new_tokens: int | None = None, shortlist: int | None = None,
                 library_dir: str | None = None) -> tuple[list[str], str, list[SearchResult]]:
     """Searched programs for evaluation rows (``evaluate_model``), their ``decoding`` label and the
     search results. Retrieval from the library of ``train_json`` (built once and saved beside

@@ -104,7 +104,8 @@ def test_generate_writes_a_step_file_with_the_volume_of_the_programs_solid(tmp_p
     assert abs(volume - solid.volume) / solid.volume < 1e-6
     out = img2cq("generate", "picture.png", "-o", "searched.py", cwd=tmp_path)  # default: a short search
     assert out.returncode == 0, out.stderr  # 0: the kept program builds a solid
-    assert "searching (the model's greedy program, the library's" in out.stderr and "kept " in out.stderr
+    assert "searching (the model's greedy program, the library's 24 nearest parts, 1 s refinement)" in out.stderr
+    assert "kept " in out.stderr
     assert "cadquery" in (tmp_path / "searched.py").read_text()
     assert picture.read_bytes() == PICTURE.read_bytes()
 

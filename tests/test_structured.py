@@ -73,6 +73,7 @@ def test_the_search_refines_each_of_its_best_candidates(build_pool):
     assert result.program == codec.to_program(max(refined, key=lambda c: c.agreement).sketches)
     # by default the best alone at 1 s; the best seven share 7 s or more (each gets 1 s or more)
     assert [search.default_refine_top(s) for s in (0, 1, 1.9, 4, 7, 20)] == [1, 1, 1, 4, 7, 7]
+    assert [search.default_shortlist(s) for s in (0, 1, 1.9, 2, 7)] == [24, 24, 24, 64, 64]  # 24 when one is refined
 
 
 def test_candidates_are_measured_as_they_are_built_and_compared_as_the_metric_would(build_pool):

@@ -6,7 +6,7 @@ candidate's predicted 3D IoU) and the hand-made one (``agreement.agreements``); 
 by the hand-made one. ``search(model, image, candidates=8,
 refine_seconds=8)``:
 
-1. proposals: the ``SHORTLIST`` parts of the part library (``img2cq.library``) whose pictures are
+1. proposals: the ``default_shortlist`` parts of the part library (``img2cq.library``) whose pictures are
    nearest to the input in feature space, and, with a model, its greedy and beam programs and
    ``candidates - 2`` sampled ones; a retrieve-and-edit model (``img2cq.editing``) instead writes
    one program from each of the ``candidates`` library parts the judge ranks best (after step 2);
@@ -397,11 +397,12 @@ def search_many(model, images: list[Image.Image], candidates: int = 8, refine_se
     for ``batch_size`` images at a time (each result's ``seconds`` includes its share of the
     batch); ``judge``, ``refine_judge``, ``refine_top`` and ``consensus_top`` as in
     ``pick_and_refine``. Ctrl-C returns the finished results."""
-    shortlist = default_shortlist(refine_seconds) if shortlist is None else shortlist
     from tqdm.auto import tqdm
 
     from img2cq.build import BuildPool
     from img2cq.sandbox import Executor
+
+    shortlist = default_shortlist(refine_seconds) if shortlist is None else shortlist
 
     results: list[SearchResult] = []
     with BuildPool(workers) as pool, Executor(workers=workers, preload=PRELOAD) as ex:

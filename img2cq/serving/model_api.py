@@ -270,11 +270,14 @@ def embedded_formats(embed: str | None) -> list[str]:
 async def generate(request: Request, image: UploadFile,
                    max_new_tokens: Annotated[int | None, Query(ge=1, le=4096, description="cap on generated tokens "
                                                                 "(default: the model's context length)")] = None,
-                   candidates: Annotated[int, Query(ge=1, le=64, description="test-time search: propose N "
-                                                    "programs and keep the one whose render agrees best with "
-                                                    "the picture (1: plain greedy decoding)")] = 1,
+                   candidates: Annotated[int, Query(ge=1, le=64, description="test-time search: the model's "
+                                                    "N programs beside the part library's nearest parts, the one "
+                                                    "whose render agrees best with the picture kept (1 with "
+                                                    "refine 0: the model's greedy program alone, batched)")] = 1,
                    refine: Annotated[float, Query(ge=0, le=120, description="test-time search: seconds spent "
-                                                  "tuning the kept program's numbers (0: none)")] = 0.0,
+                                                  "refining the best-ranked programs (0: none). refine=1 is the "
+                                                  "web page's Fast: far more accurate than the greedy program "
+                                                  "alone (IoU 0.69 against 0.28 on real parts) in about 2 s")] = 0.0,
                    format: Annotated[Literal[ANSWER_FORMATS], Query(  # type: ignore[valid-type]
                        description="json: the program and its check; py: the program as a file; step, stl, glb: "
                                    "the kept program's solid as a CAD file; png: a render of it")] = "json",

@@ -127,6 +127,12 @@ class BuildPool:
         self._pool = ProcessPool(max_workers=workers, max_tasks=MAX_TASKS_PER_WORKER, initializer=_warm_up,
                                  context=worker_context())
 
+    def start(self) -> None:
+        """Start every worker now, without waiting: their CadQuery import overlaps the caller's own
+        start-up (a model loading)."""
+        for i in range(self.workers):
+            self.submit(_ready, i)
+
     def wait_ready(self) -> None:
         """Return once every worker has started (imported CadQuery and the renderer)."""
         self.map(_ready, list(range(self.workers)))

@@ -170,6 +170,10 @@ def generate(args) -> int:
             raise BadInput(f"test-time search needs the part library {LIBRARY_DIR}, which is missing "
                            "(build it with scripts/build_library.py, or pass --no-search)")
 
+    if searching:
+        from img2cq.build import shared_pool
+
+        shared_pool().start()  # the search's build workers start while the model loads
     say(f"loading the model from {model_dir} ...")
     from img2cq.cadfiles import PRELOAD, CadFileError, cad_files
     from img2cq.sandbox import Executor

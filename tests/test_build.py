@@ -76,6 +76,30 @@ def test_a_crashed_or_hung_worker_is_replaced():
         assert pool.map(hang, [30, 0.01]) == [None, 0.01]  # the hung job is cut off; the next runs
 
 
+def test_start_starts_every_worker_without_waiting():
+    """``start`` returns at once; the workers import CadQuery meanwhile, each in its own process."""
+    from multiprocessing import forkserver
+
+    import psutil
+
+    worker_context()  # the fork server the pool's workers are forked from
+    server = psutil.Process(forkserver._forkserver._forkserver_pid)
+    before = set(server.children())
+    with BuildPool(workers=2) as pool:
+        started = time.perf_counter()
+        pool.start()
+        assert time.perf_counter() - started < 1.0  # a worker's start-up takes seconds: not waited for
+        deadline = time.monotonic() + 60
+        while len(set(server.children()) - before) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(set(server.children()) - before) == 2  # started with no job given to them
+        assert pool.map(_identity, [1, 2, 3]) == [1, 2, 3]
+
+
+def _identity(x):
+    return x
+
+
 def report_sigint(queue):
     import signal
 

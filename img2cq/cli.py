@@ -146,16 +146,29 @@ def output_plan(pictures: list[Path], output: str | None, fmt: str | None) -> tu
     return fmt, outs
 
 
-def generate(args) -> int:
-    searching = not args.no_search
-    if not searching and (args.candidates is not None or args.refine is not None):
-        raise BadInput("--no-search takes no --candidates or --refine (they set the search)")
+def search_settings(args) -> bool:
+    """Whether ``generate`` searches; if so ``args.candidates`` and ``args.refine`` are set
+    (defaults filled in) and the part library is there."""
+    if args.no_search:
+        if args.candidates is not None or args.refine is not None:
+            raise BadInput("--no-search takes no --candidates or --refine (they set the search)")
+        return False
     args.candidates = 1 if args.candidates is None else args.candidates
     args.refine = 1.0 if args.refine is None else args.refine
     if args.candidates < 1:
         raise BadInput("--candidates must be at least 1")
     if not 0 <= args.refine <= 3600:
         raise BadInput("--refine must be between 0 and 3600 seconds")
+    from img2cq.library import LIBRARY_DIR
+
+    if not (LIBRARY_DIR / "card.json").is_file():
+        raise BadInput(f"test-time search needs the part library {LIBRARY_DIR}, which is missing "
+                       "(build it with scripts/build_library.py, or pass --no-search)")
+    return True
+
+
+def generate(args) -> int:
+    searching = search_settings(args)
     pictures = [Path(p) for p in args.pictures]
     fmt, outs = output_plan(pictures, args.output, args.format)
     images = [read_picture(p) for p in pictures]
@@ -163,13 +176,6 @@ def generate(args) -> int:
     if not (model_dir / "config.json").is_file():
         raise BadInput(f"no model in {model_dir} (expected its config.json)")
     library = None
-    if searching:
-        from img2cq.library import LIBRARY_DIR
-
-        if not (LIBRARY_DIR / "card.json").is_file():
-            raise BadInput(f"test-time search needs the part library {LIBRARY_DIR}, which is missing "
-                           "(build it with scripts/build_library.py, or pass --no-search)")
-
     if searching:
         from img2cq.build import shared_pool
 

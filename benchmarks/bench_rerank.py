@@ -119,13 +119,13 @@ def main() -> int:
                 groups.append((scores, iou[picture]))
             rho, kept = rank_quality(groups)
             print(f"  {name:22s} kept IoU {kept:.3f}, Spearman {rho:.3f}")
+            by_consensus = {}
             for top in sorted({args.consensus_top, args.shortlist}):
-                rho, kept = rank_quality([(consensus(scores, lambda columns: data["pair_iou"][picture][:, columns], top), ious)
-                                          for picture, (scores, ious) in enumerate(groups)])
+                by_consensus[top] = [(consensus(scores, lambda columns: data["pair_iou"][picture][:, columns], top), ious)
+                                     for picture, (scores, ious) in enumerate(groups)]
+                rho, kept = rank_quality(by_consensus[top])
                 print(f"  {'  consensus of ' + str(top):22s} kept IoU {kept:.3f}, Spearman {rho:.3f}")
-        ranked_by_consensus = [(consensus(scores, lambda columns: data["pair_iou"][picture][:, columns], args.consensus_top), ious)
-                               for picture, (scores, ious) in enumerate(groups)]
-        print_by_difficulty(name, groups, ranked_by_consensus, iou.max(1))
+        print_by_difficulty(name, groups, by_consensus[args.consensus_top], iou.max(1))  # the last judge: the search's
     return 0
 
 

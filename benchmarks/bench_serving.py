@@ -3,6 +3,10 @@ alone: no database) with a model directory, and 1, 4, 16, 64 loopback clients, e
 
     python benchmarks/bench_serving.py                       # shipped model, 1/4/16/64 clients, 30 s each
     python benchmarks/bench_serving.py --concurrency 1,16 --seconds 20
+    python benchmarks/bench_serving.py --search --concurrency 1,4   # /generate's default search lane
+
+Without --search the clients ask for the model's greedy program alone (`search=false`): the
+batched lane, whose throughput this measures; a search runs one request at a time.
 
 Every client posts pictures back to back, going round a set of test pictures (64 of the seed-1000
 test split, `benchmarks/pictures`) from its own starting point, so that concurrent requests carry
@@ -44,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-wait-ms", type=float, default=20.0, help="IMG2CQ_BATCH_WAIT_MS of the server")
     p.add_argument("--queue-size", type=int, default=16, help="IMG2CQ_QUEUE_SIZE of the server (small: 64 clients overflow it)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="cap per request (default: the model's own)")
+    p.add_argument("--search", action="store_true", help="post with /generate's default test-time search "
+                   "(default: search=false, the batched greedy program)")
     p.add_argument("--torch-threads", type=int, default=1, help="IMG2CQ_TORCH_THREADS of the server")
     p.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = p.parse_args(argv)
@@ -53,7 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.picture_files = sorted(args.pictures.rglob("*.png")) if args.pictures.is_dir() else [args.pictures]
     if not args.picture_files:
         p.error(f"{args.pictures} holds no PNG")
-    args.generate_params = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
+    args.generate_params = {} if args.search else {"search": "false"}
+    if args.max_new_tokens is not None:
+        args.generate_params["max_new_tokens"] = args.max_new_tokens
     try:
         args.levels = [int(c) for c in args.concurrency.split(",")]
     except ValueError:

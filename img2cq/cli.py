@@ -153,8 +153,10 @@ def search_settings(args) -> bool:
         if args.candidates is not None or args.refine is not None:
             raise BadInput("--no-search takes no --candidates or --refine (they set the search)")
         return False
-    args.candidates = 1 if args.candidates is None else args.candidates
-    args.refine = 1.0 if args.refine is None else args.refine
+    from img2cq.search import DEFAULT_CANDIDATES, DEFAULT_REFINE_SECONDS
+
+    args.candidates = DEFAULT_CANDIDATES if args.candidates is None else args.candidates
+    args.refine = DEFAULT_REFINE_SECONDS if args.refine is None else args.refine
     if args.candidates < 1:
         raise BadInput("--candidates must be at least 1")
     if not 0 <= args.refine <= 3600:

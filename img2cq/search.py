@@ -39,6 +39,8 @@ from img2cq.agreement import Masks, agreements, render_programs, views_from_imag
 
 PRELOAD = ("img2cq.render", "img2cq.agreement")  # modules the executor's workers import before forking
 NUM_BEAMS = 4
+DEFAULT_CANDIDATES = 1       # the search a user gets unless they ask (img2cq generate, /generate): the model's
+DEFAULT_REFINE_SECONDS = 1.0  # greedy program beside the library's nearest parts, the best refined 1 s (about 2 s)
 SHORTLIST = 64               # library parts rendered and re-ranked per picture, ...
 SHORTLIST_ONE_START = 24     # ... where only the best is refined: as good, 0.5 s sooner (default_shortlist)
 CONSENSUS_ROWS = 24          # with consensus on, the judge's best-ranked candidates re-ranked, each ...

@@ -72,14 +72,14 @@ def picture() -> bytes:
 @pytest.mark.integration
 def test_generate_answers_cad_files(api, known_program, tmp_path):
     upload = {"image": ("bracket.png", picture(), "image/png")}
-    r = api.post("/generate", params={"format": "step"}, files=upload)
+    r = api.post("/generate", params={"format": "step", "search": "false"}, files=upload)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "application/step"
     assert 'filename="bracket.step"' in r.headers["content-disposition"]
     assert abs(step_volume(r.content, tmp_path) - 0.5) / 0.5 < 1e-6
-    r = api.post("/generate", params={"format": "py"}, files=upload)
+    r = api.post("/generate", params={"format": "py", "search": "false"}, files=upload)
     assert r.status_code == 200 and r.text == known_program and 'filename="bracket.py"' in r.headers["content-disposition"]
-    r = api.post("/generate", params={"embed": "png,stl"}, files=upload)
+    r = api.post("/generate", params={"embed": "png,stl", "search": "false"}, files=upload)
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["valid"] and out["source"] is None and out["agreement"] is None
@@ -97,9 +97,9 @@ def test_a_cad_format_for_a_program_that_builds_nothing_is_422(api, monkeypatch,
 
     monkeypatch.setattr(model_api, "generate_programs",
                         lambda model, images, *args: [reference_programs["runtime_error"]] * len(images))
-    r = api.post("/generate", params={"format": "stl"}, files={"image": ("p.png", picture(), "image/png")})
+    r = api.post("/generate", params={"format": "stl", "search": "false"}, files={"image": ("p.png", picture(), "image/png")})
     assert r.status_code == 422 and "builds no solid" in r.json()["detail"]
-    r = api.post("/generate", params={"embed": "stl"}, files={"image": ("p.png", picture(), "image/png")})
+    r = api.post("/generate", params={"embed": "stl", "search": "false"}, files={"image": ("p.png", picture(), "image/png")})
     assert r.status_code == 200 and r.json()["valid"] is False and r.json()["files"] is None
 
 
@@ -110,9 +110,16 @@ def test_a_searched_answer_says_which_proposal_won_and_how_well_it_agrees(api, m
     from img2cq.serving import model_api
 
     kept = SimpleNamespace(program=reference_programs["gencad_box"], source="library:7+refined", agreement=0.81)
-    monkeypatch.setattr(model_api, "generate_programs",
-                        lambda model, images, *args: [model_api.SearchedProgram.of(kept) for _ in images])
-    r = api.post("/generate", files={"image": ("p.png", picture(), "image/png")})
+    asked = []
+
+    def searched(model, images, options, *rest):
+        asked.append(options)
+        return [model_api.SearchedProgram.of(kept) for _ in images]
+
+    monkeypatch.setattr(model_api, "generate_programs", searched)
+    monkeypatch.setattr(model_api.ModelService, "_search_library", lambda self: None)  # no retrieval
+    r = api.post("/generate", files={"image": ("p.png", picture(), "image/png")})  # a plain request searches
     assert r.status_code == 200, r.text
+    assert asked == [model_api.GenerateOptions(search=True, candidates=1, refine_seconds=1.0)]
     out = r.json()
     assert out["valid"] and out["source"] == "library:7+refined" and out["agreement"] == pytest.approx(0.81)

@@ -198,14 +198,14 @@ def per_rotation_ious(executor, a, b):
 
 @pytest.mark.slow
 def test_fast_path_agrees_with_exact_booleans(executor):
-    pairs = corpus.gencad_pairs(130, seed=7)
+    pairs = corpus.gencad_pairs(70, seed=7)  # related pairs (a part and a jittered copy), then unrelated
     results = executor.map([c for pair in pairs for c in pair], mesh=True, brep=True)
-    valid = [(a, b) for a, b in zip(results[::2], results[1::2]) if a.ok and b.ok][:100]
-    assert len(valid) == 100
+    valid = [(a, b) for a, b in zip(results[::2], results[1::2]) if a.ok and b.ok][:50]
+    assert len(valid) == 50
     with ThreadPoolExecutor(2) as threads:  # one exact call per executor worker
         exact = list(threads.map(lambda pair: exact_iou_from_results(*pair, executor=executor), valid))
     fast = [iou_from_results(a, b, executor=executor) for a, b in valid]
-    disputed = [i for i in range(100) if abs(fast[i] - exact[i]) > 0.01]
+    disputed = [i for i in range(len(valid)) if abs(fast[i] - exact[i]) > 0.01]
     # OCC's own booleans are wrong on a few near-coincident configurations (seen: nearly coaxial
     # cylinders); an independent point-classification estimate settles each disagreement
     assert len(disputed) <= 3, [(fast[i], exact[i]) for i in disputed]

@@ -267,13 +267,16 @@ def test_concurrent_writer_processes_lose_nothing(tmp_path, repo_root):
 
 
 def test_generate_with_a_model(model_client):
+    """search=false: the model's greedy program alone (no search: no source, no agreement)."""
     png = io.BytesIO()
     Image.new("RGB", (64, 64), "white").save(png, format="PNG")
-    r = model_client.post("/generate", params={"max_new_tokens": 24}, files={"image": ("part.png", png.getvalue(), "image/png")})
+    r = model_client.post("/generate", params={"max_new_tokens": 24, "search": "false"},
+                          files={"image": ("part.png", png.getvalue(), "image/png")})
     assert r.status_code == 200, r.text
     out = r.json()
     assert isinstance(out["program"], str) and isinstance(out["valid"], bool)
     assert out["valid"] == (out["error"] is None)
+    assert out["source"] is None and out["agreement"] is None
 
 
 def test_generate_with_test_time_search_keeps_a_program_that_builds(model_client, reference_programs):
@@ -285,9 +288,12 @@ def test_generate_with_test_time_search_keeps_a_program_that_builds(model_client
                           files={"image": ("part.png", png.getvalue(), "image/png")})
     assert r.status_code == 200, r.text
     assert isinstance(r.json()["program"], str)
-    for bad in ({"candidates": 0}, {"refine": -1}, {"candidates": 65}):
+    assert r.json()["source"] is not None and r.json()["agreement"] is not None
+    for bad in ({"candidates": 0}, {"refine": -1}, {"candidates": 65}, {"search": "maybe"},
+                {"search": "false", "refine": 1}, {"search": "no", "candidates": 2}):
         r = model_client.post("/generate", params=bad, files={"image": ("part.png", png.getvalue(), "image/png")})
         assert r.status_code == 422, (bad, r.text)
+    assert "search=false takes no candidates or refine" in r.json()["detail"]
 
 
 def test_generate_refusals(model_client):
@@ -335,7 +341,9 @@ def png_bytes() -> bytes:
 
 
 def post_image(client):
-    return client.post("/generate", params={"max_new_tokens": 8}, files={"image": ("part.png", png_bytes(), "image/png")})
+    """The greedy program alone (search=false): the batched lane."""
+    return client.post("/generate", params={"max_new_tokens": 8, "search": "false"},
+                       files={"image": ("part.png", png_bytes(), "image/png")})
 
 
 class GatedModel:
@@ -465,7 +473,7 @@ def test_a_request_past_its_deadline_is_504_and_never_generated(sqlite_url, mode
 
 async def post_and_hang_up(app, hang_up: threading.Event) -> int:
     """POST /generate straight to the ASGI app, then disconnect once ``hang_up`` is set; the status."""
-    request = httpx.Request("POST", "http://test/generate?max_new_tokens=8",
+    request = httpx.Request("POST", "http://test/generate?max_new_tokens=8&search=false",
                             files={"image": ("part.png", png_bytes(), "image/png")})
     body = request.read()
     messages = [{"type": "http.request", "body": body, "more_body": False}]
@@ -483,7 +491,7 @@ async def post_and_hang_up(app, hang_up: threading.Event) -> int:
         sent.append(message)
 
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": "/generate", "raw_path": b"/generate", "query_string": b"max_new_tokens=8",
+             "scheme": "http", "path": "/generate", "raw_path": b"/generate", "query_string": b"max_new_tokens=8&search=false",
              "root_path": "", "client": ("127.0.0.1", 50000), "server": ("test", 80),
              "headers": [(k.lower().encode(), v.encode()) for k, v in request.headers.items()]}
     await app(scope, receive, send)

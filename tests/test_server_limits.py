@@ -261,7 +261,7 @@ def test_a_picture_too_large_in_pixels_is_refused_from_its_header(sqlite_url, mo
         assert post_image(client).status_code == 200  # model loaded: what follows costs only the picture
         with PeakMemory() as memory:
             started = time.perf_counter()
-            r = client.post("/generate", params={"max_new_tokens": 8},
+            r = client.post("/generate", params={"max_new_tokens": 8, "search": "false"},
                             files={"image": ("bomb.png", picture, "image/png")})
             seconds = time.perf_counter() - started
     print(f"\n{width} x {height} PNG of {len(picture)} bytes: {r.status_code} in {seconds * 1000:.0f} ms, "
@@ -410,11 +410,19 @@ class HeldSearch:
         self.real = model_api.generate_programs
 
     def __call__(self, model, images, options, *rest):
-        if options.searching:
+        if options.search:
             self.running.set()
             assert self.release.wait(60), "test never released the search"
             return ["import cadquery as cq\nsolid = cq.Workplane().box(1, 1, 1)\n"] * len(images)
         return self.real(model, images, options, *rest)
+
+
+def test_the_door_sends_a_request_to_the_lane_its_query_asks_for():
+    """The door reads the query as the route does: a search unless ``search`` reads false."""
+    assert model_api.searching_query(b"") and model_api.searching_query(b"candidates=8&refine=8")
+    assert model_api.searching_query(b"search=true") and model_api.searching_query(b"search=maybe")  # route: 422
+    for false in (b"search=false", b"search=0", b"search=No", b"max_new_tokens=8&search=off"):
+        assert not model_api.searching_query(false), false
 
 
 def test_plain_generate_is_not_held_up_by_a_searching_request(sqlite_url, model_dir, monkeypatch):

@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field
 
 from img2cq.cadfiles import FORMATS, CadFileError, cad_files
 from img2cq.scoring import execute, score_pair
+from img2cq.search import DEFAULT_CANDIDATES, DEFAULT_REFINE_SECONDS
 from img2cq.serving.batching import Batcher
 
 MAX_PROGRAM_CHARS = 100_000
@@ -80,28 +81,39 @@ class GenerateOptions:
     """How to generate; requests with equal options share one batched call."""
 
     max_new_tokens: int | None = None
-    candidates: int = 1            # > 1: test-time search over this many proposals (img2cq.search)
-    refine_seconds: float = 0.0    # > 0: then tune the kept program's numbers for this long
+    search: bool = False           # test-time search (img2cq.search), else the model's greedy program alone ...
+    candidates: int = 1            # ... over the model's N proposals and the library's nearest parts ...
+    refine_seconds: float = 0.0    # ... the best-ranked refined for this long
 
-    @property
-    def searching(self) -> bool:
-        return self.candidates > 1 or self.refine_seconds > 0
+
+def generate_options(max_new_tokens: int | None, search: bool, candidates: int | None,
+                     refine: float | None) -> GenerateOptions:
+    """A /generate request's options: the search ``img2cq generate`` runs by default (its
+    ``DEFAULT_CANDIDATES`` and ``DEFAULT_REFINE_SECONDS`` where not given), or with
+    ``search=false`` the greedy program alone (then candidates or refine are refused, 422)."""
+    if not search:
+        if candidates is not None or refine is not None:
+            raise HTTPException(422, "search=false takes no candidates or refine (they set the search)")
+        return GenerateOptions(max_new_tokens)
+    return GenerateOptions(max_new_tokens, True, DEFAULT_CANDIDATES if candidates is None else candidates,
+                           DEFAULT_REFINE_SECONDS if refine is None else refine)
+
+
+FALSE_WORDS = {"0", "off", "f", "false", "n", "no"}  # a boolean query parameter that reads false
 
 
 def searching_query(query_string: bytes) -> bool:
-    """Whether a /generate query asks for test-time search (a malformed one: no, the route refuses it)."""
+    """Whether a /generate query searches: unless ``search`` reads false (a malformed one: yes, the
+    route refuses it)."""
     query = parse_qs(query_string.decode("latin-1"))
-    try:
-        return int(query.get("candidates", ["1"])[-1]) > 1 or float(query.get("refine", ["0"])[-1]) > 0
-    except ValueError:
-        return False
+    return query.get("search", ["true"])[-1].strip().lower() not in FALSE_WORDS
 
 
 def generate_programs(model, images: list, options: GenerateOptions, executor=None, library=None) -> list[str]:
     """The one call into the model: a batch of images generated with the same options; with search
     options, each image's program is the proposal whose render agrees best with it (the model's
     and the part ``library``'s; ``executor`` must preload ``img2cq.search.PRELOAD``)."""
-    if not options.searching:
+    if not options.search:
         return model.generate(images, max_new_tokens=options.max_new_tokens)
     from img2cq.search import search
 
@@ -177,9 +189,13 @@ class ModelService:
 
     def _search_library(self):
         """The part library searches retrieve from: the library of ``search_train_json`` (built
-        beside it once), else the shipped one; loaded on the first search."""
+        beside it once), else the shipped one; loaded on the first search, while the search's build
+        workers start."""
         if self._library is None:
+            from img2cq.build import shared_pool
             from img2cq.library import PartLibrary
+
+            shared_pool().start()
 
             try:
                 self._library = (PartLibrary.from_split(self.search_train_json, progress=False)
@@ -196,7 +212,7 @@ class ModelService:
         for i, (_, options) in enumerate(items):
             groups.setdefault(options, []).append(i)
         for options, indices in groups.items():
-            library = self._search_library() if options.searching else None
+            library = self._search_library() if options.search else None
             for i, program in zip(indices, generate_programs(model, [items[i][0] for i in indices], options,
                                                              self.executor, library), strict=True):
                 programs[i] = program
@@ -270,14 +286,17 @@ def embedded_formats(embed: str | None) -> list[str]:
 async def generate(request: Request, image: UploadFile,
                    max_new_tokens: Annotated[int | None, Query(ge=1, le=4096, description="cap on generated tokens "
                                                                 "(default: the model's context length)")] = None,
-                   candidates: Annotated[int, Query(ge=1, le=64, description="test-time search: the model's "
-                                                    "N programs beside the part library's nearest parts, the one "
-                                                    "whose render agrees best with the picture kept (1 with "
-                                                    "refine 0: the model's greedy program alone, batched)")] = 1,
-                   refine: Annotated[float, Query(ge=0, le=120, description="test-time search: seconds spent "
-                                                  "refining the best-ranked programs (0: none). refine=1 is the "
-                                                  "web page's Fast: far more accurate than the greedy program "
-                                                  "alone (IoU 0.69 against 0.28 on real parts) in about 2 s")] = 0.0,
+                   search: Annotated[bool, Query(description="test-time search (the default): the model's "
+                                                 "programs beside the part library's nearest parts, the one whose "
+                                                 "render agrees best with the picture refined and kept (IoU 0.69 "
+                                                 "on real parts in about 2 s). false: the model's greedy program "
+                                                 "alone, batched with other requests (IoU 0.28)")] = True,
+                   candidates: Annotated[int | None, Query(ge=1, le=64, description="test-time search: how many "
+                                                           "programs the model proposes (default 1, its greedy "
+                                                           "program)")] = None,
+                   refine: Annotated[float | None, Query(ge=0, le=120, description="test-time search: seconds "
+                                                         "spent refining the best-ranked programs (default 1; "
+                                                         "0: none)")] = None,
                    format: Annotated[Literal[ANSWER_FORMATS], Query(  # type: ignore[valid-type]
                        description="json: the program and its check; py: the program as a file; step, stl, glb: "
                                    "the kept program's solid as a CAD file; png: a render of it")] = "json",
@@ -297,9 +316,9 @@ async def generate(request: Request, image: UploadFile,
     if len(data) > settings.max_image_bytes:
         raise HTTPException(413, f"image larger than {settings.max_image_bytes} bytes")
     picture = await run_in_threadpool(read_image, data, settings.max_image_pixels, settings.max_image_side)
-    options = GenerateOptions(max_new_tokens=max_new_tokens, candidates=candidates, refine_seconds=refine)
+    options = generate_options(max_new_tokens, search, candidates, refine)
     async with client_gone(request) as disconnected:
-        program = await state.model_service.lane(options.searching).submit(
+        program = await state.model_service.lane(options.search).submit(
             (picture, options), timeout=_time_left(deadline), disconnected=disconnected)
         result = await state.model_service.checker.submit(program, timeout=_time_left(deadline),
                                                           disconnected=disconnected)

@@ -51,7 +51,7 @@ async def lifespan(app: FastAPI):
         settings.model, torch_threads=settings.torch_threads, max_batch=settings.batch_size,
         max_wait_s=settings.batch_wait_ms / 1000, max_queue=settings.queue_size, executor=app.state.executor,
         search_train_json=settings.search_train_json, nice=settings.background_nice,
-        search_queue=settings.search_queue_size)
+        search_queue=settings.search_queue_size, warm_up=settings.warm_up)
     app.state.model_service.start()
     try:
         yield

@@ -50,6 +50,7 @@ def api(tmp_path_factory):
         mp.setenv("IMG2CQ_DB", "")
         mp.delenv("DATABASE_URL", raising=False)
         mp.setenv("IMG2CQ_EXEC_WORKERS", "1")
+        mp.setenv("IMG2CQ_WARM_UP", "false")  # generation is replaced: nothing to load ahead
         with TestClient(server.app) as client:
             yield client
 

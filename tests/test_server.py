@@ -41,7 +41,8 @@ def model_dir(tmp_path_factory):
 def serve(database: str, model_dir, **settings):
     """server.app in a TestClient, started with these settings (IMG2CQ_<NAME>=value)."""
     env = {"DATABASE_URL": database, "IMG2CQ_MODEL": str(model_dir), "IMG2CQ_EXEC_TIMEOUT": "5",
-           "IMG2CQ_EXEC_MEMORY_MB": "3072"} | {f"IMG2CQ_{k.upper()}": str(v) for k, v in settings.items()}
+           "IMG2CQ_EXEC_MEMORY_MB": "3072", "IMG2CQ_WARM_UP": "false",  # loaded on first use: cheaper here
+           } | {f"IMG2CQ_{k.upper()}": str(v) for k, v in settings.items()}
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)
@@ -294,6 +295,15 @@ def test_generate_with_test_time_search_keeps_a_program_that_builds(model_client
         r = model_client.post("/generate", params=bad, files={"image": ("part.png", png.getvalue(), "image/png")})
         assert r.status_code == 422, (bad, r.text)
     assert "search=false takes no candidates or refine" in r.json()["detail"]
+
+
+def test_warm_up_loads_what_the_first_search_needs_before_any_request(sqlite_url, model_dir):
+    with serve(sqlite_url, model_dir, warm_up="true") as client:
+        service = client.app.state.model_service
+        assert client.get("/health").status_code == 200  # answered while loading
+        wait_until(lambda: service.model is not None and service._library is not None, "the warm-up ends")
+        assert len(service._library) > 0
+        assert post_image(client).status_code == 200
 
 
 def test_generate_refusals(model_client):

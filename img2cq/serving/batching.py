@@ -84,6 +84,10 @@ class Batcher:
         """Start serving batches (call from the event loop that will submit)."""
         self._worker = asyncio.create_task(self._serve())
 
+    def run_first(self, function: Callable[[], Any]) -> None:
+        """Run ``function`` on the batch thread now, ahead of any batch (loading what batches need)."""
+        self._thread.submit(function)
+
     async def stop(self) -> None:
         """Stop taking batches, refuse what is queued, and wait for a running batch to end."""
         if self._worker is not None:

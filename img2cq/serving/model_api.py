@@ -131,15 +131,15 @@ CHECK_WAIT_S = 0.002
 
 
 class ModelService:
-    """The model, loaded on first use, behind a dynamic batcher (plain generation) and a lane of
-    its own for test-time search (one request at a time, at most ``search_queue`` waiting); and the
+    """The model (loaded at start with ``warm_up``, else on first use) behind a dynamic batcher
+    (the greedy program alone) and a lane of its own for test-time search (one request at a time, at most ``search_queue`` waiting); and the
     batcher that checks generated programs in ``executor``. Only these two threads run torch, with
     one intra-op thread count for the process (set at load)."""
 
     def __init__(self, model_dir: str | None, *, torch_threads: int, max_batch: int, max_wait_s: float,
                  max_queue: int, executor, search_train_json: str | None = None, nice: int = 0,
-                 search_queue: int = 8):
-        self.model_dir, self.torch_threads = model_dir, torch_threads
+                 search_queue: int = 8, warm_up: bool = False):
+        self.model_dir, self.torch_threads, self.warm_up = model_dir, torch_threads, warm_up
         self.executor, self.search_train_json = executor, search_train_json
         self.model = self._library = None
         self._load_lock = threading.Lock()
@@ -159,6 +159,17 @@ class ModelService:
         self.batcher.start()
         self.searcher.start()
         self.checker.start()
+        if self.warm_up and self.model_dir is not None:
+            self.searcher.run_first(self._load_everything)
+
+    def _load_everything(self) -> None:
+        """What the first search needs, loaded ahead of it (on the search thread, at its priority);
+        a failure is left for the first request to answer (503)."""
+        try:
+            self._load()
+            self._search_library()
+        except ModelUnavailable:
+            pass
 
     async def stop(self) -> None:
         await self.batcher.stop()
@@ -191,18 +202,18 @@ class ModelService:
         """The part library searches retrieve from: the library of ``search_train_json`` (built
         beside it once), else the shipped one; loaded on the first search, while the search's build
         workers start."""
-        if self._library is None:
-            from img2cq.build import shared_pool
-            from img2cq.library import PartLibrary
+        with self._load_lock:
+            if self._library is None:
+                from img2cq.build import shared_pool
+                from img2cq.library import PartLibrary
 
-            shared_pool().start()
-
-            try:
-                self._library = (PartLibrary.from_split(self.search_train_json, progress=False)
-                                 if self.search_train_json else PartLibrary.load())
-            except (FileNotFoundError, ValueError) as e:
-                raise ModelUnavailable(f"test-time search has no part library: {e}") from None
-        return self._library
+                shared_pool().start()
+                try:
+                    self._library = (PartLibrary.from_split(self.search_train_json, progress=False)
+                                     if self.search_train_json else PartLibrary.load())
+                except (FileNotFoundError, ValueError) as e:
+                    raise ModelUnavailable(f"test-time search has no part library: {e}") from None
+            return self._library
 
     def _run_batch(self, items: list[tuple[Image.Image, GenerateOptions]]) -> list[str]:
         """One generate call per distinct set of options in the batch (usually one)."""

@@ -18,8 +18,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="IMG2CQ_", extra="ignore")
 
-    model: str | None = Field(None, description="model directory for /generate, loaded on first use; "
-                                                "unset: /generate answers 503")
+    model: str | None = Field(None, description="model directory for /generate, loaded at start (warm_up) or "
+                                                "on first use; unset: /generate answers 503")
+    warm_up: bool = Field(True, description="load the model and the part library and start the search's build "
+                                            "workers at start, in the background, so that the first /generate "
+                                            "does not wait for them (about 8 s on two cores)")
     exec_workers: int = Field(default_factory=usable_cpus, ge=1,
                               description="sandbox worker processes (programs of /generate and /score); "
                                           "default: the usable CPUs")
@@ -30,9 +33,9 @@ class Settings(BaseSettings):
                                  description="how long a batch waits for more images after its first")
     queue_size: int = Field(64, ge=1, description="requests that may wait for the model (and, separately, "
                                                  "for the sandbox); beyond it: 503 with Retry-After")
-    search_queue_size: int = Field(8, ge=1, description="/generate requests with test-time search (candidates "
-                                   "> 1 or refine > 0) that may wait for their own lane; beyond it: 503 with "
-                                   "Retry-After (plain /generate never waits behind them)")
+    search_queue_size: int = Field(8, ge=1, description="/generate requests with test-time search (all but "
+                                   "search=false) that may wait for their own lane; beyond it: 503 with "
+                                   "Retry-After (search=false requests never wait behind them)")
     request_timeout: float = Field(120.0, gt=0, description="seconds a /generate or /score request may wait and "
                                                             "run before it is answered 504")
     max_body_bytes: int = Field(32 * 2**20, ge=1024, description="largest request body (JSON) in bytes; a larger "
@@ -51,7 +54,7 @@ class Settings(BaseSettings):
                                              "HTTP loop, so that /health and admission answer at once under load")
 
     search_train_json: str | None = Field(None, description="training split (jsonl) whose pictures "
-                                          "/generate?candidates=N retrieves from (its library built beside it once); "
+                                          "/generate's search retrieves from (its library built beside it once); "
                                           "unset: the shipped part library")
 
     @field_validator("model", "search_train_json", mode="before")

@@ -132,9 +132,10 @@ CHECK_WAIT_S = 0.002
 
 class ModelService:
     """The model (loaded at start with ``warm_up``, else on first use) behind a dynamic batcher
-    (the greedy program alone) and a lane of its own for test-time search (one request at a time, at most ``search_queue`` waiting); and the
-    batcher that checks generated programs in ``executor``. Only these two threads run torch, with
-    one intra-op thread count for the process (set at load)."""
+    (the greedy program alone) and a lane of its own for test-time search (one request at a time,
+    at most ``search_queue`` waiting); and the batcher that checks generated programs in
+    ``executor``. Only these two threads run torch, with one intra-op thread count for the process
+    (set at load)."""
 
     def __init__(self, model_dir: str | None, *, torch_threads: int, max_batch: int, max_wait_s: float,
                  max_queue: int, executor, search_train_json: str | None = None, nice: int = 0,

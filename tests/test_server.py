@@ -297,15 +297,6 @@ def test_generate_with_test_time_search_keeps_a_program_that_builds(model_client
     assert "search=false takes no candidates or refine" in r.json()["detail"]
 
 
-def test_warm_up_loads_what_the_first_search_needs_before_any_request(sqlite_url, model_dir):
-    with serve(sqlite_url, model_dir, warm_up="true") as client:
-        service = client.app.state.model_service
-        assert client.get("/health").status_code == 200  # answered while loading
-        wait_until(lambda: service.model is not None and service._library is not None, "the warm-up ends")
-        assert len(service._library) > 0
-        assert post_image(client).status_code == 200
-
-
 def test_generate_refusals(model_client):
     r = model_client.post("/generate", files={"image": ("part.png", b"\x89PNG\r\n\x1a\n not really", "image/png")})
     assert r.status_code == 400 and "not a readable image" in r.json()["detail"]
@@ -430,6 +421,15 @@ def test_the_loaded_model_is_kept_out_of_full_garbage_collections(sqlite_url, mo
         assert gc.get_freeze_count() == 0  # nothing frozen before the model is loaded
         assert post_image(client).status_code == 200
         assert gc.get_freeze_count() > 0
+
+
+def test_warm_up_loads_what_the_first_search_needs_before_any_request(sqlite_url, model_dir):
+    with serve(sqlite_url, model_dir, warm_up="true") as client:
+        service = client.app.state.model_service
+        assert client.get("/health").status_code == 200  # answered while loading
+        wait_until(lambda: service.model is not None and service._library is not None, "the warm-up ends")
+        assert len(service._library) > 0
+        assert post_image(client).status_code == 200
 
 
 def test_generation_and_the_sandbox_run_below_the_http_loop(sqlite_url, model_dir, monkeypatch):

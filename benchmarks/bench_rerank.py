@@ -13,12 +13,19 @@ judge's rank correlation by how near the shortlist's best part is to the picture
 to ``agreement.RESOLUTION``), IoUs with the picture's part and the candidates' IoUs with one
 another are cached in ``--cache``, so judges are compared on the same candidates.
 
+With ``--kept`` (one ``bench_search.py`` output per split: each picture's kept program), the
+candidates are also ranked as a search ranks its alternatives once it has kept a part
+(``search.ranked_after``: their 3D IoU with the kept part and their consensus).
+
     python benchmarks/bench_rerank.py --eval-json benchmarks/real_dev/test.jsonl \\
         data/synthetic-1000/test.jsonl:100 --shortlist 64
+    python benchmarks/bench_rerank.py --shortlist 24 --eval-json benchmarks/real_dev/test.jsonl \\
+        --kept runs/bench_search/real_dev-test-models_img2cq-cpu-greedy+cand8+short64+refine7+top7+blend.jsonl
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -71,6 +78,33 @@ def candidates_of(split_spec: str, library, shortlist: int, workers: int, cache:
     return out
 
 
+def kept_ious_of(split_spec: str, kept_path: str, library, shortlist: int, workers: int, cache: Path) -> np.ndarray:
+    """(pictures, shortlist): each shortlist candidate's 3D IoU with the picture's kept program (a
+    ``bench_search.py`` output, by ``id``), as the search compares them; computed once and cached."""
+    from img2cq import codec
+    from img2cq.build import BuildPool, structure_views_and_solid
+    from img2cq.data import load_split
+    from img2cq.iou import pairwise_ious
+    from tqdm.auto import tqdm
+
+    path, _, n = split_spec.partition(":")
+    key = cache / f"{Path(path).parent.name}-{Path(path).stem}-{n or 'all'}-k{shortlist}-n{len(library)}-kept-{Path(kept_path).stem}.npy"
+    if key.is_file():
+        return np.load(key)
+    kept = {row["id"]: row["program"] for row in map(json.loads, Path(kept_path).read_text().splitlines())}
+    split = load_split(path)
+    split = split.select(range(min(int(n), len(split)))) if n else split
+    out = np.zeros((len(split), shortlist))
+    with BuildPool(workers) as pool:
+        for picture, row in enumerate(tqdm(split, desc="candidates with the kept part", unit="picture")):
+            structures = [library.sketches(i) for i in library.nearest(row["image"], shortlist)]
+            _, solids = zip(*pool.map(structure_views_and_solid, structures + [codec.parse(kept[row["id"]])]))
+            out[picture] = pairwise_ious(list(solids), [shortlist])[:shortlist, 0]
+    cache.mkdir(parents=True, exist_ok=True)
+    np.save(key, out)
+    return out
+
+
 def judges(comparator_dir: str | None) -> list[tuple[str, object]]:
     from img2cq.agreement import agreements
     from img2cq.comparator import LearnedAgreement
@@ -92,19 +126,24 @@ def main() -> int:
     p.add_argument("--comparator", default=None, help="learned agreement to judge with (default: the shipped one)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--consensus-top", type=int, default=None, help="(default: search.CONSENSUS_TOP)")
+    p.add_argument("--kept", nargs="+", default=[], metavar="JSONL",
+                   help="per split, in order: a bench_search.py output whose kept programs rank the candidates "
+                        "as the search ranks its alternatives")
     p.add_argument("--cache", type=Path, default=Path("runs/bench_rerank"))
     args = p.parse_args()
+    if len(args.kept) not in (0, len(args.eval_json)):
+        p.error("--kept takes one file per --eval-json split")
 
     from img2cq.agreement import RESOLUTION, Masks, unpack_views
     from img2cq.comparator import rank_quality
     from img2cq.library import PartLibrary
-    from img2cq.search import CONSENSUS_TOP, consensus
+    from img2cq.search import CONSENSUS_TOP, consensus, ranked_after
 
     library = PartLibrary.load(args.library)
     args.consensus_top = args.consensus_top or CONSENSUS_TOP
     n = RESOLUTION
     unpack = lambda packed: unpack_views(packed, n)  # noqa: E731
-    for spec in args.eval_json:
+    for k, spec in enumerate(args.eval_json):
         data = candidates_of(spec, library, args.shortlist, args.workers, args.cache)
         iou = np.maximum(data["iou"], 0.0)
         print(f"\n{spec}: {len(iou)} pictures, shortlist {args.shortlist} of {len(library)} parts, "
@@ -126,16 +165,25 @@ def main() -> int:
                 rho, kept = rank_quality(by_consensus[top])
                 print(f"  {'  consensus of ' + str(top):22s} kept IoU {kept:.3f}, Spearman {rho:.3f}")
         print_by_difficulty(name, groups, by_consensus[args.consensus_top], iou.max(1))  # the last judge: the search's
+        if args.kept:
+            kept_ious = kept_ious_of(spec, args.kept[k], library, args.shortlist, args.workers, args.cache)
+            after = [(ranked_after(scores, lambda columns: data["pair_iou"][picture][:, columns], kept_ious[picture],
+                                   args.consensus_top), ious) for picture, (scores, ious) in enumerate(groups)]
+            rho, first = rank_quality(after)
+            print(f"  ranked after the kept part of {Path(args.kept[k]).name}: first IoU {first:.3f}, Spearman {rho:.3f}")
+            print_by_difficulty(name, groups, after, iou.max(1), "ranked after the kept part")
     return 0
 
 
-def print_by_difficulty(name: str, groups: list, ranked_by_consensus: list, oracle: np.ndarray) -> None:
-    """Spearman of the last judge and of its consensus among pictures whose shortlist holds a part of
-    about the same IoU: where no candidate is near the pictured part, the candidates differ little
-    and every judge ranks them poorly."""
+
+def print_by_difficulty(name: str, groups: list, ranked_by_consensus: list, oracle: np.ndarray,
+                        second: str = "its consensus") -> None:
+    """Spearman of the last judge and of its consensus (or another ranking, ``second``) among
+    pictures whose shortlist holds a part of about the same IoU: where no candidate is near the
+    pictured part, the candidates differ little and every judge ranks them poorly."""
     from img2cq.comparator import rank_quality
 
-    print(f"  by the shortlist's best IoU ({name}; its consensus):")
+    print(f"  by the shortlist's best IoU ({name}; {second}):")
     for low, high in ((0.0, 0.7), (0.7, 0.85), (0.85, 0.95), (0.95, 1.01)):
         rows = np.flatnonzero((oracle >= low) & (oracle < high))
         if len(rows) < 2:

@@ -46,6 +46,7 @@ SHORTLIST_ONE_START = 24     # ... where only the best is refined: as good, 0.5 
 CONSENSUS_ROWS = 24          # with consensus on, the judge's best-ranked candidates re-ranked, each ...
 CONSENSUS_TOP = 4            # ... compared in 3D with the judge's best few (the best ranking measured) ...
 CONSENSUS_TEMPERATURE = 0.05  # ... weighted by softmax(judge's score / this)
+KEPT_WEIGHT = 0.5            # alternatives: this much of a candidate's rank is its 3D IoU with the kept part
 REFINE_TOP = 7               # at most this many of the best-ranked candidates share the refinement ...
 REFINE_SECONDS_EACH = 1.0    # ... each given at least this many seconds (so 1 s refines the best alone)
 REFINE_SIGMA = 0.1           # CMA-ES start step, in log-scale units (about 10 % of each number)
@@ -171,6 +172,7 @@ class SearchResult:
     agreement: float
     source: str            # which candidate it came from (+ "+refined" when refinement improved it)
     candidates: list[Candidate] = field(default_factory=list)
+    alternatives: list[Candidate] = field(default_factory=list)  # other candidates, best first (``ranked_after``)
     refine_evaluations: int = 0
     seconds: float = 0.0
 
@@ -282,9 +284,32 @@ def consensus(scores, ious_with, top: int = CONSENSUS_TOP, temperature: float = 
     return out
 
 
+def ranked_after(scores, ious_with, kept_ious, top: int = CONSENSUS_TOP) -> np.ndarray:
+    """Each candidate's rank once the search has kept a part: ``KEPT_WEIGHT`` of its 3D IoU with
+    the kept (refined) part, ``kept_ious``, and the rest its ``consensus`` with the judge's ``top``
+    best. The kept part is nearer the pictured one than any start, so likeness to it ranks the
+    candidates better than the judge or its consensus (Spearman with the true IoU: docs/search.md)."""
+    return KEPT_WEIGHT * np.asarray(kept_ious, float) + (1 - KEPT_WEIGHT) * consensus(scores, ious_with, top)
+
+
+def alternatives_to(kept: Candidate, head: list[Candidate], reference: Masks, pool, executor, judge) -> list[Candidate]:
+    """The measured candidates ``head`` best first by ``ranked_after`` the ``kept`` one, less the kept
+    part's own start and those that do not build."""
+    from img2cq.iou import pairwise_ious
+
+    anchor = replace(kept)
+    if anchor.solid is None and anchor.sketches is not None:  # a refined part: built and measured once more
+        score_candidates([anchor], reference, pool, executor, judge, measure=True)
+    solids = [c.solid for c in head]
+    kept_ious = pairwise_ious(solids + [anchor.solid], [len(head)])[:len(head), 0]
+    rank = ranked_after([c.agreement for c in head], lambda columns: pairwise_ious(solids, columns), kept_ious)
+    start = kept.source.removesuffix("+refined")
+    return [head[k] for k in np.argsort(-rank, kind="stable") if np.isfinite(rank[k]) and head[k].source != start]
+
+
 def pick_and_refine(image: Image.Image, proposals: list[Candidate], refine_seconds: float, pool,
                     executor=None, seed: int = 0, judge=None, refine_judge=agreements, more=None,
-                    refine_top: int | None = None, consensus_top: int = 0) -> SearchResult:
+                    refine_top: int | None = None, consensus_top: int = 0, alternatives: int = 0) -> SearchResult:
     """Score the proposals by ``judge`` (default: ``comparator.default_judge()``), and those
     ``more(scored)`` adds (a retrieve-and-edit model's edits of the best, ``edits_of``); rank them
     by the judge (with ``consensus_top``, e.g. ``CONSENSUS_TOP``: its best ``CONSENSUS_ROWS``
@@ -294,21 +319,22 @@ def pick_and_refine(image: Image.Image, proposals: list[Candidate], refine_secon
     ``refine_judge`` (default: the hand-made agreement; the learned one, which ranks a shortlist
     better, is fooled by edits), a refined program standing in for its start where
     ``refine_judge`` prefers it; keep the one ``judge`` scores best. The result's ``agreement`` is
-    ``judge``'s score."""
+    ``judge``'s score; with ``alternatives``, that many other candidates, best first
+    (``alternatives_to``: their likeness to the kept part)."""
     from img2cq.iou import pairwise_ious
     from img2cq.comparator import default_judge
 
     judge = judge or default_judge()
     started = time.perf_counter()
     reference = Masks.from_views(views_from_image(image))
-    measure = consensus_top > 0
+    measure = consensus_top > 0 or alternatives > 0
     scored = score_candidates([replace(c) for c in proposals], reference, pool, executor, judge, measure)  # the caller's stay as given
     if more is not None:
         scored += score_candidates(more(scored), reference, pool, executor, judge, measure)
     if not scored:
         raise ValueError("no candidate to search: give a model, a library or an executor for its programs")
     ranked = sorted(scored, key=lambda c: -c.agreement)  # stable: ties keep the earlier
-    if measure:
+    if consensus_top > 0:
         head = ranked[:CONSENSUS_ROWS]
         rank = consensus([c.agreement for c in head], lambda columns: pairwise_ious([c.solid for c in head], columns),
                          consensus_top)
@@ -329,9 +355,11 @@ def pick_and_refine(image: Image.Image, proposals: list[Candidate], refine_secon
             score_candidates(improved, reference, pool, executor, judge)
         result.candidates += improved
         finals = [r if b else c for r, b, c in zip(refined, better, starts)]
-    if finals:
-        kept = max(finals, key=lambda c: c.agreement)
-        result.program, result.agreement, result.source = kept.program, kept.agreement, kept.source
+    kept = max(finals, key=lambda c: c.agreement) if finals else ranked[0]
+    result.program, result.agreement, result.source = kept.program, kept.agreement, kept.source
+    if alternatives:
+        result.alternatives = alternatives_to(kept, ranked[:CONSENSUS_ROWS], reference, pool, executor,
+                                              judge)[:alternatives]
     result.seconds = time.perf_counter() - started
     return result
 
@@ -351,11 +379,12 @@ def default_refine_top(refine_seconds: float) -> int:
 
 def search(model, image: Image.Image, candidates: int = 8, refine_seconds: float = 0.0, pool=None, executor=None,
            library=None, shortlist: int | None = None, max_new_tokens: int | None = None, seed: int = 0,
-           judge=None, refine_top: int | None = None) -> SearchResult:
+           judge=None, refine_top: int | None = None, alternatives: int = 0) -> SearchResult:
     """The program whose render agrees best with ``image``, from the model's ``candidates``
     proposals (no model: none) and the library's ``shortlist`` nearest parts (default:
     ``default_shortlist``), then refined for ``refine_seconds`` (shared by the ``refine_top``
-    best). ``pool``: a ``BuildPool`` (the process's shared one when None)."""
+    best), and ``alternatives`` other candidates, best first. ``pool``: a ``BuildPool`` (the
+    process's shared one when None)."""
     from img2cq.build import shared_pool
 
     started = time.perf_counter()
@@ -363,7 +392,7 @@ def search(model, image: Image.Image, candidates: int = 8, refine_seconds: float
     proposals = propose(model, [image], candidates, max_new_tokens)[0] if proposes(model) else []
     proposals += retrieve(library, image, shortlist)
     result = pick_and_refine(image, proposals, refine_seconds, pool or shared_pool(), executor, seed, judge,
-                             more=editor(model, image, candidates), refine_top=refine_top)
+                             more=editor(model, image, candidates), refine_top=refine_top, alternatives=alternatives)
     result.seconds = time.perf_counter() - started
     return result
 

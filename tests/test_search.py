@@ -87,6 +87,21 @@ def test_consensus_ranks_look_alikes_by_their_3d_likeness_to_the_judges_best():
     assert (search.consensus([-np.inf, -np.inf], ious_with) == -np.inf).all()
 
 
+def test_alternatives_rank_by_likeness_to_the_kept_part_and_consensus():
+    """Once a part is kept, a candidate's rank is half its 3D IoU with the kept part, half its consensus."""
+    scores = np.array([0.90, 0.88, 0.60, -np.inf])
+    likeness = np.array([[1.0, 0.5, 0.2, 0.0],
+                         [0.5, 1.0, 0.3, 0.0],
+                         [0.2, 0.3, 1.0, 0.0],
+                         [0.0, 0.0, 0.0, 1.0]])
+    kept_ious = np.array([0.6, 0.95, 0.1, 0.0])  # the kept (refined) part is most like candidate 1
+    ranked = search.ranked_after(scores, lambda columns: likeness[:, columns], kept_ious, top=1)
+    assert np.allclose(ranked[:3], 0.5 * kept_ious[:3] + 0.5 * likeness[:3, 0])
+    assert list(np.argsort(-ranked)[:3]) == [0, 1, 2] and ranked[3] == -np.inf
+    ranked = search.ranked_after(scores, lambda columns: likeness[:, columns], kept_ious, top=2)
+    assert ranked[1] > ranked[0]  # with the judge's two best voting, likeness to the kept part decides
+
+
 def non_number_tokens(code):
     return [t.string for t in tokenize.generate_tokens(io.StringIO(code).readline) if t.type != tokenize.NUMBER]
 

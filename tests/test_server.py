@@ -285,16 +285,19 @@ def test_generate_with_test_time_search_keeps_a_program_that_builds(model_client
     one that builds beats any that does not (the tiny untrained model's own proposals rarely build)."""
     png = io.BytesIO()
     Image.new("RGB", (64, 64), "white").save(png, format="PNG")
-    r = model_client.post("/generate", params={"max_new_tokens": 24, "candidates": 2},
+    r = model_client.post("/generate", params={"max_new_tokens": 24, "candidates": 2, "alternatives": 3},
                           files={"image": ("part.png", png.getvalue(), "image/png")})
     assert r.status_code == 200, r.text
-    assert isinstance(r.json()["program"], str)
-    assert r.json()["source"] is not None and r.json()["agreement"] is not None
+    out = r.json()
+    assert isinstance(out["program"], str) and out["source"] is not None and out["agreement"] is not None
+    assert len(out["alternatives"]) == 3 and all(a["source"].startswith("library:") for a in out["alternatives"])
+    assert out["source"].removesuffix("+refined") not in [a["source"] for a in out["alternatives"]]
     for bad in ({"candidates": 0}, {"refine": -1}, {"candidates": 65}, {"search": "maybe"},
-                {"search": "false", "refine": 1}, {"search": "no", "candidates": 2}):
+                {"search": "false", "refine": 1}, {"alternatives": 17}, {"search": "no", "alternatives": 1},
+                {"search": "no", "candidates": 2}):
         r = model_client.post("/generate", params=bad, files={"image": ("part.png", png.getvalue(), "image/png")})
         assert r.status_code == 422, (bad, r.text)
-    assert "search=false takes no candidates or refine" in r.json()["detail"]
+    assert "search=false takes no candidates, refine or alternatives" in r.json()["detail"]
 
 
 def test_generate_refusals(model_client):

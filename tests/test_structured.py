@@ -99,6 +99,12 @@ def test_candidates_are_measured_as_they_are_built_and_compared_as_the_metric_wo
     assert all(c.agreement == -math.inf and c.solid is None for c in proposals)  # the caller's proposals stay as given
     plain = search.pick_and_refine(image, proposals, 0.0, build_pool, judge=agreement.agreements)  # the default
     assert plain.program == result.program and all(c.solid is None for c in plain.candidates)
+    assert plain.alternatives == []
+    others = search.pick_and_refine(image, proposals, 0.5, build_pool, judge=agreement.agreements, alternatives=2)
+    start = others.source.removesuffix("+refined")
+    assert start == "library:2" and [c.source for c in others.alternatives] != []
+    assert len(others.alternatives) == 2 and start not in [c.source for c in others.alternatives]
+    assert all(c.program == codec.to_program(c.sketches) for c in others.alternatives)
 
 
 def test_number_variants_change_one_number_and_stay_codec_structures():

@@ -49,6 +49,11 @@ class ScoreResult(BaseModel):
     metric_error: str | None = Field(None, description="why the metric could not score two valid solids (iou is 0)")
 
 
+class Alternative(BaseModel):
+    program: str
+    source: str = Field(description="the proposal it is (library:<part>, greedy, ...)")
+
+
 class Generated(BaseModel):
     program: str
     valid: bool
@@ -59,6 +64,8 @@ class Generated(BaseModel):
                                     "render agrees with the picture; null without search")
     files: dict[str, str] | None = Field(None, description="with ?embed=: the kept program's files (png, step, "
                                          "stl, glb), base64; null when not asked for or the program builds no solid")
+    alternatives: list[Alternative] | None = Field(None, description="with ?alternatives=N: N other candidates "
+                                                   "of the search, best first; null when not asked for")
 
 
 class SearchedProgram(str):
@@ -66,13 +73,16 @@ class SearchedProgram(str):
 
     source: str | None = None
     agreement: float | None = None
+    alternatives: list[Alternative] | None = None
 
     @classmethod
-    def of(cls, result) -> "SearchedProgram":
-        """The kept program of a ``search.SearchResult``."""
+    def of(cls, result, alternatives: bool = False) -> "SearchedProgram":
+        """The kept program of a ``search.SearchResult`` (with its ``alternatives`` where asked for)."""
         program = cls(result.program)
         program.source = result.source
         program.agreement = float(result.agreement) if math.isfinite(result.agreement) else None
+        if alternatives:
+            program.alternatives = [Alternative(program=c.program, source=c.source) for c in result.alternatives]
         return program
 
 
@@ -84,19 +94,20 @@ class GenerateOptions:
     search: bool = False           # test-time search (img2cq.search), else the model's greedy program alone ...
     candidates: int = 1            # ... over the model's N proposals and the library's nearest parts ...
     refine_seconds: float = 0.0    # ... the best-ranked refined for this long
+    alternatives: int = 0          # other candidates answered beside the kept program, best first
 
 
 def generate_options(max_new_tokens: int | None, search: bool, candidates: int | None,
-                     refine: float | None) -> GenerateOptions:
+                     refine: float | None, alternatives: int = 0) -> GenerateOptions:
     """A /generate request's options: the search ``img2cq generate`` runs by default (its
     ``DEFAULT_CANDIDATES`` and ``DEFAULT_REFINE_SECONDS`` where not given), or with
-    ``search=false`` the greedy program alone (then candidates or refine are refused, 422)."""
+    ``search=false`` the greedy program alone (then search settings are refused, 422)."""
     if not search:
-        if candidates is not None or refine is not None:
-            raise HTTPException(422, "search=false takes no candidates or refine (they set the search)")
+        if candidates is not None or refine is not None or alternatives:
+            raise HTTPException(422, "search=false takes no candidates, refine or alternatives (they set the search)")
         return GenerateOptions(max_new_tokens)
     return GenerateOptions(max_new_tokens, True, DEFAULT_CANDIDATES if candidates is None else candidates,
-                           DEFAULT_REFINE_SECONDS if refine is None else refine)
+                           DEFAULT_REFINE_SECONDS if refine is None else refine, alternatives)
 
 
 FALSE_WORDS = {"0", "off", "f", "false", "n", "no"}  # a boolean query parameter that reads false
@@ -118,7 +129,8 @@ def generate_programs(model, images: list, options: GenerateOptions, executor=No
     from img2cq.search import search
 
     return [SearchedProgram.of(search(model, image, options.candidates, options.refine_seconds, executor=executor,
-                                      library=library, max_new_tokens=options.max_new_tokens))
+                                      library=library, max_new_tokens=options.max_new_tokens,
+                                      alternatives=options.alternatives), options.alternatives > 0)
             for image in images]
 
 
@@ -309,6 +321,9 @@ async def generate(request: Request, image: UploadFile,
                    refine: Annotated[float | None, Query(ge=0, le=120, description="test-time search: seconds "
                                                          "spent refining the best-ranked programs (default 1; "
                                                          "0: none)")] = None,
+                   alternatives: Annotated[int, Query(ge=0, le=16, description="test-time search: also answer "
+                                                      "this many other candidates, best first: ranked by their 3D "
+                                                      "likeness to the kept part and to the judge's surest picks")] = 0,
                    format: Annotated[Literal[ANSWER_FORMATS], Query(  # type: ignore[valid-type]
                        description="json: the program and its check; py: the program as a file; step, stl, glb: "
                                    "the kept program's solid as a CAD file; png: a render of it")] = "json",
@@ -328,7 +343,7 @@ async def generate(request: Request, image: UploadFile,
     if len(data) > settings.max_image_bytes:
         raise HTTPException(413, f"image larger than {settings.max_image_bytes} bytes")
     picture = await run_in_threadpool(read_image, data, settings.max_image_pixels, settings.max_image_side)
-    options = generate_options(max_new_tokens, search, candidates, refine)
+    options = generate_options(max_new_tokens, search, candidates, refine, alternatives)
     async with client_gone(request) as disconnected:
         program = await state.model_service.lane(options.search).submit(
             (picture, options), timeout=_time_left(deadline), disconnected=disconnected)
@@ -352,6 +367,7 @@ async def generate(request: Request, image: UploadFile,
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
     return Generated(program=program, valid=result.ok, error=result.reason or None,
                      source=getattr(program, "source", None), agreement=getattr(program, "agreement", None),
+                     alternatives=getattr(program, "alternatives", None),
                      files={k: base64.b64encode(v).decode() for k, v in files.items()} if files else None)
 
 

@@ -287,8 +287,8 @@ def consensus(scores, ious_with, top: int = CONSENSUS_TOP, temperature: float = 
 def ranked_after(scores, ious_with, kept_ious, top: int = CONSENSUS_TOP) -> np.ndarray:
     """Each candidate's rank once the search has kept a part: ``KEPT_WEIGHT`` of its 3D IoU with
     the kept (refined) part, ``kept_ious``, and the rest its ``consensus`` with the judge's ``top``
-    best. The kept part is nearer the pictured one than any start, so likeness to it ranks the
-    candidates better than the judge or its consensus (Spearman with the true IoU: docs/search.md)."""
+    best. The kept part is nearer the pictured one than the judge's pick, so likeness to it ranks
+    the candidates better than the judge or its consensus (Spearman with the true IoU: docs/search.md)."""
     return KEPT_WEIGHT * np.asarray(kept_ious, float) + (1 - KEPT_WEIGHT) * consensus(scores, ious_with, top)
 
 

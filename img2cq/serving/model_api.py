@@ -64,7 +64,7 @@ class Generated(BaseModel):
                                     "render agrees with the picture; null without search")
     files: dict[str, str] | None = Field(None, description="with ?embed=: the kept program's files (png, step, "
                                          "stl, glb), base64; null when not asked for or the program builds no solid")
-    alternatives: list[Alternative] | None = Field(None, description="with ?alternatives=N: N other candidates "
+    alternatives: list[Alternative] | None = Field(None, description="with ?alternatives=N: up to N other candidates "
                                                    "of the search, best first; null when not asked for")
 
 

@@ -3,6 +3,7 @@
     img2cq generate bracket.png                    # bracket.py beside the picture (a search of a few seconds)
     img2cq generate bracket.png -o bracket.step    # the solid as STEP (format from the extension)
     img2cq generate shots/*.png -o out/ --format stl --candidates 8 --refine 8   # a longer search
+    img2cq generate bracket.png --alternatives 3  # also bracket.alt1.py ... alt3.py: the next-best, in order
     img2cq generate bracket.png --no-search        # the model's greedy program alone
     img2cq serve --port 8000                       # the web page at http://127.0.0.1:8000/
     img2cq score reference.py prediction.py        # {"iou": ..., "reference_valid": ..., ...}
@@ -64,6 +65,9 @@ def build_parser() -> Parser:
                      help="the model's proposals beside the library's parts (1: its greedy program; default 1)")
     gen.add_argument("--refine", type=float, default=None, metavar="S",
                      help="seconds of refinement per picture, shared by the best-ranked proposals (default 1)")
+    gen.add_argument("--alternatives", type=int, default=0, metavar="N",
+                     help="also write the search's N next-best programs (or solids), best first, beside each "
+                          "output as NAME.alt1.py, NAME.alt2.py, ... (default 0)")
     gen.add_argument("--no-search", action="store_true",
                      help="the model's greedy program alone: no part library, no rendering (faster, far less "
                           "accurate)")
@@ -150,10 +154,13 @@ def search_settings(args) -> bool:
     """Whether ``generate`` searches; if so ``args.candidates`` and ``args.refine`` are set
     (defaults filled in) and the part library is there."""
     if args.no_search:
-        if args.candidates is not None or args.refine is not None:
-            raise BadInput("--no-search takes no --candidates or --refine (they set the search)")
+        if args.candidates is not None or args.refine is not None or args.alternatives:
+            raise BadInput("--no-search takes no --candidates, --refine or --alternatives (they set the search)")
         return False
-    from img2cq.search import DEFAULT_CANDIDATES, DEFAULT_REFINE_SECONDS
+    from img2cq.search import DEFAULT_CANDIDATES, DEFAULT_REFINE_SECONDS, MAX_ALTERNATIVES
+
+    if not 0 <= args.alternatives <= MAX_ALTERNATIVES:
+        raise BadInput(f"--alternatives must be between 0 and {MAX_ALTERNATIVES}")
 
     args.candidates = DEFAULT_CANDIDATES if args.candidates is None else args.candidates
     args.refine = DEFAULT_REFINE_SECONDS if args.refine is None else args.refine
@@ -169,10 +176,17 @@ def search_settings(args) -> bool:
     return True
 
 
+def alternative_path(out: Path, k: int) -> Path:
+    """Where the ``k``-th alternative of an output goes: ``part.py`` -> ``part.alt1.py``."""
+    return out.with_name(f"{out.stem}.alt{k}{out.suffix}")
+
+
 def generate(args) -> int:
     searching = search_settings(args)
     pictures = [Path(p) for p in args.pictures]
     fmt, outs = output_plan(pictures, args.output, args.format)
+    if args.alternatives and outs == [None]:
+        raise BadInput("--alternatives writes files: give -o a file or folder instead of - (stdout)")
     images = [read_picture(p) for p in pictures]
     model_dir = Path(args.model)
     if not (model_dir / "config.json").is_file():
@@ -183,7 +197,7 @@ def generate(args) -> int:
 
         shared_pool().start()  # the search's build workers start while the model loads
     say(f"loading the model from {model_dir} ...")
-    from img2cq.cadfiles import PRELOAD, CadFileError, cad_files
+    from img2cq.cadfiles import PRELOAD
     from img2cq.sandbox import Executor
     from img2cq.modeling import ModelError, load_pretrained
 
@@ -200,44 +214,57 @@ def generate(args) -> int:
         preload = tuple(dict.fromkeys(PRELOAD + SEARCH_PRELOAD))
     failed = 0
     with Executor(workers=1, preload=preload) as executor:
+        alternatives = [[] for _ in pictures]
         if searching:
             programs = []
             for i, (picture, image) in enumerate(zip(pictures, images), 1):
                 proposals = "greedy program" if args.candidates == 1 else f"{args.candidates} programs"
                 say(f"[{i}/{len(pictures)}] {picture}: searching (the model's {proposals}, the library's "
                     f"{default_shortlist(args.refine)} nearest parts, {args.refine:g} s refinement) ...")
-                result = search(model, image, args.candidates, args.refine, executor=executor, library=library)
+                result = search(model, image, args.candidates, args.refine, executor=executor, library=library,
+                                alternatives=args.alternatives)
                 say(f"[{i}/{len(pictures)}] kept {result.source} (agreement {result.agreement:.3f})")
                 programs.append(result.program)
+                alternatives[i - 1] = [c.program for c in result.alternatives]
         else:
             say(f"writing {len(images)} program{'s' * (len(images) > 1)} ...")
             programs = model.generate(images)
         for i, (picture, program, out) in enumerate(zip(pictures, programs, outs), 1):
-            where = "stdout" if out is None else str(out)
-            if fmt == "py":
-                check = executor.run(program, mesh=False)
-                if out is None:
-                    sys.stdout.write(program if program.endswith("\n") else program + "\n")
-                    sys.stdout.flush()
-                else:
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    out.write_text(program)
-                if check.ok:
-                    say(f"[{i}/{len(pictures)}] {picture} -> {where} (builds a solid, volume {check.volume:.6g})")
-                else:
-                    failed += 1
-                    say(f"error: {picture}: the program written to {where} builds no solid: {check.reason}")
-                continue
-            try:
-                made = cad_files(program, [fmt], executor)
-            except CadFileError as e:
-                failed += 1
-                say(f"error: {picture}: the program builds no solid, so no {fmt} file was written: {e.reason}")
-                continue
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(made.files[fmt])
-            say(f"[{i}/{len(pictures)}] {picture} -> {where} (volume {made.volume:.6g})")
+            answers = [(program, out)] + [(other, alternative_path(out, k))
+                                          for k, other in enumerate(alternatives[i - 1], 1)]
+            failed += sum(not write_answer(f"[{i}/{len(pictures)}] {picture}", text, where, fmt, executor)
+                          for text, where in answers)
     return 1 if failed else 0
+
+
+def write_answer(label: str, program: str, out: Path | None, fmt: str, executor) -> bool:
+    """Write ``program`` (py, ``out`` None: stdout) or its solid (step, stl; built in the sandbox)
+    and say so; False where it builds no solid."""
+    from img2cq.cadfiles import CadFileError, cad_files
+
+    where = "stdout" if out is None else str(out)
+    if fmt == "py":
+        check = executor.run(program, mesh=False)
+        if out is None:
+            sys.stdout.write(program if program.endswith("\n") else program + "\n")
+            sys.stdout.flush()
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(program)
+        if not check.ok:
+            say(f"error: {label}: the program written to {where} builds no solid: {check.reason}")
+            return False
+        say(f"{label} -> {where} (builds a solid, volume {check.volume:.6g})")
+        return True
+    try:
+        made = cad_files(program, [fmt], executor)
+    except CadFileError as e:
+        say(f"error: {label}: the program builds no solid, so no {fmt} file was written to {where}: {e.reason}")
+        return False
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(made.files[fmt])
+    say(f"{label} -> {where} (volume {made.volume:.6g})")
+    return True
 
 
 # ----------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ CONSENSUS_ROWS = 24          # with consensus on, the judge's best-ranked candid
 CONSENSUS_TOP = 4            # ... compared in 3D with the judge's best few (the best ranking measured) ...
 CONSENSUS_TEMPERATURE = 0.05  # ... weighted by softmax(judge's score / this)
 KEPT_WEIGHT = 0.5            # alternatives: this much of a candidate's rank is its 3D IoU with the kept part
+MAX_ALTERNATIVES = 16        # most alternatives a user may ask for (of the CONSENSUS_ROWS ranked)
 REFINE_TOP = 7               # at most this many of the best-ranked candidates share the refinement ...
 REFINE_SECONDS_EACH = 1.0    # ... each given at least this many seconds (so 1 s refines the best alone)
 REFINE_SIGMA = 0.1           # CMA-ES start step, in log-scale units (about 10 % of each number)

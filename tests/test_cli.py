@@ -74,6 +74,12 @@ def test_bad_input_is_exit_2_with_one_line(tmp_path):
     assert out.returncode == 2 and "step" in one_error_line(out)
     out = img2cq("generate", picture, "--no-search", "--refine", "2")
     assert out.returncode == 2 and "--no-search" in one_error_line(out)
+    out = img2cq("generate", picture, "--no-search", "--alternatives", "2")
+    assert out.returncode == 2 and "--no-search" in one_error_line(out)
+    out = img2cq("generate", picture, "--alternatives", "17")
+    assert out.returncode == 2 and "--alternatives" in one_error_line(out)
+    out = img2cq("generate", picture, "--alternatives", "1", "-o", "-")
+    assert out.returncode == 2 and "stdout" in one_error_line(out)
     out = img2cq("score", tmp_path / "nope.py", tmp_path / "nope.py")
     assert out.returncode == 2 and "nope.py" in one_error_line(out)
 
@@ -102,11 +108,13 @@ def test_generate_writes_a_step_file_with_the_volume_of_the_programs_solid(tmp_p
     step = cq.importers.importStep(str(tmp_path / "part.step"))
     volume = sum(s.Volume() for s in step.solids().vals())
     assert abs(volume - solid.volume) / solid.volume < 1e-6
-    out = img2cq("generate", "picture.png", "-o", "searched.py", cwd=tmp_path)  # default: a short search
-    assert out.returncode == 0, out.stderr  # 0: the kept program builds a solid
+    out = img2cq("generate", "picture.png", "-o", "searched.py", "--alternatives", "2", cwd=tmp_path)  # default: a short search
+    assert out.returncode == 0, out.stderr  # 0: the kept program and both alternatives build solids
     assert "searching (the model's greedy program, the library's 24 nearest parts, 1 s refinement)" in out.stderr
     assert "kept " in out.stderr
-    assert "cadquery" in (tmp_path / "searched.py").read_text()
+    written = [tmp_path / name for name in ("searched.py", "searched.alt1.py", "searched.alt2.py")]
+    assert all("cadquery" in path.read_text() for path in written)
+    assert len({path.read_text() for path in written}) == 3
     assert picture.read_bytes() == PICTURE.read_bytes()
 
 

@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 
 from img2cq.cadfiles import FORMATS, CadFileError, cad_files
 from img2cq.scoring import execute, score_pair
-from img2cq.search import DEFAULT_CANDIDATES, DEFAULT_REFINE_SECONDS
+from img2cq.search import DEFAULT_CANDIDATES, DEFAULT_REFINE_SECONDS, MAX_ALTERNATIVES
 from img2cq.serving.batching import Batcher
 
 MAX_PROGRAM_CHARS = 100_000
@@ -321,7 +321,7 @@ async def generate(request: Request, image: UploadFile,
                    refine: Annotated[float | None, Query(ge=0, le=120, description="test-time search: seconds "
                                                          "spent refining the best-ranked programs (default 1; "
                                                          "0: none)")] = None,
-                   alternatives: Annotated[int, Query(ge=0, le=16, description="test-time search: also answer "
+                   alternatives: Annotated[int, Query(ge=0, le=MAX_ALTERNATIVES, description="test-time search: also answer "
                                                       "this many other candidates, best first: ranked by their 3D "
                                                       "likeness to the kept part and to the judge's surest picks")] = 0,
                    format: Annotated[Literal[ANSWER_FORMATS], Query(  # type: ignore[valid-type]

@@ -115,9 +115,16 @@ def read_picture(path: Path):
         raise BadInput(f"not a readable picture: {path} ({e})") from None
 
 
-def output_plan(pictures: list[Path], output: str | None, fmt: str | None) -> tuple[str, list[Path | None]]:
-    """The format and each picture's output path (None: stdout); BadInput where they clash. OUT is
-    a folder when several pictures are given, when it is one, or when it ends in a slash."""
+def alternative_path(out: Path, k: int) -> Path:
+    """Where the ``k``-th alternative of an output goes: ``part.py`` -> ``part.alt1.py``."""
+    return out.with_name(f"{out.stem}.alt{k}{out.suffix}")
+
+
+def output_plan(pictures: list[Path], output: str | None, fmt: str | None,
+                alternatives: int = 0) -> tuple[str, list[Path | None]]:
+    """The format and each picture's output path (None: stdout); BadInput where they clash, or where
+    an output or one of its ``alternatives`` would overwrite a picture. OUT is a folder when several
+    pictures are given, when it is one, or when it ends in a slash."""
     folder_named = output is not None and (output.endswith(("/", os.sep)) or Path(output).is_dir())
     if output is not None and len(pictures) == 1 and output != "-" and not folder_named:
         suffix = Path(output).suffix.lower().lstrip(".")
@@ -130,6 +137,8 @@ def output_plan(pictures: list[Path], output: str | None, fmt: str | None) -> tu
     if output == "-":
         if len(pictures) > 1 or fmt != "py":
             raise BadInput("-o - (stdout) takes one picture and the py format")
+        if alternatives:
+            raise BadInput("--alternatives writes files: give -o a file or folder instead of - (stdout)")
         return fmt, [None]
     if output is not None and len(pictures) == 1 and not folder_named:
         outs = [Path(output)]
@@ -144,7 +153,7 @@ def output_plan(pictures: list[Path], output: str | None, fmt: str | None) -> tu
                 raise BadInput(f"{picture} and {seen[out.resolve()]} would both be written to {out}")
             seen[out.resolve()] = picture
     inputs = {p.resolve() for p in pictures}
-    for out in outs:
+    for out in outs + [alternative_path(o, k) for o in outs for k in range(1, alternatives + 1)]:
         if out.resolve() in inputs or (out.exists() and any(out.samefile(p) for p in pictures)):
             raise BadInput(f"refusing to overwrite the input file {out}")
     return fmt, outs
@@ -161,7 +170,6 @@ def search_settings(args) -> bool:
 
     if not 0 <= args.alternatives <= MAX_ALTERNATIVES:
         raise BadInput(f"--alternatives must be between 0 and {MAX_ALTERNATIVES}")
-
     args.candidates = DEFAULT_CANDIDATES if args.candidates is None else args.candidates
     args.refine = DEFAULT_REFINE_SECONDS if args.refine is None else args.refine
     if args.candidates < 1:
@@ -176,17 +184,10 @@ def search_settings(args) -> bool:
     return True
 
 
-def alternative_path(out: Path, k: int) -> Path:
-    """Where the ``k``-th alternative of an output goes: ``part.py`` -> ``part.alt1.py``."""
-    return out.with_name(f"{out.stem}.alt{k}{out.suffix}")
-
-
 def generate(args) -> int:
     searching = search_settings(args)
     pictures = [Path(p) for p in args.pictures]
-    fmt, outs = output_plan(pictures, args.output, args.format)
-    if args.alternatives and outs == [None]:
-        raise BadInput("--alternatives writes files: give -o a file or folder instead of - (stdout)")
+    fmt, outs = output_plan(pictures, args.output, args.format, args.alternatives)
     images = [read_picture(p) for p in pictures]
     model_dir = Path(args.model)
     if not (model_dir / "config.json").is_file():

@@ -80,6 +80,11 @@ def test_bad_input_is_exit_2_with_one_line(tmp_path):
     assert out.returncode == 2 and "--alternatives" in one_error_line(out)
     out = img2cq("generate", picture, "--alternatives", "1", "-o", "-")
     assert out.returncode == 2 and "stdout" in one_error_line(out)
+    disguised = tmp_path / "part.alt1.py"  # a picture whose name an alternative's file would take
+    shutil.copy(PICTURE, disguised)
+    out = img2cq("generate", disguised, "-o", tmp_path / "part.py", "--alternatives", "1")
+    assert out.returncode == 2 and "overwrite" in one_error_line(out)
+    assert disguised.read_bytes() == PICTURE.read_bytes()
     out = img2cq("score", tmp_path / "nope.py", tmp_path / "nope.py")
     assert out.returncode == 2 and "nope.py" in one_error_line(out)
 

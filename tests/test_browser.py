@@ -77,6 +77,11 @@ def test_the_page_turns_a_picture_into_a_program_a_render_a_3d_view_and_a_step_f
     assert int(page.get_attribute("#view", "data-triangles")) > 10
     assert painted_pixels(page) > 2000  # the 3D view drew the solid
     assert page.is_hidden("#error")
+    assert page.locator("#alternatives a").count() == 3  # the search's next-best programs, each a download
+    with page.expect_download() as download:
+        page.click("#alternatives a >> nth=0")
+    assert download.value.suggested_filename == "block.alt1.py"
+    assert "import cadquery as cq" in Path(download.value.path()).read_text()
 
     with page.expect_download() as download:
         page.click("#download-step")

@@ -8,6 +8,7 @@
   const statusBox = $("status"), statusText = $("status-text"), errorBox = $("error"), result = $("result");
   const viewer = new window.MeshViewer($("view"));
   const TYPES = ["image/png", "image/jpeg"];
+  const ALTERNATIVES = 3;  // next-best programs asked for, each a .py download
   let limits = null, busy = false, objectUrls = [];
 
   fetch("/page/limits").then((r) => (r.ok ? r.json() : null)).then((l) => { limits = l; }).catch(() => {});
@@ -110,7 +111,8 @@
       return;
     }
     const best = document.querySelector("#mode input:checked").value === "best";
-    const query = "embed=png,step,stl" + (best ? "&candidates=8&refine=8" : "");  // Fast: /generate's default search
+    // Fast: /generate's default search; both answer the search's next-best programs too
+    const query = "embed=png,step,stl&alternatives=" + ALTERNATIVES + (best ? "&candidates=8&refine=8" : "");
     const form = new FormData();
     form.append("image", file, file.name);
     const started = performance.now();
@@ -152,6 +154,17 @@
     valid.className = answer.valid ? "good" : "bad";
     $("agreement").textContent = answer.agreement == null ? "—" : answer.agreement.toFixed(3);
     $("source").textContent = answer.source || "greedy (the model's first choice)";
+    const others = $("alternatives");
+    others.replaceChildren();
+    (answer.alternatives || []).forEach((other, k) => {
+      const link = document.createElement("a");
+      link.href = blobUrl(new Blob([other.program], { type: "text/x-python" }));
+      link.download = `${name}.alt${k + 1}.py`;
+      link.textContent = other.source;
+      if (k) others.append(", ");
+      others.append(link);
+    });
+    if (!others.childElementCount) others.textContent = "—";
     const links = { py: new Blob([answer.program], { type: "text/x-python" }) };
     if (files.step) links.step = new Blob([bytesOf(files.step)], { type: "application/step" });
     if (files.stl) links.stl = new Blob([bytesOf(files.stl)], { type: "model/stl" });

@@ -194,9 +194,9 @@ def evaluate_model(args: EvaluationArguments, command: str = "", device=None) ->
     the library of ``--train-json``, else of ``--library`` (default: the shipped part library).
     Returns the scores, the results.csv "row" and the "predictions_path".
     """
+    rows = load_samples(args.eval_json, args.samples)  # bad data fails before torch's import and the model's load
     from img2cq.modeling import ModelError, load_pretrained  # torch: only model evaluation pays for it
 
-    rows = load_samples(args.eval_json, args.samples)  # bad data fails before the (slower) model load
     try:
         model = load_pretrained(args.model_dir, device=device)
     except ModelError as e:

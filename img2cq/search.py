@@ -276,13 +276,20 @@ def consensus(scores, ious_with, top: int = CONSENSUS_TOP, temperature: float = 
     len(columns)) 3D IoUs of every candidate with the candidates ``columns``. -inf where the
     judge's score is not finite (no render)."""
     scores = np.asarray(scores, float)
-    finite = np.flatnonzero(np.isfinite(scores))
+    finite = np.isfinite(scores)
     out = np.full(len(scores), -np.inf)
-    if len(finite):
-        columns = finite[np.argsort(-scores[finite], kind="stable")][:top]
+    columns = best_scored(scores, top)
+    if columns:
         weights = np.exp((scores[columns] - scores[columns[0]]) / temperature)
-        out[finite] = np.asarray(ious_with(columns.tolist()))[finite] @ weights / weights.sum()
+        out[finite] = np.asarray(ious_with(columns))[finite] @ weights / weights.sum()
     return out
+
+
+def best_scored(scores, top: int) -> list[int]:
+    """The indices of the ``top`` best finite ``scores``, best first (ties: the earlier first)."""
+    scores = np.asarray(scores, float)
+    finite = np.flatnonzero(np.isfinite(scores))
+    return finite[np.argsort(-scores[finite], kind="stable")][:top].tolist()
 
 
 def ranked_after(scores, ious_with, kept_ious, top: int = CONSENSUS_TOP) -> np.ndarray:
@@ -301,9 +308,10 @@ def alternatives_to(kept: Candidate, head: list[Candidate], reference: Masks, po
     anchor = replace(kept)
     if anchor.solid is None and anchor.sketches is not None:  # a refined part: built and measured once more
         score_candidates([anchor], reference, pool, executor, judge, measure=True)
-    solids = [c.solid for c in head]
-    kept_ious = pairwise_ious(solids + [anchor.solid], [len(head)])[:len(head), 0]
-    rank = ranked_after([c.agreement for c in head], lambda columns: pairwise_ious(solids, columns), kept_ious)
+    scores = [c.agreement for c in head]
+    voters = best_scored(scores, CONSENSUS_TOP)  # consensus's columns and the kept part's: each solid gridded once
+    ious = pairwise_ious([c.solid for c in head] + [anchor.solid], voters + [len(head)])[:len(head)]
+    rank = ranked_after(scores, lambda columns: ious[:, [voters.index(j) for j in columns]], ious[:, -1])
     start = kept.source.removesuffix("+refined")
     return [head[k] for k in np.argsort(-rank, kind="stable") if np.isfinite(rank[k]) and head[k].source != start]
 

@@ -189,7 +189,7 @@ def score_and_measure_structures(structures: list[list[codec.Sketch]], reference
 
     _, unpack = views_job(reference)
     job = functools.partial(structure_views_and_solid, resolution=reference.silhouette.shape[0])
-    built = pool.map(job, structures)
+    built = [b or (None, None) for b in pool.map(job, structures)]  # None: the job failed or its worker died
     return judge(reference, [unpack(views) for views, _ in built]), [solid for _, solid in built]
 
 

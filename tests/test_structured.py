@@ -107,6 +107,24 @@ def test_candidates_are_measured_as_they_are_built_and_compared_as_the_metric_wo
     assert all(c.program == codec.to_program(c.sketches) for c in others.alternatives)
 
 
+def test_a_build_job_that_fails_is_a_candidate_that_does_not_build(build_pool):
+    """A job that raised, timed out or killed its worker (the pool gives None for it) scores -inf and
+    measures no solid; the search goes on with the others."""
+    from img2cq.build import structure_views_and_solid
+
+    parts = [codec.parse(sample_program(draw_rng(8, "train", i))) for i in range(2)]
+    reference = agreement.Masks.from_views(agreement.unpack_views(build_pool.map(structure_views, parts[:1])[0]))
+
+    class FirstJobFails:
+        def map(self, function, items):
+            assert function.func is structure_views_and_solid
+            return [None, *build_pool.map(function, items[1:])]
+
+    scores, solids = structured.score_and_measure_structures(parts, reference, FirstJobFails())
+    assert scores[0] == -math.inf and solids[0] is None
+    assert math.isfinite(scores[1]) and solids[1].ok
+
+
 def test_number_variants_change_one_number_and_stay_codec_structures():
     """The grid of benchmarks/bench_number_edits.py: each variant differs from the part in one sketch, in
     range (strict codec round trip), and no variant repeats the part or another variant."""

@@ -2,7 +2,8 @@
 a real uvicorn on loopback with the shipped model and no database.
 
 Upload a picture, wait for the program and its render, check that the 3D view drew, download the
-STEP file and read it with CadQuery; a file that is not a picture gets one clear message. With
+STEP file and read it with CadQuery, look at one of the search's next-best programs (built through
+/files) and back; a file that is not a picture gets one clear message. With
 IMG2CQ_SCREENSHOT=docs/web_page.png the page with its answer is saved there (the README's picture).
 """
 
@@ -77,11 +78,8 @@ def test_the_page_turns_a_picture_into_a_program_a_render_a_3d_view_and_a_step_f
     assert int(page.get_attribute("#view", "data-triangles")) > 10
     assert painted_pixels(page) > 2000  # the 3D view drew the solid
     assert page.is_hidden("#error")
-    assert page.locator("#alternatives a").count() == 3  # the search's next-best programs, each a download
-    with page.expect_download() as download:
-        page.click("#alternatives a >> nth=0")
-    assert download.value.suggested_filename == "block.alt1.py"
-    assert "import cadquery as cq" in Path(download.value.path()).read_text()
+    kept_program, kept_render = page.inner_text("#program"), page.get_attribute("#render", "src")
+    assert page.locator("#alternatives button").count() == 4  # the kept program and the search's three next-best
 
     with page.expect_download() as download:
         page.click("#download-step")
@@ -90,6 +88,23 @@ def test_the_page_turns_a_picture_into_a_program_a_render_a_3d_view_and_a_step_f
     download.value.save_as(step)
     solids = cq.importers.importStep(str(step)).solids().vals()
     assert solids and sum(s.Volume() for s in solids) > 0
+
+    page.click("#alternatives button >> nth=1")  # the first next-best program, built through /files
+    page.wait_for_selector("body[data-shown='next-best 1']", timeout=30_000)
+    alternative = page.inner_text("#program")
+    assert "import cadquery as cq" in alternative and alternative != kept_program
+    assert page.get_attribute("#render", "src") != kept_render and page.is_hidden("#error")
+    page.wait_for_function("Number(document.getElementById('view').dataset.triangles || 0) > 10")
+    with page.expect_download() as download:
+        page.click("#download-py")
+    assert download.value.suggested_filename == "block.alt1.py"
+    assert Path(download.value.path()).read_text() == alternative
+    with page.expect_download() as download:
+        page.click("#download-stl")
+    assert download.value.suggested_filename == "block.alt1.stl"
+    page.click("#alternatives button >> nth=0")  # back to the kept program, as it was
+    assert page.get_attribute("body", "data-shown") == "kept" and page.inner_text("#program") == kept_program
+    assert page.get_attribute("#render", "src") == kept_render
 
     if os.environ.get("IMG2CQ_SCREENSHOT"):
         page.mouse.move(10, 10)

@@ -124,3 +124,27 @@ def test_a_searched_answer_says_which_proposal_won_and_how_well_it_agrees(api, m
     assert asked == [model_api.GenerateOptions(search=True, candidates=1, refine_seconds=1.0)]
     out = r.json()
     assert out["valid"] and out["source"] == "library:7+refined" and out["agreement"] == pytest.approx(0.81)
+
+
+@pytest.mark.integration
+def test_files_of_a_program_are_made_in_the_sandbox(api, reference_programs, tmp_path):
+    """/files: a program (a search's alternative, or any) in, the files of its solid out; a program
+    that builds nothing or a hostile one is one 422 line and the server stays up."""
+    program = reference_programs["gencad_box"]
+    r = api.post("/files", json={"program": program})  # default: png, step, stl in JSON
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["volume"] == pytest.approx(0.5) and sorted(out["files"]) == ["png", "step", "stl"]
+    assert base64.b64decode(out["files"]["png"]).startswith(b"\x89PNG")
+    assert abs(step_volume(base64.b64decode(out["files"]["step"]), tmp_path) - 0.5) / 0.5 < 1e-6
+    r = api.post("/files", params={"format": "glb"}, json={"program": program})
+    assert r.status_code == 200 and r.headers["content-type"] == "model/gltf-binary" and r.content[:4] == b"glTF"
+    assert 'filename="part-' in r.headers["content-disposition"]
+    for bad, words in [(reference_programs["runtime_error"], "builds no solid"),
+                       ("import os\nos._exit(3)\n", "builds no solid")]:
+        r = api.post("/files", json={"program": bad})
+        assert r.status_code == 422 and words in r.json()["detail"] and "\n" not in r.json()["detail"]
+        assert api.get("/health").status_code == 200
+    assert api.post("/files", params={"embed": "dwg"}, json={"program": program}).status_code == 422
+    assert api.post("/files", params={"format": "py"}, json={"program": program}).status_code == 422
+    assert api.post("/files", json={}).status_code == 422

@@ -291,6 +291,7 @@ def test_generate_with_test_time_search_keeps_a_program_that_builds(model_client
     out = r.json()
     assert isinstance(out["program"], str) and out["source"] is not None and out["agreement"] is not None
     assert len(out["alternatives"]) == 3 and all(a["source"].startswith("library:") for a in out["alternatives"])
+    assert all(isinstance(a["agreement"], float) for a in out["alternatives"])  # each was rendered and judged
     assert out["source"].removesuffix("+refined") not in [a["source"] for a in out["alternatives"]]
     for bad in ({"candidates": 0}, {"refine": -1}, {"candidates": 65}, {"search": "maybe"},
                 {"search": "false", "refine": 1}, {"alternatives": 17}, {"search": "no", "alternatives": 1},

@@ -1,11 +1,11 @@
-"""The model and metrics over HTTP: /generate (dynamically batched) and /score (the sandbox).
+"""The model and metrics over HTTP: /generate (dynamically batched), /score and /files (the sandbox).
 
-Neither route blocks the event loop. /generate goes through two batchers (``ModelService``): the
+No route blocks the event loop. /generate goes through two batchers (``ModelService``): the
 pictures of concurrent requests are generated in one batched call on one dedicated thread, then
 their programs are checked in the sandbox as one batch, each distinct program once, spread over
 the ``exec_workers`` sandbox workers. Requests with test-time search (seconds to minutes each) go
 through a lane of their own, one at a time on a thread of their own, so that plain requests never
-wait behind them. /score's pairs run in the sandbox through a ``Lane``. A picture's size is read
+wait behind them. /score's pairs and /files' programs run in the sandbox through a ``Lane``. A picture's size is read
 from its header and refused before it is decoded. Programs never run in the server process.
 """
 
@@ -52,6 +52,17 @@ class ScoreResult(BaseModel):
 class Alternative(BaseModel):
     program: str
     source: str = Field(description="the proposal it is (library:<part>, greedy, ...)")
+    agreement: float | None = Field(None, description="how well its render agrees with the picture (the same "
+                                    "judge as the kept program's); null where it was not rendered")
+
+
+class FilesRequest(BaseModel):
+    program: str = Field(max_length=MAX_PROGRAM_CHARS, description="CadQuery program whose solid is wanted")
+
+
+class ProgramFiles(BaseModel):
+    volume: float = Field(description="volume of the program's solid")
+    files: dict[str, str] = Field(description="the files asked for by ?embed=, base64")
 
 
 class Generated(BaseModel):
@@ -80,10 +91,16 @@ class SearchedProgram(str):
         """The kept program of a ``search.SearchResult`` (with its ``alternatives`` where asked for)."""
         program = cls(result.program)
         program.source = result.source
-        program.agreement = float(result.agreement) if math.isfinite(result.agreement) else None
+        program.agreement = finite_or_none(result.agreement)
         if alternatives:
-            program.alternatives = [Alternative(program=c.program, source=c.source) for c in result.alternatives]
+            program.alternatives = [Alternative(program=c.program, source=c.source, agreement=finite_or_none(c.agreement))
+                                    for c in result.alternatives]
         return program
+
+
+def finite_or_none(score: float) -> float | None:
+    """A judge's score for JSON: None where the candidate has none (it did not render)."""
+    return float(score) if math.isfinite(score) else None
 
 
 @dataclass(frozen=True)
@@ -280,6 +297,7 @@ router = APIRouter(tags=["model"])
 
 
 ANSWER_FORMATS = ("json", "py", *FORMATS)
+FILE_ANSWER_FORMATS = ("json", *FORMATS)
 
 
 def download_name(upload_name: str | None, program: str, extension: str) -> str:
@@ -381,3 +399,34 @@ async def score(request: Request, body: ScoreRequest) -> ScoreResult:
         result = await state.sandbox.call(score_pair, body.reference, body.candidate, executor=state.executor,
                                           timeout=state.settings.request_timeout, disconnected=disconnected)
     return ScoreResult(**result)
+
+
+@router.post("/files", response_model=ProgramFiles,
+             responses={200: {"description": "the files of the program's solid (format=json), or one file",
+                              "content": {media: {} for media, _ in FORMATS.values()}},
+                        422: {"description": "bad parameters, or the program builds no solid"},
+                        503: {"description": "the queue is full (Retry-After)"},
+                        504: {"description": "not answered within the request timeout"}})
+async def files(request: Request, body: FilesRequest,
+                format: Annotated[Literal[FILE_ANSWER_FORMATS], Query(  # type: ignore[valid-type]
+                    description="json: the files of ?embed= and the volume; step, stl, glb: the solid as a CAD "
+                                "file; png: a render of it")] = "json",
+                embed: Annotated[str, Query(max_length=64, description="with format=json: files of the solid to "
+                                            "include, base64, comma-separated: png,step,stl,glb")] = "png,step,stl",
+                ) -> ProgramFiles | Response:
+    """Build a CadQuery program in the sandbox and answer files of its solid: what a search's other
+    candidates (``/generate?alternatives=N``) need to be looked at or downloaded."""
+    state = request.app.state
+    wanted = [format] if format in FORMATS else embedded_formats(embed)
+    async with client_gone(request) as disconnected:
+        try:
+            made = await state.sandbox.call(cad_files, body.program, wanted, state.executor,
+                                            timeout=state.settings.request_timeout, disconnected=disconnected)
+        except CadFileError as e:
+            raise HTTPException(422, f"the program builds no solid: {e.reason}") from None
+    if format != "json":
+        media, extension = FORMATS[format]
+        name = download_name(None, body.program, extension)
+        return Response(made.files[format], media_type=media,
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    return ProgramFiles(volume=made.volume, files={k: base64.b64encode(v).decode() for k, v in made.files.items()})

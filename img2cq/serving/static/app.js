@@ -1,5 +1,6 @@
 // The page: a picture in, POST /generate?embed=png,step,stl, the program, its render, a 3D view
 // and the files out. Either everything of an answer is shown, or nothing of it and one message.
+// The search's next-best programs can be looked at too: each is built through POST /files on demand.
 (function () {
   "use strict";
 
@@ -8,8 +9,8 @@
   const statusBox = $("status"), statusText = $("status-text"), errorBox = $("error"), result = $("result");
   const viewer = new window.MeshViewer($("view"));
   const TYPES = ["image/png", "image/jpeg"];
-  const ALTERNATIVES = 3;  // next-best programs asked for, each a .py download
-  let limits = null, busy = false, objectUrls = [];
+  const ALTERNATIVES = 3;  // next-best programs asked for: each can be looked at and downloaded
+  let limits = null, busy = false, objectUrls = [], candidates = [];
 
   fetch("/page/limits").then((r) => (r.ok ? r.json() : null)).then((l) => { limits = l; }).catch(() => {});
   window.addEventListener("resize", () => { viewer.dirty = true; });
@@ -29,6 +30,9 @@
     objectUrls = [];
     for (const id of ["picture", "render"]) $(id).removeAttribute("src");
     $("program").textContent = "";
+    candidates = [];
+    $("alternatives").replaceChildren();
+    delete document.body.dataset.shown;
     for (const kind of ["py", "step", "stl"]) {
       const link = $("download-" + kind);
       link.removeAttribute("href");
@@ -143,44 +147,95 @@
   }
 
   function show(file, answer, seconds) {
-    const name = stem(file.name), files = answer.files || {};
     // everything is prepared first; the section appears only once all of it is in place
-    if (files.stl) viewer.load(bytesOf(files.stl).buffer);
+    const name = stem(file.name);
     $("picture").src = blobUrl(file);
-    if (files.png) $("render").src = "data:image/png;base64," + files.png;
-    $("program").textContent = answer.program;
-    const valid = $("valid");
-    valid.textContent = answer.valid ? "yes" : "no — " + (answer.error || "unknown error");
-    valid.className = answer.valid ? "good" : "bad";
-    $("agreement").textContent = answer.agreement == null ? "—" : answer.agreement.toFixed(3);
-    $("source").textContent = answer.source || "greedy (the model's first choice)";
-    const others = $("alternatives");
-    others.replaceChildren();
-    (answer.alternatives || []).forEach((other, k) => {
-      const link = document.createElement("a");
-      link.href = blobUrl(new Blob([other.program], { type: "text/x-python" }));
-      link.download = `${name}.alt${k + 1}.py`;
-      link.textContent = other.source;
-      if (k) others.append(", ");
-      others.append(link);
+    candidates = [{ name, label: "kept", program: answer.program, valid: answer.valid, error: answer.error,
+                    source: answer.source || "greedy (the model's first choice)", agreement: answer.agreement,
+                    files: answer.files || {} }];
+    (answer.alternatives || []).forEach((other, k) => candidates.push({
+      name: `${name}.alt${k + 1}`, label: `next-best ${k + 1}`, program: other.program, valid: true, error: null,
+      source: other.source, agreement: other.agreement, files: null }));  // files: asked for when looked at
+    const choices = $("alternatives");
+    choices.replaceChildren();
+    candidates.forEach((candidate, k) => {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "choice";
+      button.textContent = candidate.label;
+      button.title = candidate.source;
+      button.addEventListener("click", () => look(k));
+      choices.append(button);
     });
-    if (!others.childElementCount) others.textContent = "—";
-    const links = { py: new Blob([answer.program], { type: "text/x-python" }) };
-    if (files.step) links.step = new Blob([bytesOf(files.step)], { type: "application/step" });
-    if (files.stl) links.stl = new Blob([bytesOf(files.stl)], { type: "model/stl" });
-    for (const [kind, blob] of Object.entries(links)) {
-      const link = $("download-" + kind);
-      link.href = blobUrl(blob);
-      link.download = `${name}.${kind}`;
-      link.removeAttribute("aria-disabled");
-    }
+    if (candidates.length < 2) choices.textContent = "—";
+    showCandidate(0);
     result.hidden = false;
     document.body.dataset.state = "done";
     document.body.dataset.seconds = seconds.toFixed(1);
-    if (!answer.valid) {
-      errorBox.textContent = "The program was written but builds no solid, so there is no render, 3D view or CAD file.";
-      errorBox.hidden = false;
+  }
+
+  // one of the search's candidates in the render, the 3D view, the program and the downloads
+  function showCandidate(k) {
+    const candidate = candidates[k], files = candidate.files;
+    viewer.clear();
+    if (files.stl) viewer.load(bytesOf(files.stl).buffer);
+    if (files.png) $("render").src = "data:image/png;base64," + files.png;
+    else $("render").removeAttribute("src");
+    $("program").textContent = candidate.program;
+    const valid = $("valid");
+    valid.textContent = candidate.valid ? "yes" : "no — " + (candidate.error || "unknown error");
+    valid.className = candidate.valid ? "good" : "bad";
+    $("agreement").textContent = candidate.agreement == null ? "—" : candidate.agreement.toFixed(3);
+    $("source").textContent = candidate.source;
+    $("alternatives").querySelectorAll("button").forEach((button, j) => button.setAttribute("aria-pressed", String(j === k)));
+    const links = { py: new Blob([candidate.program], { type: "text/x-python" }) };
+    if (files.step) links.step = new Blob([bytesOf(files.step)], { type: "application/step" });
+    if (files.stl) links.stl = new Blob([bytesOf(files.stl)], { type: "model/stl" });
+    for (const kind of ["py", "step", "stl"]) {
+      const link = $("download-" + kind);
+      if (links[kind]) {
+        link.href = blobUrl(links[kind]);
+        link.download = `${candidate.name}.${kind}`;
+        link.removeAttribute("aria-disabled");
+      } else {
+        link.removeAttribute("href");
+        link.setAttribute("aria-disabled", "true");
+      }
     }
+    document.body.dataset.shown = candidate.label;
+    errorBox.hidden = candidate.valid;
+    if (!candidate.valid) errorBox.textContent = "The program was written but builds no solid, so there is no render, 3D view or CAD file.";
+  }
+
+  // a next-best program is built in the server's sandbox the first time it is looked at
+  async function look(k) {
+    if (busy) return;
+    const candidate = candidates[k];
+    errorBox.hidden = true;
+    if (!candidate.files) {
+      setBusy(true, `Building the ${candidate.label} program…`);
+      try {
+        let response;
+        try {
+          response = await fetch("/files?embed=png,step,stl", {
+            method: "POST", headers: { "Content-Type": "application/json" },
+            body: JSON.stringify({ program: candidate.program }) });
+        } catch (e) {
+          errorBox.textContent = "Could not reach the server. Is it still running?";
+          errorBox.hidden = false;
+          return;
+        }
+        if (!response.ok) {
+          errorBox.textContent = await refusal(response);
+          errorBox.hidden = false;
+          return;
+        }
+        candidate.files = (await response.json()).files;
+      } finally {
+        setBusy(false);
+      }
+    }
+    showCandidate(k);
   }
 
   input.addEventListener("change", () => run(input.files[0]));

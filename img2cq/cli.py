@@ -7,6 +7,7 @@
     img2cq generate bracket.png --no-search        # the model's greedy program alone
     img2cq serve --port 8000                       # the web page at http://127.0.0.1:8000/
     img2cq score reference.py prediction.py        # {"iou": ..., "reference_valid": ..., ...}
+    img2cq export bracket.alt1.py -o bracket.step  # any program's solid as STEP, STL, GLB or a PNG render
 
 Messages go to stderr, results to files (or stdout). Exit status: 0 done, 1 a program did not
 build a solid, 2 bad input (a missing or unreadable picture, a bad flag). Programs run only in
@@ -27,6 +28,7 @@ from img2cq.console import fail
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO / "models" / "img2cq-cpu"
 FORMATS = ("py", "step", "stl")
+EXPORT_FORMATS = ("step", "stl", "glb", "png")
 MAX_PICTURE_BYTES = 20 * 2**20       # the server's defaults (img2cq.serving.settings)
 MAX_PICTURE_PIXELS = 4096 * 4096
 MAX_PICTURE_SIDE = 8192
@@ -86,6 +88,16 @@ def build_parser() -> Parser:
                                             "and whether each builds a solid.")
     score.add_argument("reference", metavar="REF.py")
     score.add_argument("prediction", metavar="PRED.py")
+
+    export = commands.add_parser("export", help="the solid of each CadQuery program as a CAD file or a render",
+                                 description="Run each CadQuery program in the sandbox and write its solid as a "
+                                             "STEP, STL or GLB file, or a PNG render in the dataset's style.")
+    export.add_argument("programs", nargs="+", metavar="PROGRAM.py", help="CadQuery programs")
+    export.add_argument("-o", "--output", metavar="OUT",
+                        help="one program: the file to write; several: a folder. Default: beside each program, "
+                             "with the format's extension")
+    export.add_argument("--format", choices=EXPORT_FORMATS,
+                        help="step, stl, glb or png. Default: from OUT's extension, else step")
     return parser
 
 
@@ -121,22 +133,22 @@ def alternative_path(out: Path, k: int) -> Path:
 
 
 def output_plan(pictures: list[Path], output: str | None, fmt: str | None,
-                alternatives: int = 0) -> tuple[str, list[Path | None]]:
-    """The format and each picture's output path (None: stdout); BadInput where they clash, or where
-    an output or one of its ``alternatives`` would overwrite a picture. OUT is a folder when several
-    pictures are given, when it is one, or when it ends in a slash."""
+                alternatives: int = 0, formats: tuple[str, ...] = FORMATS) -> tuple[str, list[Path | None]]:
+    """The format (of ``formats``; default the first) and each input's output path (None: stdout);
+    BadInput where they clash, or where an output or one of its ``alternatives`` would overwrite an
+    input. OUT is a folder when several inputs are given, when it is one, or when it ends in a slash."""
     folder_named = output is not None and (output.endswith(("/", os.sep)) or Path(output).is_dir())
     if output is not None and len(pictures) == 1 and output != "-" and not folder_named:
         suffix = Path(output).suffix.lower().lstrip(".")
         suffix = {"stp": "step"}.get(suffix, suffix)
-        if fmt is None and suffix in FORMATS:
+        if fmt is None and suffix in formats:
             fmt = suffix
-        elif fmt is not None and suffix in FORMATS and suffix != fmt:
+        elif fmt is not None and suffix in formats and suffix != fmt:
             raise BadInput(f"-o {output} ends in .{suffix} but --format is {fmt}")
-    fmt = fmt or "py"
+    fmt = fmt or formats[0]
     if output == "-":
         if len(pictures) > 1 or fmt != "py":
-            raise BadInput("-o - (stdout) takes one picture and the py format")
+            raise BadInput("-o - (stdout) takes one input and the py format")
         if alternatives:
             raise BadInput("--alternatives writes files: give -o a file or folder instead of - (stdout)")
         return fmt, [None]
@@ -145,7 +157,7 @@ def output_plan(pictures: list[Path], output: str | None, fmt: str | None,
     else:
         folder = Path(output) if output is not None else None
         if folder is not None and folder.exists() and not folder.is_dir():
-            raise BadInput(f"-o {output}: with several pictures OUT must be a folder")
+            raise BadInput(f"-o {output}: with several inputs OUT must be a folder")
         outs = [(folder or p.parent) / f"{p.stem}.{fmt}" for p in pictures]
         seen: dict[Path, Path] = {}
         for picture, out in zip(pictures, outs):
@@ -239,8 +251,8 @@ def generate(args) -> int:
 
 
 def write_answer(label: str, program: str, out: Path | None, fmt: str, executor) -> bool:
-    """Write ``program`` (py, ``out`` None: stdout) or its solid (step, stl; built in the sandbox)
-    and say so; False where it builds no solid."""
+    """Write ``program`` (py, ``out`` None: stdout) or its solid (step, stl, glb; png: a render;
+    built in the sandbox) and say so; False where it builds no solid."""
     from img2cq.cadfiles import CadFileError, cad_files
 
     where = "stdout" if out is None else str(out)
@@ -269,7 +281,7 @@ def write_answer(label: str, program: str, out: Path | None, fmt: str, executor)
 
 
 # ----------------------------------------------------------------------------------------------
-# serve and score
+# serve, score and export
 
 def serve(args) -> int:
     if not 0 < args.port < 65536:
@@ -287,16 +299,18 @@ def serve(args) -> int:
     return 0
 
 
+def read_program(path: Path) -> str:
+    """A program file's text; BadInput for a missing or unreadable one (it is run only in the sandbox)."""
+    if not path.is_file():
+        raise BadInput(f"no such program file: {path}")
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInput(f"cannot read {path}: {e}") from None
+
+
 def score(args) -> int:
-    texts = []
-    for name in (args.reference, args.prediction):
-        path = Path(name)
-        if not path.is_file():
-            raise BadInput(f"no such program file: {path}")
-        try:
-            texts.append(path.read_text())
-        except (OSError, UnicodeDecodeError) as e:
-            raise BadInput(f"cannot read {path}: {e}") from None
+    texts = [read_program(Path(name)) for name in (args.reference, args.prediction)]
     from img2cq.sandbox import Executor
     from img2cq.scoring import score_pair
 
@@ -306,10 +320,23 @@ def score(args) -> int:
     return 0 if result["reference_valid"] and result["candidate_valid"] else 1
 
 
+def export(args) -> int:
+    paths = [Path(p) for p in args.programs]
+    fmt, outs = output_plan(paths, args.output, args.format, formats=EXPORT_FORMATS)
+    texts = [read_program(path) for path in paths]
+    from img2cq.cadfiles import PRELOAD
+    from img2cq.sandbox import Executor
+
+    with Executor(workers=1, preload=PRELOAD) as executor:
+        failed = sum(not write_answer(f"[{i}/{len(paths)}] {path}", text, out, fmt, executor)
+                     for i, (path, text, out) in enumerate(zip(paths, texts, outs), 1))
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return {"generate": generate, "serve": serve, "score": score}[args.command](args)
+        return {"generate": generate, "serve": serve, "score": score, "export": export}[args.command](args)
     except BadInput as e:
         return fail(e)
     except KeyboardInterrupt:

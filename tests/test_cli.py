@@ -24,7 +24,8 @@ def img2cq(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
-@pytest.mark.parametrize("args", [["--help"], ["generate", "--help"], ["serve", "--help"], ["score", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["generate", "--help"], ["serve", "--help"], ["score", "--help"],
+                                  ["export", "--help"]])
 def test_help_answers_at_once(args):
     started = time.perf_counter()
     out = img2cq(*args)
@@ -87,6 +88,14 @@ def test_bad_input_is_exit_2_with_one_line(tmp_path):
     assert disguised.read_bytes() == PICTURE.read_bytes()
     out = img2cq("score", tmp_path / "nope.py", tmp_path / "nope.py")
     assert out.returncode == 2 and "nope.py" in one_error_line(out)
+    out = img2cq("export", tmp_path / "nope.py")
+    assert out.returncode == 2 and "nope.py" in one_error_line(out)
+    program = tmp_path / "part.py"
+    program.write_text("import cadquery as cq\nresult = cq.Workplane().box(1, 1, 1)\n")
+    out = img2cq("export", program, "-o", program)  # never overwrite what the user handed in
+    assert out.returncode == 2 and "overwrite" in one_error_line(out)
+    out = img2cq("export", program, "--format", "py")
+    assert out.returncode == 2 and "py" in one_error_line(out)
 
 
 @pytest.mark.integration
@@ -176,3 +185,25 @@ def test_ctrl_c_during_a_search_stops_at_once_with_one_line(tmp_path):
     assert proc.returncode == 130 and time.perf_counter() - interrupted < 15, stderr
     assert stderr.strip().splitlines()[-1] == "error: interrupted" and "Traceback" not in stderr
     assert not (tmp_path / "part.py").exists()
+
+
+@pytest.mark.integration
+def test_export_writes_each_programs_solid_and_says_which_build_nothing(tmp_path, reference_programs):
+    """A program (a search's alternative, or one edited by hand) to STEP by default, or to the format
+    of OUT's extension; several to a folder; one that builds nothing is an error line and exit 1."""
+    import cadquery as cq
+
+    (tmp_path / "box.py").write_text(reference_programs["gencad_box"])
+    (tmp_path / "broken.py").write_text(reference_programs["runtime_error"])
+    out = img2cq("export", "box.py", cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout == "", out.stderr
+    assert out.stderr.strip() == "[1/1] box.py -> box.step (volume 0.5)"  # no noise
+    step = cq.importers.importStep(str(tmp_path / "box.step"))
+    assert abs(sum(s.Volume() for s in step.solids().vals()) - 0.5) < 1e-6
+    out = img2cq("export", "box.py", "-o", "look.png", cwd=tmp_path)
+    assert out.returncode == 0 and (tmp_path / "look.png").read_bytes().startswith(b"\x89PNG"), out.stderr
+    out = img2cq("export", "box.py", "broken.py", "-o", "files", "--format", "glb", cwd=tmp_path)
+    assert out.returncode == 1
+    assert (tmp_path / "files" / "box.glb").read_bytes()[:4] == b"glTF" and not (tmp_path / "files" / "broken.glb").exists()
+    assert "error: [2/2] broken.py: the program builds no solid" in out.stderr and "Traceback" not in out.stderr
+    assert (tmp_path / "box.py").read_text() == reference_programs["gencad_box"]

@@ -5,8 +5,9 @@ pictures of concurrent requests are generated in one batched call on one dedicat
 their programs are checked in the sandbox as one batch, each distinct program once, spread over
 the ``exec_workers`` sandbox workers. Requests with test-time search (seconds to minutes each) go
 through a lane of their own, one at a time on a thread of their own, so that plain requests never
-wait behind them. /score's pairs and /files' programs run in the sandbox through a ``Lane``. A picture's size is read
-from its header and refused before it is decoded. Programs never run in the server process.
+wait behind them. /score's pairs and /files' programs run in the sandbox through a ``Lane``. A
+picture's size is read from its header and refused before it is decoded. Programs never run in
+the server process.
 """
 
 import asyncio

@@ -40,6 +40,9 @@ def main() -> int:
     p.add_argument("--consensus-top", type=int, default=0,
                    help="rank proposals by 3D consensus with the judge's N best (search.CONSENSUS_TOP: 4); "
                         "0, the default: by the judge alone")
+    p.add_argument("--keep-by-judge", action="store_true",
+                   help="of several refined finals keep the one the judge scores best (default: the one of "
+                        "highest consensus among them, as the search does)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("runs/bench_search"))
     args = p.parse_args()
@@ -73,7 +76,8 @@ def main() -> int:
         label = (f"{'library' if model is None else search_label(candidates, 0)}+short{shortlist}+refine{refine:g}"
                  + (f"+top{refine_top}" if refine_top > 1 else "")
                  + f"+{args.judge}" + ("" if args.refine_judge == "hand" else f"+refine-{args.refine_judge}")
-                 + (f"+consensus{args.consensus_top}" if args.consensus_top else ""))
+                 + (f"+consensus{args.consensus_top}" if args.consensus_top else "")
+                 + ("+keep-by-judge" if args.keep_by_judge and refine_top > 1 else ""))
         path = args.out / f"{Path(args.eval_json).parent.name}-{Path(args.eval_json).stem}-{args.model.replace('/', '_')}-{label}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         done = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -83,7 +87,8 @@ def main() -> int:
                 for row, result in zip(todo, search_many(model, [r["image"] for r in todo], candidates, refine,
                                                          args.workers, library, shortlist, judge=judge,
                                                          refine_judge=refine_judge, refine_top=refine_top,
-                                                         consensus_top=args.consensus_top)):
+                                                         consensus_top=args.consensus_top,
+                                                         keep_by_consensus=not args.keep_by_judge)):
                     done.append({"id": row["id"], "program": result.program, "seconds": result.seconds,
                                  "source": result.source, "evaluations": result.refine_evaluations,
                                  "load": os.getloadavg()[0]})

@@ -300,6 +300,22 @@ def ranked_after(scores, ious_with, kept_ious, top: int = CONSENSUS_TOP) -> np.n
     return KEPT_WEIGHT * np.asarray(kept_ious, float) + (1 - KEPT_WEIGHT) * consensus(scores, ious_with, top)
 
 
+def kept_of(finals: list[Candidate], reference: Masks, pool, executor, judge) -> Candidate:
+    """The refined final to keep: the one of highest ``consensus`` among ``finals`` (each built and
+    measured once more where it has no solid yet; a program outside the codec has none, so no
+    likeness). Refinement leaves several finals the judge
+    scores alike; their 3D likeness to its surest ones picks the better part (Spearman with the
+    true IoU among the finals 0.48 by the judge, 0.70 by consensus; docs/search.md)."""
+    from img2cq.iou import pairwise_ious
+
+    measured = [replace(c) for c in finals]
+    unmeasured = [c for c in measured if c.solid is None]
+    if unmeasured:
+        score_candidates(unmeasured, reference, pool, executor, judge, measure=True)
+    rank = consensus([c.agreement for c in measured], lambda columns: pairwise_ious([c.solid for c in measured], columns))
+    return finals[int(np.argmax(rank))]
+
+
 def alternatives_to(kept: Candidate, head: list[Candidate], reference: Masks, pool, executor, judge) -> list[Candidate]:
     """The measured candidates ``head`` best first by ``ranked_after`` the ``kept`` one, less the kept
     part's own start and those that do not build."""
@@ -318,7 +334,8 @@ def alternatives_to(kept: Candidate, head: list[Candidate], reference: Masks, po
 
 def pick_and_refine(image: Image.Image, proposals: list[Candidate], refine_seconds: float, pool,
                     executor=None, seed: int = 0, judge=None, refine_judge=agreements, more=None,
-                    refine_top: int | None = None, consensus_top: int = 0, alternatives: int = 0) -> SearchResult:
+                    refine_top: int | None = None, consensus_top: int = 0, alternatives: int = 0,
+                    keep_by_consensus: bool = True) -> SearchResult:
     """Score the proposals by ``judge`` (default: ``comparator.default_judge()``), and those
     ``more(scored)`` adds (a retrieve-and-edit model's edits of the best, ``edits_of``); rank them
     by the judge (with ``consensus_top``, e.g. ``CONSENSUS_TOP``: its best ``CONSENSUS_ROWS``
@@ -327,8 +344,9 @@ def pick_and_refine(image: Image.Image, proposals: list[Candidate], refine_secon
     ``refine_top`` best (default: ``default_refine_top``) for ``refine_seconds / refine_top`` by
     ``refine_judge`` (default: the hand-made agreement; the learned one, which ranks a shortlist
     better, is fooled by edits), a refined program standing in for its start where
-    ``refine_judge`` prefers it; keep the one ``judge`` scores best. The result's ``agreement`` is
-    ``judge``'s score; with ``alternatives``, that many other candidates, best first
+    ``refine_judge`` prefers it; of several such finals keep the one of highest consensus among
+    them (``kept_of``; ``keep_by_consensus`` False: the one ``judge`` scores best). The result's
+    ``agreement`` is ``judge``'s score; with ``alternatives``, that many other candidates, best first
     (``alternatives_to``: their likeness to the kept part)."""
     from img2cq.iou import pairwise_ious
     from img2cq.comparator import default_judge
@@ -364,7 +382,11 @@ def pick_and_refine(image: Image.Image, proposals: list[Candidate], refine_secon
             score_candidates(improved, reference, pool, executor, judge)
         result.candidates += improved
         finals = [r if b else c for r, b, c in zip(refined, better, starts)]
-    kept = max(finals, key=lambda c: c.agreement) if finals else ranked[0]
+    if len(finals) > 1:
+        kept = kept_of(finals, reference, pool, executor, judge) if keep_by_consensus else \
+            max(finals, key=lambda c: c.agreement)
+    else:
+        kept = finals[0] if finals else ranked[0]
     result.program, result.agreement, result.source = kept.program, kept.agreement, kept.source
     if alternatives:
         result.alternatives = alternatives_to(kept, ranked[:CONSENSUS_ROWS], reference, pool, executor,
@@ -432,11 +454,11 @@ def search_many(model, images: list[Image.Image], candidates: int = 8, refine_se
                 workers: int = 2, library=None, shortlist: int | None = None, max_new_tokens: int | None = None,
                 batch_size: int = 8, progress: bool = True, judge=None,
                 refine_judge=agreements, refine_top: int | None = None,
-                consensus_top: int = 0) -> list[SearchResult]:
+                consensus_top: int = 0, keep_by_consensus: bool = True) -> list[SearchResult]:
     """``search`` for many images with one build pool and one sandbox pool, the model proposing
     for ``batch_size`` images at a time (each result's ``seconds`` includes its share of the
-    batch); ``judge``, ``refine_judge``, ``refine_top`` and ``consensus_top`` as in
-    ``pick_and_refine``. Ctrl-C returns the finished results."""
+    batch); ``judge``, ``refine_judge``, ``refine_top``, ``consensus_top`` and
+    ``keep_by_consensus`` as in ``pick_and_refine``. Ctrl-C returns the finished results."""
     from tqdm.auto import tqdm
 
     from img2cq.build import BuildPool
@@ -460,7 +482,8 @@ def search_many(model, images: list[Image.Image], candidates: int = 8, refine_se
                     own = own + retrieve(library, image, shortlist)
                     result = pick_and_refine(image, own, refine_seconds, pool, ex, seed=start + i, judge=judge,
                                              refine_judge=refine_judge, more=editor(model, image, candidates),
-                                             refine_top=refine_top, consensus_top=consensus_top)
+                                             refine_top=refine_top, consensus_top=consensus_top,
+                                             keep_by_consensus=keep_by_consensus)
                     result.seconds = time.perf_counter() - started + share
                     results.append(result)
                     bar.update(1)

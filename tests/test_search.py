@@ -102,6 +102,21 @@ def test_alternatives_rank_by_likeness_to_the_kept_part_and_consensus():
     assert ranked[1] > ranked[0]  # with the judge's two best voting, likeness to the kept part decides
 
 
+def test_of_several_refined_finals_the_one_the_others_agree_with_is_kept(monkeypatch):
+    """The judge's best final is an outlier; the two it scores next are alike: one of them is kept."""
+    from img2cq import iou
+
+    finals = [search.Candidate(f"program {k}", f"library:{k}+refined", score, sketches=[], solid=f"solid {k}")
+              for k, score in enumerate([0.90, 0.89, 0.88])]
+    likeness = np.array([[1.0, 0.2, 0.2],
+                         [0.2, 1.0, 0.9],
+                         [0.2, 0.9, 1.0]])
+    monkeypatch.setattr(iou, "pairwise_ious",
+                        lambda solids, columns: likeness[:, columns] if solids == [c.solid for c in finals] else None)
+    kept = search.kept_of(finals, reference=None, pool=None, executor=None, judge=None)  # every final has its solid
+    assert kept is finals[1]
+
+
 def non_number_tokens(code):
     return [t.string for t in tokenize.generate_tokens(io.StringIO(code).readline) if t.type != tokenize.NUMBER]
 

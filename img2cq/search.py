@@ -301,11 +301,11 @@ def ranked_after(scores, ious_with, kept_ious, top: int = CONSENSUS_TOP) -> np.n
 
 
 def kept_of(finals: list[Candidate], reference: Masks, pool, executor, judge) -> Candidate:
-    """The refined final to keep: the one of highest ``consensus`` among ``finals`` (each built and
-    measured once more where it has no solid yet; a program outside the codec has none, so no
-    likeness). Refinement leaves several finals the judge
-    scores alike; their 3D likeness to its surest ones picks the better part (Spearman with the
-    true IoU among the finals 0.48 by the judge, 0.70 by consensus; docs/search.md)."""
+    """The refined final to keep, measured: the one of highest ``consensus`` among ``finals`` (each
+    built and measured once more where it has no solid yet; a program outside the codec has none,
+    so no likeness). Refinement leaves several finals the judge scores alike; their 3D likeness to
+    its surest ones picks the better part (Spearman with the true IoU among the finals 0.48 by the
+    judge, 0.70 by consensus, synthetic; docs/search.md)."""
     from img2cq.iou import pairwise_ious
 
     measured = [replace(c) for c in finals]
@@ -313,7 +313,7 @@ def kept_of(finals: list[Candidate], reference: Masks, pool, executor, judge) ->
     if unmeasured:
         score_candidates(unmeasured, reference, pool, executor, judge, measure=True)
     rank = consensus([c.agreement for c in measured], lambda columns: pairwise_ious([c.solid for c in measured], columns))
-    return finals[int(np.argmax(rank))]
+    return measured[int(np.argmax(rank))]  # with its solid: alternatives compare with it as it is
 
 
 def alternatives_to(kept: Candidate, head: list[Candidate], reference: Masks, pool, executor, judge) -> list[Candidate]:

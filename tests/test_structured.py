@@ -105,6 +105,9 @@ def test_candidates_are_measured_as_they_are_built_and_compared_as_the_metric_wo
     assert start == "library:2" and [c.source for c in others.alternatives] != []
     assert len(others.alternatives) == 2 and start not in [c.source for c in others.alternatives]
     assert all(c.program == codec.to_program(c.sketches) for c in others.alternatives)
+    two = search.pick_and_refine(image, proposals, 1.0, build_pool, judge=agreement.agreements, refine_top=2,
+                                 alternatives=2)  # two refined finals: the one the other agrees with is kept
+    assert two.source.removesuffix("+refined") == "library:2" and len(two.alternatives) == 2
 
 
 def test_a_build_job_that_fails_is_a_candidate_that_does_not_build(build_pool):

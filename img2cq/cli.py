@@ -10,7 +10,7 @@
     img2cq export bracket.alt1.py -o bracket.step  # any program's solid as STEP, STL, GLB or a PNG render
 
 Messages go to stderr, results to files (or stdout). Exit status: 0 done, 1 a program did not
-build a solid, 2 bad input (a missing or unreadable picture, a bad flag). Programs run only in
+build a solid, 2 bad input (a missing or unreadable picture or program, a bad flag). Programs run only in
 the sandbox (img2cq.sandbox). Heavy modules (torch, CadQuery) are imported after the arguments
 are read, so ``--help`` answers at once.
 """

@@ -300,18 +300,24 @@ def ranked_after(scores, ious_with, kept_ious, top: int = CONSENSUS_TOP) -> np.n
     return KEPT_WEIGHT * np.asarray(kept_ious, float) + (1 - KEPT_WEIGHT) * consensus(scores, ious_with, top)
 
 
+def with_solids(candidates: list[Candidate], reference: Masks, pool, executor, judge) -> list[Candidate]:
+    """Copies of ``candidates``, each codec structure without a measured solid built and measured
+    once more (a refined part is scored, not measured, while it is refined)."""
+    copies = [replace(c) for c in candidates]
+    unmeasured = [c for c in copies if c.solid is None and c.sketches is not None]
+    if unmeasured:
+        score_candidates(unmeasured, reference, pool, executor, judge, measure=True)
+    return copies
+
+
 def kept_of(finals: list[Candidate], reference: Masks, pool, executor, judge) -> Candidate:
-    """The refined final to keep, measured: the one of highest ``consensus`` among ``finals`` (each
-    built and measured once more where it has no solid yet; a program outside the codec has none,
-    so no likeness). Refinement leaves several finals the judge scores alike; their 3D likeness to
+    """The refined final to keep, measured: the one of highest ``consensus`` among ``finals``
+    (``with_solids``; a program outside the codec has no solid, so no likeness). Refinement leaves several finals the judge scores alike; their 3D likeness to
     its surest ones picks the better part (Spearman with the true IoU among the finals 0.48 by the
     judge, 0.70 by consensus, synthetic; docs/search.md)."""
     from img2cq.iou import pairwise_ious
 
-    measured = [replace(c) for c in finals]
-    unmeasured = [c for c in measured if c.solid is None]
-    if unmeasured:
-        score_candidates(unmeasured, reference, pool, executor, judge, measure=True)
+    measured = with_solids(finals, reference, pool, executor, judge)
     rank = consensus([c.agreement for c in measured], lambda columns: pairwise_ious([c.solid for c in measured], columns))
     return measured[int(np.argmax(rank))]  # with its solid: alternatives compare with it as it is
 
@@ -321,9 +327,7 @@ def alternatives_to(kept: Candidate, head: list[Candidate], reference: Masks, po
     part's own start and those that do not build."""
     from img2cq.iou import pairwise_ious
 
-    anchor = replace(kept)
-    if anchor.solid is None and anchor.sketches is not None:  # a refined part: built and measured once more
-        score_candidates([anchor], reference, pool, executor, judge, measure=True)
+    anchor, = with_solids([kept], reference, pool, executor, judge)
     scores = [c.agreement for c in head]
     voters = best_scored(scores, CONSENSUS_TOP)  # consensus's columns and the kept part's: each solid gridded once
     ious = pairwise_ious([c.solid for c in head] + [anchor.solid], voters + [len(head)])[:len(head)]

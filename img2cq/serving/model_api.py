@@ -308,6 +308,16 @@ def download_name(upload_name: str | None, program: str, extension: str) -> str:
     return f"{stem[:80] or 'part-' + hashlib.sha256(program.encode()).hexdigest()[:8]}.{extension}"
 
 
+def attachment(content: bytes | str, media: str, name: str) -> Response:
+    """A file answer, named for the browser's download."""
+    return Response(content, media_type=media, headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+def base64_files(files: dict[str, bytes]) -> dict[str, str]:
+    """Files for a JSON answer: {format: base64 text}."""
+    return {k: base64.b64encode(v).decode() for k, v in files.items()}
+
+
 def embedded_formats(embed: str | None) -> list[str]:
     """The formats of ``?embed=png,stl``, checked (422 for an unknown one)."""
     names = [name.strip() for name in (embed or "").split(",") if name.strip()]
@@ -381,13 +391,12 @@ async def generate(request: Request, image: UploadFile,
             files = made.files
     if format != "json":
         media, extension = FORMATS.get(format, ("text/x-python; charset=utf-8", "py"))
-        name = download_name(image.filename, program, extension)
-        return Response(files[format] if format in FORMATS else str(program), media_type=media,
-                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+        return attachment(files[format] if format in FORMATS else str(program), media,
+                          download_name(image.filename, program, extension))
     return Generated(program=program, valid=result.ok, error=result.reason or None,
                      source=getattr(program, "source", None), agreement=getattr(program, "agreement", None),
                      alternatives=getattr(program, "alternatives", None),
-                     files={k: base64.b64encode(v).decode() for k, v in files.items()} if files else None)
+                     files=base64_files(files) if files else None)
 
 
 @router.post("/score", response_model=ScoreResult,
@@ -427,7 +436,5 @@ async def files(request: Request, body: FilesRequest,
             raise HTTPException(422, f"the program builds no solid: {e.reason}") from None
     if format != "json":
         media, extension = FORMATS[format]
-        name = download_name(None, body.program, extension)
-        return Response(made.files[format], media_type=media,
-                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
-    return ProgramFiles(volume=made.volume, files={k: base64.b64encode(v).decode() for k, v in made.files.items()})
+        return attachment(made.files[format], media, download_name(None, body.program, extension))
+    return ProgramFiles(volume=made.volume, files=base64_files(made.files))

@@ -6,8 +6,9 @@ this project fit the silhouette's longer side to 400 px, a user's own renderer d
 Everything that looks at a picture (training, evaluation, retrieval, the server, test-time search)
 first calls ``frame_silhouette``, so all of these give the model the same input: the silhouette,
 centred, its longer side spanning ``SPAN / SIZE`` of the square frame, on white. A user's picture
-on a uniform light background other than white (a viewer's grey, a tint) is whitened first: a grey
-background would otherwise all count as the part (``benchmarks/bench_pictures.py``).
+on a uniform light background other than white (a viewer's grey, a tint) is whitened first (a grey
+background would otherwise all count as the part), and the halo JPEG leaves around a part is taken
+away (it would widen the silhouette's box): ``benchmarks/bench_pictures.py``.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def whitened(image: Image.Image) -> Image.Image:
     uniform = (np.abs(border - level).max(axis=1) <= BORDER_TOLERANCE).mean() >= UNIFORM_SHARE
     if level.min() >= INK_THRESHOLD or level.min() < LIGHT_BACKGROUND or not uniform:
         return image
-    out = np.clip(pixels * (255.0 / level), 0, 255).astype(np.uint8)
+    out = np.clip(pixels * (255.0 / level).astype(np.float32), 0, 255).astype(np.uint8)
     out[np.abs(pixels.astype(np.int16) - level).max(axis=-1) <= BORDER_TOLERANCE] = 255  # its noise too
     return Image.fromarray(out)
 

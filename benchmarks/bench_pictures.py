@@ -63,13 +63,17 @@ def main() -> int:
 
     import torch
 
+    from img2cq.data import DataError
     from img2cq.evaluation import load_samples, score_programs
     from img2cq.library import PartLibrary
     from img2cq.modeling import load_pretrained
     from img2cq.search import search_many
 
     torch.set_num_threads(1)
-    rows = load_samples(args.eval_json, args.samples)
+    try:
+        rows = load_samples(args.eval_json, args.samples)
+    except DataError as e:
+        p.error(str(e))
     library, model = PartLibrary.load(), load_pretrained(args.model)
     references = [r["cadquery"] for r in rows]
     for name in args.variants:

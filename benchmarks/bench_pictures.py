@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import sys
 
@@ -59,6 +60,7 @@ def main() -> int:
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--model", default="models/img2cq-cpu")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", help="also write each variant's per-picture IoUs here (JSON), for paired comparisons")
     args = p.parse_args()
 
     import torch
@@ -76,13 +78,18 @@ def main() -> int:
         p.error(str(e))
     library, model = PartLibrary.load(), load_pretrained(args.model)
     references = [r["cadquery"] for r in rows]
+    per_picture = {}
     for name in args.variants:
         description, alter = VARIANTS[name]
         images = [alter(r["image"]) for r in rows]
         results = search_many(model, images, 1, args.refine, args.workers, library, progress=False)
         scores = score_programs(references, [r.program for r in results], workers=args.workers)
         seconds = np.mean([r.seconds for r in results])
+        per_picture[name] = [s["iou"] for s in scores["per_sample"]]
         print(f"{description:36s} VSR {scores['vsr']:.3f}  IoU {scores['iou']:.3f}  {seconds:.1f} s/img", flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"eval_json": args.eval_json, "refine": args.refine, "iou": per_picture}, f)
     print(f"\n{args.eval_json}: first {len(rows)} pictures, refine {args.refine:g} s, load {os.getloadavg()[0]:.1f}")
     return 0
 

@@ -51,11 +51,15 @@ def main() -> int:
 
     from img2cq.agreement import agreements
     from img2cq.comparator import LearnedAgreement
+    from img2cq.data import DataError
     from img2cq.evaluation import load_samples, score_programs
     from img2cq.library import PartLibrary
     from img2cq.search import default_refine_top, search_label, search_many
 
-    rows = load_samples(args.eval_json, args.samples)
+    try:
+        rows = load_samples(args.eval_json, args.samples)
+    except DataError as e:
+        p.error(str(e))
     library = PartLibrary.load(args.library)
     learned = LearnedAgreement.load(args.comparator)
     judges = {"learned": learned.scores, "hand": agreements, "blend": learned.blended_scores}

@@ -1,7 +1,7 @@
 """IoU of the default search on pictures as users send them, not as the dataset stores them.
 
 Every picture of the split is altered as a user's copy of it might be (JPEG at two qualities,
-twice or half the size, a uniform grey or tinted background, with and without JPEG, a wider
+twice, half or a third the size, a uniform grey or tinted background, with and without JPEG, a wider
 canvas), then searched as ``img2cq generate`` searches by default (the model's greedy program and
 the library's nearest parts, the best refined for ``--refine`` seconds); the kept programs are
 scored against the references in the sandbox. The first row is the pictures as given.
@@ -11,7 +11,6 @@ scored against the references in the sandbox. The first row is the pictures as g
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -21,11 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-
-def jpeg(image: Image.Image, quality: int) -> Image.Image:
-    data = io.BytesIO()
-    image.convert("RGB").save(data, "JPEG", quality=quality)
-    return Image.open(io.BytesIO(data.getvalue())).convert("RGB")
+from img2cq.framing import jpeg_copy  # noqa: E402
 
 
 def tinted(image: Image.Image, tint: tuple[float, float, float]) -> Image.Image:
@@ -41,13 +36,14 @@ def on_wide_canvas(image: Image.Image) -> Image.Image:
 
 VARIANTS = {  # name: (what the user's copy is, how it is made from the dataset's picture)
     "given": ("as given", lambda im: im),
-    "jpeg75": ("JPEG, quality 75", lambda im: jpeg(im, 75)),
-    "jpeg40": ("JPEG, quality 40", lambda im: jpeg(im, 40)),
+    "jpeg75": ("JPEG, quality 75", lambda im: jpeg_copy(im, 75)),
+    "jpeg40": ("JPEG, quality 40", lambda im: jpeg_copy(im, 40)),
     "double": ("twice the size", lambda im: im.resize((im.width * 2, im.height * 2), Image.Resampling.BICUBIC)),
     "half": ("half the size", lambda im: im.resize((im.width // 2, im.height // 2), Image.Resampling.BICUBIC)),
+    "third": ("a third of the size", lambda im: im.resize((im.width // 3, im.height // 3), Image.Resampling.BICUBIC)),
     "grey": ("grey background (x 0.92)", lambda im: tinted(im, (0.92, 0.92, 0.92))),
     "bluish": ("bluish background", lambda im: tinted(im, (0.85, 0.9, 0.97))),
-    "grey-jpeg75": ("grey background (x 0.85), JPEG 75", lambda im: jpeg(tinted(im, (0.85, 0.85, 0.85)), 75)),
+    "grey-jpeg75": ("grey background (x 0.85), JPEG 75", lambda im: jpeg_copy(tinted(im, (0.85, 0.85, 0.85)), 75)),
     "wide": ("on a canvas twice as wide", on_wide_canvas),
 }
 

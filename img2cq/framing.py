@@ -12,6 +12,8 @@ away (it would widen the silhouette's box): ``benchmarks/bench_pictures.py``.
 """
 from __future__ import annotations
 
+import io
+
 import numpy as np
 from PIL import Image
 
@@ -108,3 +110,10 @@ def frame_silhouette(image: Image.Image, size: int = SIZE, span: int | None = No
     canvas.paste(crop.resize((width, height), Image.Resampling.BILINEAR),
                  ((size - width) // 2, (size - height) // 2))
     return canvas
+
+
+def jpeg_copy(image: Image.Image, quality: int) -> Image.Image:
+    """The RGB picture as a JPEG file of this quality gives it back: what a user's copy often is."""
+    data = io.BytesIO()
+    image.convert("RGB").save(data, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(data.getvalue())).convert("RGB")

@@ -23,7 +23,6 @@ interrupted one would have seen next.
 
 from __future__ import annotations
 
-import io
 import platform
 import random
 import sys
@@ -40,6 +39,7 @@ from tqdm.auto import tqdm
 
 from img2cq.console import StopRequest, fail, show_notes
 from img2cq.data import DOWNLOAD_HINT, DataError, load_split
+from img2cq.framing import jpeg_copy
 from img2cq.modeling import (ModelError, build_model, build_pretrained, count_parameters, load_pretrained,
                              model_input_frame, prompt_prefix, save_pretrained)
 from img2cq.tokenizer import encode_program
@@ -71,9 +71,7 @@ def augment_image(image: Image.Image, rng: random.Random) -> Image.Image:
         noise = np.random.default_rng(rng.getrandbits(32)).normal(0, rng.uniform(2, 8), (h, w, 1))
         image = Image.fromarray(np.clip(np.asarray(image, np.float32) + noise, 0, 255).astype(np.uint8))
     if rng.random() < 0.3:
-        buf = io.BytesIO()
-        image.save(buf, format="JPEG", quality=rng.randint(40, 90))
-        image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+        image = jpeg_copy(image, rng.randint(40, 90))
     return image
 
 

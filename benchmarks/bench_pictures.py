@@ -1,10 +1,11 @@
 """IoU of the default search on pictures as users send them, not as the dataset stores them.
 
 Every picture of the split is altered as a user's copy of it might be (JPEG at two qualities,
-twice, half or a third the size, a uniform grey or tinted background, with and without JPEG, a wider
-canvas), then searched as ``img2cq generate`` searches by default (the model's greedy program and
-the library's nearest parts, the best refined for ``--refine`` seconds); the kept programs are
-scored against the references in the sandbox. The first row is the pictures as given.
+twice, half or a third the size, a uniform grey or tinted background, with and without JPEG, a
+gradient background, a wider canvas), then searched as ``img2cq generate`` searches by default
+(the model's greedy program and the library's nearest parts, the best refined for ``--refine``
+seconds); the kept programs are scored against the references in the sandbox. The first row is
+the pictures as given.
 
     python benchmarks/bench_pictures.py --eval-json benchmarks/real_dev/test.jsonl --samples 24
 """
@@ -28,6 +29,12 @@ def tinted(image: Image.Image, tint: tuple[float, float, float]) -> Image.Image:
     return Image.fromarray((np.asarray(image.convert("RGB"), float) * np.array(tint)).astype(np.uint8))
 
 
+def on_gradient(image: Image.Image) -> Image.Image:
+    """The picture darkened from x 1 at the bottom to x 0.8 at the top: a viewer's gradient background."""
+    pixels = np.asarray(image.convert("RGB"), float)
+    return Image.fromarray((pixels * np.linspace(0.8, 1.0, len(pixels))[:, None, None]).astype(np.uint8))
+
+
 def on_wide_canvas(image: Image.Image) -> Image.Image:
     canvas = Image.new("RGB", (image.width * 2, image.height), "white")
     canvas.paste(image.convert("RGB"), (image.width // 2, 0))
@@ -44,6 +51,7 @@ VARIANTS = {  # name: (what the user's copy is, how it is made from the dataset'
     "grey": ("grey background (x 0.92)", lambda im: tinted(im, (0.92, 0.92, 0.92))),
     "bluish": ("bluish background", lambda im: tinted(im, (0.85, 0.9, 0.97))),
     "grey-jpeg75": ("grey background (x 0.85), JPEG 75", lambda im: jpeg_copy(tinted(im, (0.85, 0.85, 0.85)), 75)),
+    "gradient": ("vertical gradient background (x 0.8-1)", on_gradient),
     "wide": ("on a canvas twice as wide", on_wide_canvas),
 }
 

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from img2cq.framing import INK_THRESHOLD, darkest_channel, frame_silhouette
+from img2cq.framing import INK_THRESHOLD, darkest_channel, frame_silhouette, on_white
 
 FRAME = 448                  # pictures are framed at the dataset's size, then reduced to RESOLUTION
 RESOLUTION = 112             # agreement resolution (compared in benchmarks/bench_rerank.py)
 EDGE_WEIGHT = 0.5            # agreement = (1 - EDGE_WEIGHT) * silhouette IoU + EDGE_WEIGHT * edge similarity
 EDGE_SCALE = 0.02            # chamfer distance (fraction of the frame) at which edge similarity is 1/e
 EDGE_THRESHOLD = 64          # darker than this: a drawn edge (edges are black, faces grey 141)
+RIDGE_MARGIN = 16            # a blurred edge line: this much darker than the faces, and than its neighbours across it
 
 
 # ----------------------------------------------------------------------------------------------
@@ -42,7 +43,31 @@ def views_from_pixels(pixels: np.ndarray) -> np.ndarray:
 
 
 def views_from_image(image: Image.Image) -> np.ndarray:
-    return views_from_pixels(np.asarray(image.convert("RGB")))
+    """(2, FRAME, FRAME) bool views of a user's picture. Where its edge lines are blurred (twice as
+    many of its pixels grey between the edges' black and the faces' grey as black: a 224 px copy of
+    a 448 px render averages each one-pixel line with the faces), its edges are found as dark ridges."""
+    picture = on_white(image)
+    framed = framed_grey(np.asarray(picture))
+    views = views_from_grey(framed)
+    grey = darkest_channel(np.asarray(picture))
+    faces = grey[(grey >= EDGE_THRESHOLD) & (grey < INK_THRESHOLD)]
+    if faces.size:
+        face = int(np.bincount(faces).argmax())
+        blurred = np.count_nonzero(faces <= face - RIDGE_MARGIN) > 2 * np.count_nonzero(grey < EDGE_THRESHOLD)
+        if blurred:
+            views[1] |= dark_ridges(framed, face) & views[0]
+    return views
+
+
+def dark_ridges(framed: np.ndarray, face: int) -> np.ndarray:
+    """(FRAME, FRAME) bool: pixels at least ``RIDGE_MARGIN`` darker than the faces' grey ``face``
+    and no lighter than their two neighbours across some direction: the middle of a blurred line."""
+    n = framed.shape[0]
+    padded = np.pad(framed, 1, mode="edge")
+    ridge = np.zeros((n, n), bool)
+    for (r0, c0), (r1, c1) in (((1, 0), (1, 2)), ((0, 1), (2, 1)), ((0, 0), (2, 2)), ((0, 2), (2, 0))):
+        ridge |= (framed <= padded[r0:r0 + n, c0:c0 + n]) & (framed <= padded[r1:r1 + n, c1:c1 + n])
+    return ridge & (framed.astype(np.int16) <= face - RIDGE_MARGIN)
 
 
 def pack_views(views: np.ndarray) -> bytes:

@@ -6,7 +6,7 @@ this project fit the silhouette's longer side to 400 px, a user's own renderer d
 Everything that looks at a picture (training, evaluation, retrieval, the server, test-time search)
 first calls ``frame_silhouette``, so all of these give the model the same input: the silhouette,
 centred, its longer side spanning ``SPAN / SIZE`` of the square frame, on white. A user's picture
-on a uniform light background other than white (a viewer's grey, a tint) is whitened first (a grey
+on a light background other than white (a viewer's grey, a tint, a gradient) is whitened first (a grey
 background would otherwise all count as the part), and the halo JPEG leaves around a part is taken
 away (it would widen the silhouette's box): ``benchmarks/bench_pictures.py``.
 """
@@ -20,15 +20,15 @@ from PIL import Image
 SIZE, SPAN = 448, 400          # output frame: the silhouette's longer side spans 400 of 448 px
 BACKGROUND = (255, 255, 255)
 INK_THRESHOLD = 250            # a pixel with any channel below this belongs to the part
-LIGHT_BACKGROUND = 170         # a uniform border at least this light (every channel) is a background ...
-BORDER_TOLERANCE = 8           # ... where this share of its pixels is within this many levels of its median:
+LIGHT_BACKGROUND = 170         # a smooth border at least this light (every channel) is a background ...
+BORDER_TOLERANCE = 8           # ... where this share of its pixels is within this many levels of a plane:
 UNIFORM_SHARE = 0.9            # such a picture is whitened (``whitened``)
 HALO_LEVEL = 200               # a light part pixel (darkest channel at least this) beside no darker one is halo
 
 
 def on_white(image: Image.Image) -> Image.Image:
     """RGB image on white: a transparent background (RGBA, LA, palette transparency) becomes white,
-    not black, a uniform light one (a viewer's grey, a tint) is ``whitened``, and a compression
+    not black, a light one (a viewer's grey, a tint, a gradient) is ``whitened``, and a compression
     halo is taken away (``without_halo``)."""
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
@@ -37,21 +37,59 @@ def on_white(image: Image.Image) -> Image.Image:
 
 
 def whitened(image: Image.Image) -> Image.Image:
-    """An RGB picture whose border is a uniform light colour other than white, each channel scaled by
-    255 / the border's level, so its background is white and the part keeps its shading: a grey
-    background would otherwise all count as the part. Other pictures are returned as they are
-    (a white border, a part cut by the picture's edge, a dark or busy background)."""
+    """An RGB picture on a light background other than white, one colour (a viewer's grey, a tint)
+    or a linear gradient, each pixel scaled channel by channel by 255 / the background's level
+    there, so its background is white and the part keeps its shading: a grey background would
+    otherwise all count as the part. The level is a plane fitted to the picture's border. Other
+    pictures are returned as they are (a white border, a part cut by the picture's edge, a dark or
+    busy background)."""
     pixels = np.asarray(image)
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]).astype(np.int16)
+    height, width = pixels.shape[:2]
+    border, positions = border_pixels(pixels)
     if border.min() >= INK_THRESHOLD:  # white already (every render): no more to look at
         return image
-    level = np.median(border, axis=0)
-    uniform = (np.abs(border - level).max(axis=1) <= BORDER_TOLERANCE).mean() >= UNIFORM_SHARE
-    if level.min() >= INK_THRESHOLD or level.min() < LIGHT_BACKGROUND or not uniform:
+    level = background_plane(border, positions)
+    if level is None:
         return image
-    out = np.clip(pixels * (255.0 / level).astype(np.float32), 0, 255).astype(np.uint8)
-    out[np.abs(pixels.astype(np.int16) - level).max(axis=-1) <= BORDER_TOLERANCE] = 255  # its noise too
+    corners = np.array([[1, x, y] for x in (0, 1) for y in (0, 1)], np.float32) @ level
+    if corners.min() >= INK_THRESHOLD or corners.min() < LIGHT_BACKGROUND:
+        return image
+    x = np.arange(width, dtype=np.float32) / width
+    y = np.arange(height, dtype=np.float32)[:, None] / height
+    out = pixels.astype(np.float32)
+    background = np.ones((height, width), bool)
+    for channel in range(3):
+        plane = level[0, channel] + level[1, channel] * x + level[2, channel] * y
+        background &= np.abs(out[..., channel] - plane) <= BORDER_TOLERANCE
+        out[..., channel] *= 255.0 / plane
+    out = np.clip(out, 0, 255).astype(np.uint8)
+    out[background] = 255  # its noise too
     return Image.fromarray(out)
+
+
+def border_pixels(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The picture's border pixels, (N, 3) int16, and their positions, (N, 3) rows of (1, x, y) with
+    x and y as fractions of the width and height."""
+    height, width = pixels.shape[:2]
+    xs, ys = np.arange(width) / width, np.arange(height) / height
+    x = np.concatenate([xs, xs, np.zeros(height), np.full(height, (width - 1) / width)])
+    y = np.concatenate([np.zeros(width), np.full(width, (height - 1) / height), ys, ys])
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]).astype(np.int16)
+    return border, np.stack([np.ones_like(x), x, y], axis=1)
+
+
+def background_plane(border: np.ndarray, positions: np.ndarray) -> np.ndarray | None:
+    """(3, 3) coefficients of the plane each channel's background follows (level = positions @
+    coefficients), fitted to the border twice (the second time without the pixels far from the
+    first fit, such as a part touching the border), or None where ``UNIFORM_SHARE`` of the border
+    is not within ``BORDER_TOLERANCE`` of it."""
+    level = np.linalg.lstsq(positions, border, rcond=None)[0]
+    near = np.abs(border - positions @ level).max(axis=1) <= 2 * BORDER_TOLERANCE
+    if near.sum() < 3:
+        return None
+    level = np.linalg.lstsq(positions[near], border[near], rcond=None)[0]
+    fits = np.abs(border - positions @ level).max(axis=1) <= BORDER_TOLERANCE
+    return level.astype(np.float32) if fits.mean() >= UNIFORM_SHARE else None
 
 
 def without_halo(image: Image.Image) -> Image.Image:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from img2cq.framing import INK_THRESHOLD, darkest_channel, frame_silhouette, on_white
+from img2cq.framing import INK_THRESHOLD, darkest_channel, frame_silhouette, framed_crop, ink_box, on_white
 
 FRAME = 448                  # pictures are framed at the dataset's size, then reduced to RESOLUTION
 RESOLUTION = 112             # agreement resolution (compared in benchmarks/bench_rerank.py)
@@ -43,18 +43,25 @@ def views_from_pixels(pixels: np.ndarray) -> np.ndarray:
 
 
 def views_from_image(image: Image.Image) -> np.ndarray:
-    """(2, FRAME, FRAME) bool views of a user's picture. Where its edge lines are blurred (twice as
-    many of its pixels grey between the edges' black and the faces' grey as black: a 224 px copy of
-    a 448 px render averages each one-pixel line with the faces), its edges are found as dark ridges."""
+    """(2, FRAME, FRAME) bool views of a user's picture, whose edge lines may be thinner or lighter
+    than a render's. A part drawn larger than the frame (its silhouette over FRAME px long) has its
+    edges found at the picture's own size, each framed pixel an edge where any of its pixels is
+    (shrunk, a one- or two-pixel line would be averaged with the faces into grey). Where its lines are blurred already (twice as many of its
+    pixels grey between the edges' black and the faces' grey as black: a 224 px copy of a 448 px
+    render), its edges are found as dark ridges. A render is neither: its views are as rendered."""
     picture = on_white(image)
     framed = framed_grey(np.asarray(picture))
     views = views_from_grey(framed)
     grey = darkest_channel(np.asarray(picture))
+    box = ink_box(picture)
+    if box is not None and max(box[2] - box[0], box[3] - box[1]) > FRAME:
+        edges = Image.fromarray(np.where(grey < EDGE_THRESHOLD, 255, 0).astype(np.uint8))
+        views[1] |= np.asarray(framed_crop(edges, box, FRAME, resample=Image.Resampling.BOX, background=0)) > 0
+        return views
     faces = grey[(grey >= EDGE_THRESHOLD) & (grey < INK_THRESHOLD)]
     if faces.size:
         face = int(np.bincount(faces).argmax())
-        blurred = np.count_nonzero(faces <= face - RIDGE_MARGIN) > 2 * np.count_nonzero(grey < EDGE_THRESHOLD)
-        if blurred:
+        if np.count_nonzero(faces <= face - RIDGE_MARGIN) > 2 * np.count_nonzero(grey < EDGE_THRESHOLD):
             views[1] |= dark_ridges(framed, face) & views[0]
     return views
 

@@ -201,6 +201,11 @@ def generate(args) -> int:
     pictures = [Path(p) for p in args.pictures]
     fmt, outs = output_plan(pictures, args.output, args.format, args.alternatives)
     images = [read_picture(p) for p in pictures]
+    from img2cq.framing import picture_warning
+
+    for picture, image in zip(pictures, images):
+        if problem := picture_warning(image):
+            say(f"warning: {picture}: {problem}")
     model_dir = Path(args.model)
     if not (model_dir / "config.json").is_file():
         raise BadInput(f"no model in {model_dir} (expected its config.json)")

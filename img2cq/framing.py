@@ -132,21 +132,44 @@ def ink_box(image: Image.Image) -> tuple[int, int, int, int] | None:
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
+def picture_warning(image: Image.Image) -> str | None:
+    """What makes a picture hard to read, in a sentence for the user, or None: a blank picture, a
+    part that reaches every edge (a dark or busy background is read as the part), a part cut by
+    the picture's edge (the program cannot have what is not shown)."""
+    picture = on_white(image)
+    box = ink_box(picture)
+    if box is None:
+        return "the picture is blank: no part found on it"
+    touched = [box[0] == 0, box[1] == 0, box[2] == picture.width, box[3] == picture.height]
+    if all(touched):
+        return ("the part reaches every edge of the picture: img2cq reads one part drawn on a white or light, "
+                "smooth background, and takes any other background for the part")
+    if any(touched):
+        return "the part touches the picture's edge: where it is cut off, the program cannot show it"
+    return None
+
+
 def frame_silhouette(image: Image.Image, size: int = SIZE, span: int | None = None) -> Image.Image:
     """The silhouette cropped, scaled so its longer side spans ``span`` px, centred on a white
     ``size`` x ``size`` RGB canvas. ``span`` defaults to ``size * SPAN / SIZE``. A blank image is
     returned resized (there is nothing to centre)."""
     image = on_white(image)
-    span = span or round(size * SPAN / SIZE)
     box = ink_box(image)
     if box is None:
         return image.resize((size, size), Image.Resampling.BILINEAR)
+    return framed_crop(image, box, size, span)
+
+
+def framed_crop(image: Image.Image, box: tuple[int, int, int, int], size: int = SIZE, span: int | None = None,
+                resample: Image.Resampling = Image.Resampling.BILINEAR, background=BACKGROUND) -> Image.Image:
+    """``box`` of the picture (any mode) framed as ``frame_silhouette`` frames the silhouette: its
+    longer side scaled to ``span`` px, centred on a ``size`` x ``size`` canvas of ``background``."""
+    span = span or round(size * SPAN / SIZE)
     crop = image.crop(box)
     scale = span / max(crop.size)
     width, height = max(1, round(crop.width * scale)), max(1, round(crop.height * scale))
-    canvas = Image.new("RGB", (size, size), BACKGROUND)
-    canvas.paste(crop.resize((width, height), Image.Resampling.BILINEAR),
-                 ((size - width) // 2, (size - height) // 2))
+    canvas = Image.new(image.mode, (size, size), background)
+    canvas.paste(crop.resize((width, height), resample), ((size - width) // 2, (size - height) // 2))
     return canvas
 
 

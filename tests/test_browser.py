@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.live_server import live_server
 
@@ -77,7 +78,7 @@ def test_the_page_turns_a_picture_into_a_program_a_render_a_3d_view_and_a_step_f
     page.wait_for_function("Number(document.getElementById('view').dataset.frames || 0) > 2")
     assert int(page.get_attribute("#view", "data-triangles")) > 10
     assert painted_pixels(page) > 2000  # the 3D view drew the solid
-    assert page.is_hidden("#error")
+    assert page.is_hidden("#error") and page.is_hidden("#warning")
     kept_program, kept_render = page.inner_text("#program"), page.get_attribute("#render", "src")
     assert page.locator("#alternatives button").count() == 4  # the kept program and the search's three next-best
 
@@ -110,6 +111,12 @@ def test_the_page_turns_a_picture_into_a_program_a_render_a_3d_view_and_a_step_f
         page.mouse.move(10, 10)
         page.screenshot(path=str(REPO / os.environ["IMG2CQ_SCREENSHOT"]), full_page=True)
     print(f"browser round trip {time.perf_counter() - started:.1f} s (generation {page.get_attribute('body', 'data-seconds')} s)")
+
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (200, 150), "white").save(blank)
+    page.set_input_files("#file", str(blank))
+    page.wait_for_selector("#warning:not([hidden])", timeout=60_000)  # answered, with what is wrong with it
+    assert "the picture is blank" in page.inner_text("#warning")
 
     text = tmp_path / "notes.txt"
     text.write_text("not a picture")

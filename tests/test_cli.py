@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 PICTURE = REPO / "tests" / "fixtures" / "render" / "plate_boss.png"  # rendered from plate_boss.py
@@ -130,6 +131,9 @@ def test_generate_writes_a_step_file_with_the_volume_of_the_programs_solid(tmp_p
     assert all("cadquery" in path.read_text() for path in written)
     assert len({path.read_text() for path in written}) == 3
     assert picture.read_bytes() == PICTURE.read_bytes()
+    Image.new("RGB", (200, 150), "white").save(tmp_path / "blank.png")
+    out = img2cq("generate", "blank.png", "--no-search", cwd=tmp_path)  # answered, with what is wrong with it
+    assert out.stderr.splitlines()[0] == "warning: blank.png: the picture is blank: no part found on it", out.stderr
 
 
 @pytest.mark.integration

@@ -4,8 +4,8 @@ import numpy as np
 from PIL import Image
 
 from img2cq.agreement import Masks, agreement, views_from_image, views_from_pixels
-from img2cq.framing import (BACKGROUND, INK_THRESHOLD, frame_silhouette, jpeg_copy, silhouette_box, whitened,
-                            without_halo)
+from img2cq.framing import (BACKGROUND, INK_THRESHOLD, frame_silhouette, jpeg_copy, picture_warning, silhouette_box,
+                            whitened, without_halo)
 from img2cq.render import render_array
 
 
@@ -104,12 +104,24 @@ def test_a_jpeg_copy_agrees_with_its_render():
             assert agreement(reference, views_from_image(jpeg_copy(render, quality))) > 0.92
 
 
-def test_a_smaller_copy_agrees_with_its_render():
+def test_a_copy_of_another_size_agrees_with_its_render():
     for shape in (cq.Workplane().box(1.0, 0.6, 0.3).faces(">Z").workplane().hole(0.2).val(),
                   cq.Workplane().box(0.2, 0.2, 1.4).val(), cq.Workplane().cylinder(0.3, 0.8).val()):
         render = Image.fromarray(render_array(shape))
         reference = Masks.from_views(views_from_image(render))
         assert np.array_equal(views_from_image(render), views_from_pixels(np.asarray(render)))  # sharp lines: unchanged
-        for factor, least in ((2, 0.85), (3, 0.6)):  # each one-pixel edge line averaged with the faces into grey
-            small = render.resize((render.width // factor, render.height // factor), Image.Resampling.BICUBIC)
-            assert agreement(reference, views_from_image(small)) > least  # without its edges: 0.49-0.50
+        for factor, least in ((1 / 2, 0.85), (1 / 3, 0.6), (2, 0.95), (4, 0.95)):
+            copy = render.resize((round(render.width * factor), round(render.height * factor)),
+                                 Image.Resampling.BICUBIC)  # its one-pixel edge lines: grey, or grey once framed
+            assert agreement(reference, views_from_image(copy)) > least  # as a render: 0.49-0.50 small, 0.91-0.99 large
+
+
+def test_a_picture_hard_to_read_gets_a_warning():
+    render = Image.fromarray(render_array(cq.Workplane().box(1.0, 0.6, 0.3).val()))
+    assert picture_warning(render) is None
+    small = Image.new("RGB", (200, 160), "white")
+    small.paste(render.resize((120, 120)), (40, 30))
+    assert picture_warning(small) is None  # its size and margin do not matter
+    assert "blank" in picture_warning(Image.new("RGB", (200, 100), "white"))
+    assert "every edge" in picture_warning(Image.new("RGB", (200, 100), (40, 40, 40)))  # a dark background
+    assert "touches the picture's edge" in picture_warning(render.crop((100, 0, 448, 448)))  # cut off on the left

@@ -278,6 +278,7 @@ def test_generate_with_a_model(model_client):
     assert isinstance(out["program"], str) and isinstance(out["valid"], bool)
     assert out["valid"] == (out["error"] is None)
     assert out["source"] is None and out["agreement"] is None
+    assert out["warning"] == "the picture is blank: no part found on it"
 
 
 def test_generate_with_test_time_search_keeps_a_program_that_builds(model_client, reference_programs):

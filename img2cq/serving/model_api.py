@@ -30,6 +30,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from img2cq.cadfiles import FORMATS, CadFileError, cad_files
+from img2cq.framing import picture_warning
 from img2cq.scoring import execute, score_pair
 from img2cq.search import DEFAULT_CANDIDATES, DEFAULT_REFINE_SECONDS, MAX_ALTERNATIVES
 from img2cq.serving.batching import Batcher
@@ -78,6 +79,8 @@ class Generated(BaseModel):
                                          "stl, glb), base64; null when not asked for or the program builds no solid")
     alternatives: list[Alternative] | None = Field(None, description="with ?alternatives=N: up to N other candidates "
                                                    "of the search, best first; null when not asked for")
+    warning: str | None = Field(None, description="what makes the picture hard to read (blank, a background taken "
+                                "for the part, a part cut by the picture's edge); null when nothing does")
 
 
 class SearchedProgram(str):
@@ -372,6 +375,7 @@ async def generate(request: Request, image: UploadFile,
     if len(data) > settings.max_image_bytes:
         raise HTTPException(413, f"image larger than {settings.max_image_bytes} bytes")
     picture = await run_in_threadpool(read_image, data, settings.max_image_pixels, settings.max_image_side)
+    warning = await run_in_threadpool(picture_warning, picture)
     options = generate_options(max_new_tokens, search, candidates, refine, alternatives)
     async with client_gone(request) as disconnected:
         program = await state.model_service.lane(options.search).submit(
@@ -396,7 +400,7 @@ async def generate(request: Request, image: UploadFile,
     return Generated(program=program, valid=result.ok, error=result.reason or None,
                      source=getattr(program, "source", None), agreement=getattr(program, "agreement", None),
                      alternatives=getattr(program, "alternatives", None),
-                     files=base64_files(files) if files else None)
+                     files=base64_files(files) if files else None, warning=warning)
 
 
 @router.post("/score", response_model=ScoreResult,

@@ -150,6 +150,8 @@
     // everything is prepared first; the section appears only once all of it is in place
     const name = stem(file.name);
     $("picture").src = blobUrl(file);
+    $("warning").textContent = answer.warning ? "Note: " + answer.warning + "." : "";
+    $("warning").hidden = !answer.warning;
     candidates = [{ name, label: "kept", program: answer.program, valid: answer.valid, error: answer.error,
                     source: answer.source || "greedy (the model's first choice)", agreement: answer.agreement,
                     files: answer.files || {} }];

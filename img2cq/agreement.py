@@ -22,6 +22,7 @@ EDGE_WEIGHT = 0.5            # agreement = (1 - EDGE_WEIGHT) * silhouette IoU + 
 EDGE_SCALE = 0.02            # chamfer distance (fraction of the frame) at which edge similarity is 1/e
 EDGE_THRESHOLD = 64          # darker than this: a drawn edge (edges are black, faces grey 141)
 RIDGE_MARGIN = 16            # a blurred edge line: this much darker than the faces, and than its neighbours across it
+BLURRED_INK_THRESHOLD = 220  # a blurred picture's part: darker than this (INK_THRESHOLD takes in its blurred rim)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -48,7 +49,8 @@ def views_from_image(image: Image.Image) -> np.ndarray:
     edges found at the picture's own size, each framed pixel an edge where any of its pixels is
     (shrunk, a one- or two-pixel line would be averaged with the faces into grey). Where its lines are blurred already (twice as many of its
     pixels grey between the edges' black and the faces' grey as black: a 224 px copy of a 448 px
-    render), its edges are found as dark ridges. A render is neither: its views are as rendered."""
+    render), its edges are found as dark ridges, and its silhouette's rim, pixels mostly background,
+    is left out. A render is neither: its views are as rendered."""
     picture = on_white(image)
     framed = framed_grey(np.asarray(picture))
     views = views_from_grey(framed)
@@ -62,6 +64,7 @@ def views_from_image(image: Image.Image) -> np.ndarray:
     if faces.size:
         face = int(np.bincount(faces).argmax())
         if np.count_nonzero(faces <= face - RIDGE_MARGIN) > 2 * np.count_nonzero(grey < EDGE_THRESHOLD):
+            views[0] = framed < BLURRED_INK_THRESHOLD
             views[1] |= dark_ridges(framed, face) & views[0]
     return views
 

@@ -8,7 +8,8 @@ first calls ``frame_silhouette``, so all of these give the model the same input:
 centred, its longer side spanning ``SPAN / SIZE`` of the square frame, on white. A user's picture
 on a light background other than white (a viewer's grey, a tint, a gradient) is whitened first (a grey
 background would otherwise all count as the part), and the halo JPEG leaves around a part is taken
-away (it would widen the silhouette's box): ``benchmarks/bench_pictures.py``.
+away (it would widen the silhouette's box): ``benchmarks/bench_pictures.py``. ``picture_warning``
+tells the user what still makes a picture hard to read (a blank one, a dark background, a cut part).
 """
 from __future__ import annotations
 

@@ -30,9 +30,9 @@ def tinted(image: Image.Image, tint: tuple[float, float, float]) -> Image.Image:
 
 
 def on_gradient(image: Image.Image) -> Image.Image:
-    """The picture darkened from x 1 at the bottom to x 0.8 at the top: a viewer's gradient background."""
+    """The picture darkened from x 0.95 at the bottom to x 0.7 at the top: a viewer's gradient background."""
     pixels = np.asarray(image.convert("RGB"), float)
-    return Image.fromarray((pixels * np.linspace(0.8, 1.0, len(pixels))[:, None, None]).astype(np.uint8))
+    return Image.fromarray((pixels * np.linspace(0.7, 0.95, len(pixels))[:, None, None]).astype(np.uint8))
 
 
 def on_wide_canvas(image: Image.Image) -> Image.Image:
@@ -51,7 +51,7 @@ VARIANTS = {  # name: (what the user's copy is, how it is made from the dataset'
     "grey": ("grey background (x 0.92)", lambda im: tinted(im, (0.92, 0.92, 0.92))),
     "bluish": ("bluish background", lambda im: tinted(im, (0.85, 0.9, 0.97))),
     "grey-jpeg75": ("grey background (x 0.85), JPEG 75", lambda im: jpeg_copy(tinted(im, (0.85, 0.85, 0.85)), 75)),
-    "gradient": ("vertical gradient background (x 0.8-1)", on_gradient),
+    "gradient": ("vertical gradient background (x 0.7-0.95)", on_gradient),
     "wide": ("on a canvas twice as wide", on_wide_canvas),
 }
 

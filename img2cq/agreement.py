@@ -47,10 +47,11 @@ def views_from_image(image: Image.Image) -> np.ndarray:
     """(2, FRAME, FRAME) bool views of a user's picture, whose edge lines may be thinner or lighter
     than a render's. A part drawn larger than the frame (its silhouette over FRAME px long) has its
     edges found at the picture's own size, each framed pixel an edge where any of its pixels is
-    (shrunk, a one- or two-pixel line would be averaged with the faces into grey). Where its lines are blurred already (twice as many of its
-    pixels grey between the edges' black and the faces' grey as black: a 224 px copy of a 448 px
-    render), its edges are found as dark ridges, and its silhouette's rim, pixels mostly background,
-    is left out. A render is neither: its views are as rendered."""
+    (shrunk, a one- or two-pixel line would be averaged with the faces into grey). Where its lines
+    are blurred already (twice as many of its pixels grey between the edges' black and the faces'
+    grey as black: a 224 px copy of a 448 px render), its edges are found as dark ridges, and its
+    silhouette's rim, pixels mostly background, is left out. A render is neither: its views are as
+    rendered."""
     picture = on_white(image)
     framed = framed_grey(np.asarray(picture))
     views = views_from_grey(framed)

@@ -53,10 +53,11 @@ def views_from_image(image: Image.Image) -> np.ndarray:
     silhouette's rim, pixels mostly background, is left out. A render is neither: its views are as
     rendered."""
     picture = on_white(image)
-    framed = framed_grey(np.asarray(picture))
+    box = ink_box(picture)
+    framed = (framed_grey(np.asarray(picture)) if box is None  # framed as framed_grey frames it, on_white once
+              else darkest_channel(np.asarray(framed_crop(picture, box, FRAME))))
     views = views_from_grey(framed)
     grey = darkest_channel(np.asarray(picture))
-    box = ink_box(picture)
     if box is not None and max(box[2] - box[0], box[3] - box[1]) > FRAME:
         edges = Image.fromarray(np.where(grey < EDGE_THRESHOLD, 255, 0).astype(np.uint8))
         views[1] |= np.asarray(framed_crop(edges, box, FRAME, resample=Image.Resampling.BOX, background=0)) > 0

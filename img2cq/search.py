@@ -36,6 +36,7 @@ from PIL import Image
 
 from img2cq import codec
 from img2cq.agreement import Masks, agreements, render_programs, views_from_image
+from img2cq.framing import on_white
 
 PRELOAD = ("img2cq.render", "img2cq.agreement")  # modules the executor's workers import before forking
 NUM_BEAMS = 4
@@ -423,6 +424,7 @@ def search(model, image: Image.Image, candidates: int = 8, refine_seconds: float
     from img2cq.build import shared_pool
 
     started = time.perf_counter()
+    image = on_white(image)  # once: the model, the library and the agreement each read the picture
     shortlist = default_shortlist(refine_seconds) if shortlist is None else shortlist
     proposals = propose(model, [image], candidates, max_new_tokens)[0] if proposes(model) else []
     proposals += retrieve(library, image, shortlist)
@@ -477,8 +479,8 @@ def search_many(model, images: list[Image.Image], candidates: int = 8, refine_se
                    disable=not progress)
         try:
             for start in range(0, len(images), batch_size):
-                batch = images[start:start + batch_size]
                 started = time.perf_counter()
+                batch = [on_white(image) for image in images[start:start + batch_size]]
                 proposals = propose(model, batch, candidates, max_new_tokens) if proposes(model) else [[] for _ in batch]
                 share = (time.perf_counter() - started) / len(batch)
                 for i, (image, own) in enumerate(zip(batch, proposals)):

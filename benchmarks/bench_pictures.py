@@ -24,15 +24,15 @@ from PIL import Image  # noqa: E402
 from img2cq.framing import jpeg_copy  # noqa: E402
 
 
-def tinted(image: Image.Image, tint: tuple[float, float, float]) -> Image.Image:
-    """The picture with its white background (and everything else) multiplied by ``tint``."""
-    return Image.fromarray((np.asarray(image.convert("RGB"), float) * np.array(tint)).astype(np.uint8))
+def tinted(image: Image.Image, tint) -> Image.Image:
+    """The picture with its white background (and everything else) multiplied by ``tint``: three
+    channel factors, or an array of them that varies over the picture."""
+    return Image.fromarray((np.asarray(image.convert("RGB"), float) * np.asarray(tint)).astype(np.uint8))
 
 
 def on_gradient(image: Image.Image) -> Image.Image:
     """The picture darkened from x 0.95 at the bottom to x 0.7 at the top: a viewer's gradient background."""
-    pixels = np.asarray(image.convert("RGB"), float)
-    return Image.fromarray((pixels * np.linspace(0.7, 0.95, len(pixels))[:, None, None]).astype(np.uint8))
+    return tinted(image, np.linspace(0.7, 0.95, image.height)[:, None, None])
 
 
 def on_wide_canvas(image: Image.Image) -> Image.Image:

@@ -54,8 +54,7 @@ def views_from_image(image: Image.Image) -> np.ndarray:
     rendered."""
     picture = on_white(image)
     box = ink_box(picture)
-    framed = (framed_grey(np.asarray(picture)) if box is None  # framed as framed_grey frames it, on_white once
-              else darkest_channel(np.asarray(framed_crop(picture, box, FRAME))))
+    framed = darkest_channel(np.asarray(framed_crop(picture, box, FRAME)))  # as framed_grey, on_white once
     views = views_from_grey(framed)
     grey = darkest_channel(np.asarray(picture))
     if box is not None and max(box[2] - box[0], box[3] - box[1]) > FRAME:

@@ -155,16 +155,16 @@ def frame_silhouette(image: Image.Image, size: int = SIZE, span: int | None = No
     ``size`` x ``size`` RGB canvas. ``span`` defaults to ``size * SPAN / SIZE``. A blank image is
     returned resized (there is nothing to centre)."""
     image = on_white(image)
-    box = ink_box(image)
-    if box is None:
-        return image.resize((size, size), Image.Resampling.BILINEAR)
-    return framed_crop(image, box, size, span)
+    return framed_crop(image, ink_box(image), size, span)
 
 
-def framed_crop(image: Image.Image, box: tuple[int, int, int, int], size: int = SIZE, span: int | None = None,
+def framed_crop(image: Image.Image, box: tuple[int, int, int, int] | None, size: int = SIZE, span: int | None = None,
                 resample: Image.Resampling = Image.Resampling.BILINEAR, background=BACKGROUND) -> Image.Image:
     """``box`` of the picture (any mode) framed as ``frame_silhouette`` frames the silhouette: its
-    longer side scaled to ``span`` px, centred on a ``size`` x ``size`` canvas of ``background``."""
+    longer side scaled to ``span`` px, centred on a ``size`` x ``size`` canvas of ``background``;
+    no box (a blank picture): the picture resized."""
+    if box is None:
+        return image.resize((size, size), resample)
     span = span or round(size * SPAN / SIZE)
     crop = image.crop(box)
     scale = span / max(crop.size)
